@@ -61,7 +61,7 @@ KINEMATICS: dict[str, Kinematics] = {
         ),
         hand_pos=(0, 0, 0.015), palm=0.03, finger_len=0.045, finger_thick=0.008, finger_width=0.022,
         kp=60.0, kv=3.0, armature=0.02, damping=0.1, gripper_kp=1500.0,
-        front_cam_pos=(0.55, 0.0, 0.32), front_cam_target=(0.175, 0.0, 0.03),
+        front_cam_pos=(0.45, 0.0, 0.24), front_cam_target=(0.175, 0.0, 0.03),
         table_center=(0.2, 0.0), table_half=(0.35, 0.4),
     ),
     # UR-class: pan, lift, elbow, wrist 1/2/3 with UR5-like lengths and lateral offsets;
@@ -79,7 +79,7 @@ KINEMATICS: dict[str, Kinematics] = {
         # approach axis of the hand is the wrist_3 axis (+y of the last link)
         hand_pos=(0, 0.082, 0), palm=0.05, finger_len=0.055, finger_thick=0.01, finger_width=0.025,
         kp=3000.0, kv=150.0, armature=0.5, damping=2.0, gripper_kp=4000.0,
-        front_cam_pos=(1.05, 0.0, 0.55), front_cam_target=(0.48, 0.0, 0.03),
+        front_cam_pos=(0.95, 0.0, 0.45), front_cam_target=(0.48, 0.0, 0.03),
         table_center=(0.4, 0.0), table_half=(0.6, 0.6),
         colors=("0.6 0.65 0.7 1", "0.2 0.25 0.3 1"),
     ),
@@ -135,7 +135,7 @@ def robot_xml(spec: RobotSpec) -> tuple[str, str, str]:
     wc = spec.camera("wrist") if any(c.name == "wrist" for c in spec.cameras) else None
     if wc is not None:
         # behind and beside the palm, looking along the approach axis, tilted towards the fingertips
-        cam_pos = np.array([-(k.finger_width / 2 + 0.03), 0.0, 0.0])
+        cam_pos = np.array([-(k.finger_width / 2 + 0.025), 0.0, k.palm])
         xy = lookat_xyaxes(cam_pos, (0.0, 0.0, tcp_z + 0.05), up=(-1.0, 0.0, 0.0))
         body.append(f'<camera name="wrist" pos="{_fmt(cam_pos)}" xyaxes="{xy}" fovy="{wc.fovy}"/>')
     if g:

@@ -8,6 +8,7 @@ is what a teleop device, a scripted expert and a policy use.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, fields
 
@@ -106,6 +107,7 @@ class Twin:
             self.finger_qadr = np.array([m.jnt_qposadr[m.joint(f"finger_{s}").id] for s in ("left", "right")])
             self.half_open = spec.gripper.open_width / 2
         self.tcp = m.site("tcp").id
+        self.physics_seconds = 0.0  # time spent in mj_step (for overhead measurements)
         self.ik_reject = 0.01  # m: IK results missing the target by more are not applied
         self.n_substeps = max(1, int(round(1.0 / (spec.control_hz * timestep))))
         self.control_dt = self.n_substeps * timestep
@@ -185,38 +187,45 @@ class Twin:
         mujoco.mj_kinematics(self.model, d)
         return self.ee_pose(d)
 
-    def ik(self, pos: np.ndarray, mat: np.ndarray | None, q0: np.ndarray, *, iters: int = 8,
-           tol: float = 2e-4, damping: float = 1e-3, rot_weight: float = 1.0) -> np.ndarray:
+    def ik(self, pos: np.ndarray, mat: np.ndarray | None, q0: np.ndarray, *, iters: int = 6,
+           tol: float = 2e-4, damping: float = 1e-3, return_error: bool = False):
         """Damped least squares IK for the tcp site. Position is the primary task; the
         orientation is solved in the null space of the position task, so a 5-DoF arm
-        reaches positions exactly and matches the orientation as well as it can."""
+        reaches positions exactly and matches the orientation as well as it can.
+        Stops when the position is within `tol` and the joint update has become small."""
         m, d = self.model, self._ik_data
         q = np.array(q0, dtype=np.float64)
-        n = len(q)
-        eye = np.eye(n)
+        eye3 = np.eye(3)
         lam2 = damping ** 2
+        err = np.inf
         for _ in range(iters):
             d.qpos[self.qadr] = q
             mujoco.mj_kinematics(m, d)
             mujoco.mj_comPos(m, d)
             ep = pos - d.site_xpos[self.tcp]
-            eo = np.zeros(3) if mat is None else rot_weight * rot_error(mat, d.site_xmat[self.tcp].reshape(3, 3))
-            if ep @ ep < tol * tol and eo @ eo < (10 * tol) ** 2:
-                break
+            err = float(np.sqrt(ep @ ep))
             mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self.tcp)
             jp = self._jacp[:, self.dadr]
-            jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + lam2 * np.eye(3))
+            jp_pinv = jp.T @ np.linalg.solve(jp @ jp.T + lam2 * eye3, eye3)
             dq = jp_pinv @ ep
             if mat is not None:
-                jo = rot_weight * self._jacr[:, self.dadr]
-                null = eye - jp_pinv @ jp
+                eo = rot_error(mat, d.site_xmat[self.tcp].reshape(3, 3))
+                jo = self._jacr[:, self.dadr]
+                null = np.eye(len(q)) - jp_pinv @ jp
                 jon = jo @ null
-                dq = dq + null @ (jon.T @ np.linalg.solve(jon @ jon.T + 1e-2 * np.eye(3), eo - jo @ dq))
+                dq = dq + null @ (jon.T @ np.linalg.solve(jon @ jon.T + 1e-2 * eye3, eo - jo @ dq))
             step = np.abs(dq).max()
+            if err < tol and step < 2e-3:
+                break
             if step > 0.4:
                 dq *= 0.4 / step
             q = np.clip(q + dq, self.lower, self.upper)
-        return q
+        else:
+            d.qpos[self.qadr] = q
+            mujoco.mj_kinematics(m, d)
+            ep = pos - d.site_xpos[self.tcp]
+            err = float(np.sqrt(ep @ ep))
+        return (q, err) if return_error else q
 
     # -- actions ------------------------------------------------------------------------
     def action_to_targets(self, mode: str, action: np.ndarray) -> tuple[np.ndarray, float | None]:
@@ -237,8 +246,8 @@ class Twin:
             lo, hi = np.asarray(s.workspace[0]), np.asarray(s.workspace[1])
             tgt = np.clip(pos + np.clip(a[:3], -1, 1) * s.max_delta_pos, lo, hi)
             tmat = rotvec_to_mat(np.clip(a[3:6], -1, 1) * s.max_delta_rot) @ mat
-            q = self.ik(tgt, tmat, self.q)
-            if np.linalg.norm(self.fk(q)[0] - tgt) > self.ik_reject:
+            q, err = self.ik(tgt, tmat, self.q, return_error=True)
+            if err > self.ik_reject:
                 q = self.q  # unreachable target: hold rather than fold the arm somewhere else
         else:
             raise ValueError(f"unknown action mode {mode!r}")
@@ -252,7 +261,9 @@ class Twin:
             self.data.ctrl[self.act] = q
             if grip is not None:
                 self.data.ctrl[self.grip_act] = (1.0 - grip) * self.half_open
+        t0 = time.perf_counter()
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.physics_seconds += time.perf_counter() - t0
 
     # -- observations -----------------------------------------------------------------
     def observe(self) -> dict[str, np.ndarray]:
@@ -274,7 +285,13 @@ class Twin:
         key = (width, height)
         r = self._renderers.get(key)
         if r is None:
-            r = mujoco.Renderer(self.model, height, width)
+            try:
+                r = mujoco.Renderer(self.model, height, width)
+            except Exception as e:  # no GL: say which backend and how to fix it
+                raise RuntimeError(
+                    f"offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {e}. "
+                    "Set MUJOCO_GL=egl (or osmesa) before mujoco is first imported, and install "
+                    "libegl1 + libgl1-mesa-dri (Debian) for CPU rendering.") from e
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False

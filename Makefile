@@ -1,0 +1,34 @@
+# The two commands a new user needs:
+#   make demo   - the main job on the MuJoCo twin (records expert demonstrations, prints the summary)
+#   make test   - the test suite
+# Both create .venv on first use and install what they need (torch==2.13.0 first, then the
+# package with its extras; Debian's EGL/Mesa packages for offscreen rendering when missing).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.robot_rl-installed
+RUN := scripts/isolated.sh
+export MUJOCO_GL ?= egl
+
+.PHONY: demo test test-slow bench install clean
+
+$(STAMP): pyproject.toml scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(VENV)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(RUN) $(PY) -m robot_rl.demo $(ARGS)
+
+test: $(STAMP)
+	$(RUN) $(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
+
+bench: $(STAMP)
+	cd benchmarks && ../$(RUN) ../$(PY) bench_twin.py && ../$(RUN) ../$(PY) bench_experts.py && ../$(RUN) ../$(PY) bench_store.py
+
+clean:
+	rm -rf out .pytest_cache

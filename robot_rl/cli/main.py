@@ -1,0 +1,147 @@
+"""``robot-rl`` command line.
+
+    robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
+    robot-rl info PATH [json=true]
+    robot-rl view PATH episode=N [format=gif]
+
+Settings are hydra configs under ``robot_rl/conf`` (``key=value`` overrides, config
+groups such as ``robot=arm6``); a wrong key is one clear error, not a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+USAGE = """usage: robot-rl <command> [args] [key=value ...]
+
+commands:
+  record sim [key=value ...]   record scripted-expert demonstrations on the MuJoCo twin
+  info PATH [json=true]        episodes, steps, success rate and sizes of an episode store
+  view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
+
+examples:
+  robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
+  robot-rl info data/pick.zarr
+  robot-rl view data/pick.zarr episode=3 format=gif
+"""
+
+
+class CLIError(Exception):
+    """A mistake on the command line or in the inputs: printed as one line, exit code 2."""
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``robot_rl/conf/<config_name>.yaml`` with hydra overrides; bad keys and
+    values become CLIError with the list of valid keys."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise CLIError(f"expected key=value, got {bad[0]!r}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="robot_rl.conf", version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = str(e).strip().splitlines()[0]
+        cause = e.__cause__
+        text = f"{msg} {cause}" if cause else msg
+        if "not in struct" in text or "Could not override" in text:
+            key = text.split("'")[1] if "'" in text else "?"
+            known = ", ".join(_known_keys(config_name))
+            raise CLIError(f"unknown setting {key!r} for '{config_name}'; valid settings: {known}") from None
+        if "Could not find" in text or "Could not load" in text:
+            import re
+            from robot_rl.spec import available_robots
+            m = re.search(r"'robot/([^']+)'", text)
+            if m:
+                name = m.group(1)
+                raise CLIError(f"unknown robot {name!r}; available: {', '.join(available_robots())}") from None
+            raise CLIError(msg) from None
+        raise CLIError(f"bad settings for '{config_name}': {msg}") from None
+    return cfg
+
+
+def _known_keys(config_name: str) -> list[str]:
+    from pathlib import Path
+    import yaml
+    p = Path(__file__).resolve().parent.parent / "conf" / f"{config_name}.yaml"
+    d = yaml.safe_load(p.read_text()) or {}
+    keys = [k for k in d if k != "defaults"]
+    for item in d.get("defaults", []):
+        if isinstance(item, dict):
+            keys.extend(f"{k}=<{k} config>" for k in item)
+    return keys
+
+
+def _path_arg(args: list[str], cmd: str) -> tuple[str, list[str]]:
+    if not args or "=" in args[0]:
+        raise CLIError(f"'{cmd}' needs a store path: robot-rl {cmd} PATH [key=value ...]")
+    return args[0], args[1:]
+
+
+def cmd_record(args: list[str]) -> int:
+    if not args or args[0] != "sim":
+        raise CLIError("'record' needs a source: 'robot-rl record sim ...' (the ROS 2 recorder "
+                       "arrives with the ROS layer)")
+    from robot_rl.cli.record import record_sim
+    cfg = compose("record", args[1:])
+    summary = record_sim(cfg)
+    from robot_rl.cli.info import print_summary
+    print_summary(summary)
+    return 0
+
+
+def cmd_info(args: list[str]) -> int:
+    path, rest = _path_arg(args, "info")
+    cfg = compose("info", rest)
+    from robot_rl.cli.info import info
+    info(path, as_json=bool(cfg.json))
+    return 0
+
+
+def cmd_view(args: list[str]) -> int:
+    path, rest = _path_arg(args, "view")
+    cfg = compose("view", rest)
+    from robot_rl.cli.view import view
+    for f in view(path, cfg):
+        print(f"wrote {f}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"record": cmd_record, "info": cmd_info, "view": cmd_view}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"robot-rl: error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    from robot_rl.data.store import StoreError
+    from robot_rl.spec import SpecError
+    try:
+        return COMMANDS[cmd](rest)
+    except (CLIError, StoreError, SpecError, FileNotFoundError) as e:
+        print(f"robot-rl {cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"robot-rl {cmd}: interrupted; committed episodes are kept", file=sys.stderr)
+        return 130
+
+
+def cfg_to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

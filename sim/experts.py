@@ -1,0 +1,34 @@
+"""Run a task's scripted expert in an env (the expert is the stand-in teleoperator)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def rollout_expert(env, seed: int, on_step: Callable[[dict, np.ndarray, float, dict], None] | None = None,
+                   extra_steps: int = 0) -> dict:
+    """One expert episode on `env` (a RobotEnv in ee_delta mode) from `seed`.
+
+    `on_step(obs, action, reward, info)` sees every (observation, action) pair -- the
+    observation the action was chosen from -- which is what a recorder stores.
+    `extra_steps` keeps the episode running that many steps after success (a hold).
+    Returns {"success", "length", "return"}.
+    """
+    obs, info = env.reset(seed=seed)
+    expert = env.make_expert(seed)
+    total, hold, steps = 0.0, 0, 0
+    success = False
+    for steps in range(1, env.max_episode_steps + 1):
+        action = expert.act(obs)
+        nobs, reward, terminated, truncated, info = env.step(action)
+        if on_step is not None:
+            on_step(obs, action, reward, info)
+        total += reward
+        obs = nobs
+        success = success or info["success"]
+        if success:
+            hold += 1
+        if (terminated and hold > extra_steps) or truncated or (success and hold > extra_steps):
+            break
+    return {"success": bool(success), "length": steps, "return": total}
