@@ -53,7 +53,7 @@ def main() -> None:
                 cam_env = make_env(task, robot, action_mode=mode, cameras=("front",), image_size=96)
                 cam_sps, _ = run_env(cam_env, args.cam_steps, mode, rng)
                 rows.append({"robot": robot, "task": task, "action_mode": mode,
-                             "control_hz": env.spec.control_hz, "substeps": env.twin.n_substeps,
+                             "control_hz": env.robot_spec.control_hz, "substeps": env.twin.n_substeps,
                              "env_steps_per_s": sps, "raw_mj_step_ctrl_steps_per_s": raw,
                              "overhead_ratio": raw / sps, "cam96_steps_per_s": cam_sps})
                 env.close()

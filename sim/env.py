@@ -43,10 +43,10 @@ class RobotEnv(gym.Env):
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         cams = [c.name for c in spec.cameras] if cameras is None else list(cameras)
-        self.spec = spec.with_cameras(cams, *(image_size or (None, None)))
-        self.task = TASKS[task](self.spec)
-        self.twin = Twin(self.spec, self.task.objects_xml(), timestep=timestep,
-                         offscreen=max([render_size] + [max(c.width, c.height) for c in self.spec.cameras]),
+        self.robot_spec = spec.with_cameras(cams, *(image_size or (None, None)))
+        self.task = TASKS[task](self.robot_spec)
+        self.twin = Twin(self.robot_spec, self.task.objects_xml(), timestep=timestep,
+                         offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),
                          params=params)
         self.task.bind(self.twin)
         self.action_mode = action_mode
@@ -55,10 +55,10 @@ class RobotEnv(gym.Env):
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
         self.render_size = render_size
-        self.camera_names = [c.name for c in self.spec.cameras]
+        self.camera_names = [c.name for c in self.robot_spec.cameras]
         self._steps = 0
 
-        s = self.spec
+        s = self.robot_spec
         g = 1 if s.gripper else 0
         if action_mode == "joint_pos":
             lo = np.array(s.lower + [0.0] * g, dtype=np.float32)
@@ -78,7 +78,7 @@ class RobotEnv(gym.Env):
             "gripper": spaces.Box(-0.1, 1.1, (1,), np.float32),
             "object_state": spaces.Box(-inf, inf, (self.task.object_dim,), np.float32),
         }
-        for c in self.spec.cameras:
+        for c in self.robot_spec.cameras:
             obs[f"image_{c.name}"] = spaces.Box(0, 255, (c.height, c.width, 3), np.uint8)
         self.observation_space = spaces.Dict(obs)
 
@@ -86,7 +86,7 @@ class RobotEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.twin.seed(int(self.np_random.integers(2**31)))
-        q = np.clip(self.twin.home + self.np_random.normal(0, 0.02, self.spec.dof),
+        q = np.clip(self.twin.home + self.np_random.normal(0, 0.02, self.robot_spec.dof),
                     self.twin.lower, self.twin.upper)
         self.twin.reset(q, gripper=0.0)
         self.task.reset(self.np_random)
@@ -125,7 +125,7 @@ class RobotEnv(gym.Env):
     def _obs(self) -> dict[str, np.ndarray]:
         obs = self.twin.observe()
         obs["object_state"] = self.task.object_state()
-        for c in self.spec.cameras:
+        for c in self.robot_spec.cameras:
             obs[f"image_{c.name}"] = self.twin.render(c.name, c.width, c.height)
         return obs
 

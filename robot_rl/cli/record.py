@@ -16,7 +16,7 @@ def record_sim(cfg: DictConfig) -> dict:
     cams = list(cfg.cameras or [])
     env = RobotEnv(task=cfg.task, robot=spec, cameras=cams, image_size=int(cfg.image_size),
                    terminate_on_success=False)
-    store = EpisodeStore.open_or_create(cfg.out, env.spec)
+    store = EpisodeStore.open_or_create(cfg.out, env.robot_spec)
     try:
         first_seed = int(cfg.seed) + store.n_episodes
         committed = attempts = 0

@@ -1,0 +1,121 @@
+"""The robot-rl CLI as a user runs it: real processes, real stores on disk."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robot_rl.data.store import EpisodeStore
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    return subprocess.run([sys.executable, "-m", "robot_rl.cli.main", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "pick.zarr"
+    r = cli("record", "sim", "robot=so101", "task=pick_cube", "episodes=3", f"out={out}", "image_size=48")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_record_writes_a_store_with_images_state_and_actions(recorded):
+    out, r = recorded
+    assert "episodes  3" in r.stdout and "success   100.0%" in r.stdout
+    with EpisodeStore.open(out) as st:
+        assert st.n_episodes == 3 and st.spec.name == "so101"
+        ep = st.episode(1)
+        meta = st.episode_meta(1)
+        assert meta["task"] == "pick_cube" and meta["source"] == "expert" and meta["success"]
+        assert ep["image_front"].shape[1:] == (48, 48, 3) and ep["image_wrist"].shape[1:] == (48, 48, 3)
+        assert ep["action"].shape == (len(ep["timestamp"]), 7)
+        assert np.all(np.diff(ep["timestamp"]) > 0)
+        # the cube ends up lifted in the recorded privileged state
+        assert ep["object_state"][-1, 2] > ep["object_state"][0, 2] + 0.04
+
+
+def test_record_appends_with_new_seeds(recorded, tmp_path):
+    out, _ = recorded
+    r = cli("record", "sim", "robot=so101", "task=pick_cube", "episodes=1", f"out={out}", "image_size=48",
+            "progress=false")
+    assert r.returncode == 0, r.stderr
+    with EpisodeStore.open(out) as st:
+        assert st.n_episodes == 4
+        seeds = [st.episode_meta(i)["extra"]["seed"] for i in range(4)]
+        assert len(set(seeds)) == 4
+
+
+def test_info_and_json(recorded):
+    out, _ = recorded
+    r = cli("info", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "robot     so101" in r.stdout and "image_front" in r.stdout
+    r = cli("info", str(out), "json=true")
+    import json
+    s = json.loads(r.stdout)
+    assert s["episodes"] >= 3 and s["success_rate"] == 1.0 and s["bytes_total"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "gif"])
+def test_view_renders_video_and_contact_sheet(recorded, tmp_path, fmt):
+    out, _ = recorded
+    r = cli("view", str(out), "episode=0", f"format={fmt}", f"out={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    video = tmp_path / f"pick_ep0.{fmt}"
+    sheet = tmp_path / "pick_ep0_sheet.png"
+    assert video.stat().st_size > 1000
+    img = Image.open(sheet)
+    assert img.size[0] > 300 and np.asarray(img).std() > 10
+    if fmt == "gif":
+        with EpisodeStore.open(out) as st:
+            assert Image.open(video).n_frames == len(st.episode(0, keys=["timestamp"])["timestamp"])
+
+
+def test_wrong_config_key_is_one_clear_error(tmp_path):
+    r = cli("record", "sim", "robot=so101", "episdoes=3", f"out={tmp_path / 'x.zarr'}")
+    assert r.returncode == 2
+    assert "unknown setting 'episdoes'" in r.stderr and "episodes" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x.zarr").exists()
+    r = cli("record", "sim", "robot=ur10")
+    assert r.returncode == 2 and "unknown robot 'ur10'" in r.stderr and "so101" in r.stderr
+
+
+def test_missing_store_path_is_one_clear_error(tmp_path):
+    for cmd in ("info", "view"):
+        r = cli(cmd, str(tmp_path / "nope.zarr"))
+        assert r.returncode == 2 and "no episode store at" in r.stderr and "Traceback" not in r.stderr
+    r = cli("info")
+    assert r.returncode == 2 and "needs a store path" in r.stderr
+
+
+def test_store_from_another_robot_is_refused_and_nothing_is_lost(recorded):
+    out, _ = recorded
+    with EpisodeStore.open(out) as st:
+        before = st.n_episodes, st.n_steps
+    r = cli("record", "sim", "robot=arm6", "episodes=1", f"out={out}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'so101'" in r.stderr and "'arm6'" in r.stderr
+    with EpisodeStore.open(out) as st:
+        assert (st.n_episodes, st.n_steps) == before
+
+
+def test_view_of_missing_episode(recorded):
+    out, _ = recorded
+    r = cli("view", str(out), "episode=99")
+    assert r.returncode == 2 and "episode 99 does not exist" in r.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert r.returncode == 0, r.stderr
+    assert "demo finished" in r.stdout
+    assert (tmp_path / "so101_pick_cube_ep0_sheet.png").exists()
+    with EpisodeStore.open(tmp_path / "so101_pick_cube.zarr") as st:
+        assert st.n_episodes == 2
