@@ -1,0 +1,221 @@
+"""Fixed-length training windows over episodes (diffusion policy / ACT).
+
+Window convention (the one of diffusion_policy's ``SequenceSampler``)
+--------------------------------------------------------------------
+A window is ``horizon`` consecutive steps ``s, s+1, ..., s+horizon-1`` of ONE episode
+(episode-relative indices; windows never mix two episodes). Its *current step* is
+``t = s + n_obs_steps - 1``. An item holds::
+
+    item[k]          for k in obs_keys: steps t-n_obs_steps+1 .. t   shape (n_obs_steps, *shape)
+    item[action_key]                     steps t-n_obs_steps+1 .. t-n_obs_steps+horizon
+                                                                      shape (horizon, *shape)
+    item["is_pad"]   bool (horizon,): True where that action step lies outside the episode
+
+so ``action[n_obs_steps - 1]`` is the action taken at the current step and the first
+``n_obs_steps - 1`` actions are the ones that led to the past observations. Steps before
+the episode's first / after its last step are *edge padded*: they repeat the first / last
+frame of that episode. Window starts ``s`` run over ``[-pad_before, L - horizon + pad_after]``
+for an episode of ``L`` steps; the defaults ``pad_before = n_obs_steps - 1`` and
+``pad_after = horizon - n_obs_steps`` make every step of every episode the current step
+of exactly one window (``len(sampler) == total steps``). An episode too short for any
+window (``L + pad_before + pad_after < horizon``) contributes none.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from robot_rl.data.store import EpisodeStore, StoreError
+
+
+def episode_split(n_episodes: int, val_ratio: float = 0.1, seed: int = 0,
+                  max_train_episodes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/val split by episode: two disjoint boolean masks of length n_episodes.
+
+    At least one validation episode when ``val_ratio > 0`` and there are >= 2 episodes,
+    and at least one training episode whenever there is any episode."""
+    if not 0 <= val_ratio < 1:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    n_val = int(round(n_episodes * val_ratio))
+    if val_ratio > 0 and n_episodes >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, max(0, n_episodes - 1))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_episodes)
+    val = np.zeros(n_episodes, bool)
+    val[perm[:n_val]] = True
+    train = ~val
+    if max_train_episodes is not None and train.sum() > max_train_episodes:
+        keep = rng.choice(np.flatnonzero(train), size=max_train_episodes, replace=False)
+        train[:] = False
+        train[keep] = True
+    return train, val
+
+
+def _resolve_source(src: Any) -> tuple[Mapping[str, Any], np.ndarray]:
+    """-> (key -> array-like with rows along axis 0, episode_ends)."""
+    if isinstance(src, (str, os.PathLike)):
+        src = EpisodeStore.open(Path(src))
+    if isinstance(src, EpisodeStore):
+        return src.data, src.episode_ends
+    if isinstance(src, Mapping) or hasattr(src, "__getitem__"):
+        try:
+            if "data" in src and "meta" in src:  # diffusion_policy layout (dict or zarr group)
+                return src["data"], np.asarray(src["meta"]["episode_ends"][:], dtype=np.int64)
+            if "episode_ends" in src:
+                return src, np.asarray(src["episode_ends"][:], dtype=np.int64)
+        except TypeError:
+            pass
+    raise TypeError("SequenceSampler needs an EpisodeStore, a store path, a mapping with 'data' and "
+                    "'meta/episode_ends' (diffusion_policy layout) or a mapping of arrays with "
+                    f"'episode_ends'; got {type(src).__name__}")
+
+
+class SequenceSampler:
+    """Windows of ``n_obs_steps`` observations and ``horizon`` actions (see module doc).
+
+    ``store_or_arrays``: an EpisodeStore, a store path, a diffusion_policy-style group /
+    dict (``data/<key>``, ``meta/episode_ends``) or a dict of arrays plus ``episode_ends``.
+    ``episode_mask``: bool mask (or index list) of the episodes to use.
+    ``in_memory``: load the selected keys of the selected episodes once (fast random
+    access); otherwise every item reads its rows lazily from the (zarr) arrays.
+    """
+
+    def __init__(self, store_or_arrays: Any, obs_keys: Sequence[str], action_key: str = "action",
+                 n_obs_steps: int = 2, horizon: int = 16, pad_before: int | None = None,
+                 pad_after: int | None = None, episode_mask: Sequence[bool] | np.ndarray | None = None,
+                 in_memory: bool = True) -> None:
+        if isinstance(obs_keys, str):
+            obs_keys = [obs_keys]
+        obs_keys = list(obs_keys)
+        if n_obs_steps < 1 or horizon < 1:
+            raise ValueError(f"n_obs_steps ({n_obs_steps}) and horizon ({horizon}) must be >= 1")
+        if horizon < n_obs_steps:
+            raise ValueError(f"horizon ({horizon}) must be >= n_obs_steps ({n_obs_steps})")
+        if action_key in obs_keys or "is_pad" in obs_keys or action_key == "is_pad":
+            raise ValueError(f"obs_keys {obs_keys} must not contain the action key {action_key!r} or 'is_pad'")
+        pad_before = n_obs_steps - 1 if pad_before is None else int(pad_before)
+        pad_after = horizon - n_obs_steps if pad_after is None else int(pad_after)
+        if not (0 <= pad_before < horizon and 0 <= pad_after < horizon):
+            raise ValueError(f"pad_before ({pad_before}) and pad_after ({pad_after}) must be in [0, horizon)")
+        self._source = store_or_arrays
+        self.obs_keys, self.action_key = obs_keys, action_key
+        self.n_obs_steps, self.horizon = int(n_obs_steps), int(horizon)
+        self.pad_before, self.pad_after = pad_before, pad_after
+        self.in_memory = in_memory
+
+        arrays, ends = _resolve_source(store_or_arrays)
+        keys = obs_keys + [action_key]
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise KeyError(f"SequenceSampler: keys {missing} not in the data; it has {sorted(arrays)}")
+        n_eps = len(ends)
+        if episode_mask is None:
+            mask = np.ones(n_eps, bool)
+        else:
+            m = np.asarray(episode_mask)
+            if m.dtype == bool:
+                if m.shape != (n_eps,):
+                    raise ValueError(f"episode_mask has shape {m.shape}, expected ({n_eps},)")
+                mask = m.copy()
+            else:  # episode indices
+                mask = np.zeros(n_eps, bool)
+                mask[m.astype(np.int64)] = True
+        self.episode_mask = mask
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if n_eps else np.zeros(0, np.int64)
+        sel = np.flatnonzero(mask)
+        self.episode_indices = sel  # source episode index of each selected episode
+        lengths = (ends[sel] - starts[sel]).astype(np.int64)
+        src_starts = starts[sel]
+
+        if in_memory:
+            # read contiguous runs of selected episodes with one call per run and key
+            runs: list[tuple[int, int]] = []
+            for a, b in zip(src_starts, src_starts + lengths):
+                if runs and runs[-1][1] == a:
+                    runs[-1] = (runs[-1][0], int(b))
+                else:
+                    runs.append((int(a), int(b)))
+            self._arrays = {}
+            for k in keys:
+                arr = arrays[k]
+                parts = [np.asarray(arr[a:b]) for a, b in runs]
+                self._arrays[k] = (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts \
+                    else np.asarray(arr[0:0])
+            self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) \
+                if len(lengths) else np.zeros(0, np.int64)
+        else:
+            self._arrays = {k: arrays[k] for k in keys}
+            self._starts = src_starts
+        self._lengths = lengths
+        n_win = np.where(lengths > 0, np.maximum(0, lengths - horizon + pad_before + pad_after + 1), 0)
+        self._cum = np.cumsum(n_win)
+        self._n = int(self._cum[-1]) if len(self._cum) else 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_indices)
+
+    def window(self, i: int) -> tuple[int, int]:
+        """(source episode index, current step t within it) of item i (t may be < 0 or >= L
+        when pad_before / pad_after exceed the defaults)."""
+        e, s = self._locate(i)
+        return int(self.episode_indices[e]), s + self.n_obs_steps - 1
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not -self._n <= i < self._n:
+            raise IndexError(f"window {i} out of range: the sampler has {self._n}")
+        i = int(i) % self._n
+        e = int(np.searchsorted(self._cum, i, side="right"))
+        before = int(self._cum[e - 1]) if e else 0
+        return e, i - before - self.pad_before
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        e, s = self._locate(i)
+        L, base = int(self._lengths[e]), int(self._starts[e])
+        seq = np.arange(s, s + self.horizon)
+        idx = np.clip(seq, 0, L - 1)
+        out: dict[str, np.ndarray] = {}
+        if self.in_memory:
+            for k in self.obs_keys:
+                out[k] = self._arrays[k][base + idx[: self.n_obs_steps]]
+            out[self.action_key] = self._arrays[self.action_key][base + idx]
+        else:
+            lo, hi = int(idx[0]), int(idx[-1]) + 1  # obs rows lie inside the action rows
+            for k in self.obs_keys:
+                rows = np.asarray(self._arrays[k][base + lo: base + int(idx[self.n_obs_steps - 1]) + 1])
+                out[k] = rows[idx[: self.n_obs_steps] - lo]
+            rows = np.asarray(self._arrays[self.action_key][base + lo: base + hi])
+            out[self.action_key] = rows[idx - lo]
+        out["is_pad"] = (seq < 0) | (seq >= L)
+        return out
+
+    def split(self, val_ratio: float = 0.1, seed: int = 0) -> tuple["SequenceSampler", "SequenceSampler"]:
+        """(train, val) samplers over disjoint random subsets of this sampler's episodes."""
+        sel = self.episode_indices
+        tr, va = episode_split(len(sel), val_ratio, seed)
+        n = len(self.episode_mask)
+        masks = []
+        for m in (tr, va):
+            full = np.zeros(n, bool)
+            full[sel[m]] = True
+            masks.append(full)
+        kw = dict(obs_keys=self.obs_keys, action_key=self.action_key, n_obs_steps=self.n_obs_steps,
+                  horizon=self.horizon, pad_before=self.pad_before, pad_after=self.pad_after,
+                  in_memory=self.in_memory)
+        return (SequenceSampler(self._source, episode_mask=masks[0], **kw),
+                SequenceSampler(self._source, episode_mask=masks[1], **kw))
+
+    def __repr__(self) -> str:
+        return (f"<SequenceSampler windows={self._n} episodes={self.n_episodes} obs={self.obs_keys} "
+                f"action={self.action_key!r} n_obs_steps={self.n_obs_steps} horizon={self.horizon} "
+                f"pad=({self.pad_before}, {self.pad_after}) {'in-memory' if self.in_memory else 'lazy'}>")
+
+
+__all__ = ["SequenceSampler", "episode_split", "StoreError"]
