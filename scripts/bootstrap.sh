@@ -34,8 +34,9 @@ fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first, pinned: on these machines it is a local CPU build; anything later that
 # depends on torch then finds it satisfied instead of pulling CUDA wheels.
-"$VENV/bin/python" -c 'import torch' 2>/dev/null || "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
+"$VENV/bin/python" -c 'import torch' 2>/dev/null || "${PIP[@]}" "torch==2.13.0" 2>&1 | quiet
+"${PIP[@]}" -e ".[dev]" 2>&1 | quiet
 "$VENV/bin/python" -c 'import robot_rl.sim, robot_rl.data, torch, mujoco, zarr' \
   || { echo "bootstrap: the install is incomplete" >&2; exit 1; }
 echo "bootstrap: ready ($("$VENV/bin/python" --version), venv $VENV)"
