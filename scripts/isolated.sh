@@ -7,6 +7,9 @@ set -euo pipefail
 if [ "${ROBOT_RL_ISOLATED:-}" = 1 ]; then exec "$@"; fi
 export ROBOT_RL_ISOLATED=1
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# ROS 2 from the project venv (PyPI wheels) unless a system ROS is already sourced
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if [ -z "${AMENT_PREFIX_PATH:-}" ] && [ -d "$venv/share/ament_index" ]; then export AMENT_PREFIX_PATH="$venv"; fi
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 1))}
 setup='ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo'
 if [ "$(id -u)" = 0 ]; then

@@ -1,3 +1,28 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+_domain_ids = itertools.count(1 + (os.getpid() % 20) * 10)
+
+
+@pytest.fixture
+def ros_domain(monkeypatch):
+    """A ROS_DOMAIN_ID of this test's own (inherited by subprocesses); refuses to run DDS
+    outside a loopback-only network namespace (make test runs pytest inside one)."""
+    from ros_helpers import have_rclpy, in_isolated_netns
+    if not have_rclpy():
+        pytest.skip("rclpy is not installed (pip install -e .[ros])")
+    if not in_isolated_netns():
+        pytest.fail("DDS tests must run in a loopback-only network namespace: use `make test` "
+                    "or scripts/isolated.sh")
+    dom = next(_domain_ids) % 200 + 1
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(dom))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return dom

@@ -1,0 +1,92 @@
+"""Topic and service names, message conventions and QoS for every robot_rl node.
+
+Standard messages only. Conventions (also in docs/ros.md):
+
+- ``/joint_states`` ``sensor_msgs/JointState``: the spec's joints in spec order, then
+  ``gripper`` whose position is the closure 0 (open) .. 1 (closed); velocity for the arm
+  joints (0 for the gripper). Header stamp = time of the measurement.
+- ``/ee_pose`` ``geometry_msgs/PoseStamped``: tool centre point in the base frame.
+- ``/camera/<name>/image_raw`` ``sensor_msgs/Image`` (encoding ``rgb8``), sensor-data QoS;
+  ``/camera/<name>/camera_info`` ``sensor_msgs/CameraInfo`` (K from the spec).
+- ``/object_state`` ``std_msgs/Float32MultiArray``: privileged task state (twin only).
+- ``/reward`` ``std_msgs/Float32`` and ``/success`` ``std_msgs/Bool`` (twin only).
+- Commands into the robot node:
+  ``/joint_command`` ``sensor_msgs/JointState`` (absolute position targets by joint name;
+  ``gripper`` optional), ``/ee_delta_command`` ``geometry_msgs/TwistStamped`` (tool velocity
+  in the base frame, m/s and rad/s; integrated over one control period),
+  ``/gripper_command`` ``std_msgs/Float64`` (0 open .. 1 closed),
+  ``/joint_trajectory`` ``trajectory_msgs/JointTrajectory`` (an action chunk: points with
+  ``time_from_start``, executed from the header stamp, or on receipt if the stamp is zero).
+- ``/action`` ``std_msgs/Float32MultiArray``: the action the robot node applied at each
+  control step, in the node's action mode (what a dataset stores as ``action``).
+- Teleop: ``/teleop/event`` ``std_msgs/String`` -- one of EVENTS, optionally followed by
+  ``key=value`` words (``start seed=12``); ``/teleop/intervention`` ``std_msgs/Bool``.
+- Services: ``/robot/estop`` ``std_srvs/SetBool`` (true engages: hold position, ignore
+  commands), ``/robot/reset`` ``std_srvs/Trigger``; recorder ``/recorder/start``,
+  ``/recorder/success``, ``/recorder/failure``, ``/recorder/discard`` ``std_srvs/Trigger``.
+- ``/diagnostics`` ``diagnostic_msgs/DiagnosticArray``: cadence and safety telemetry.
+- ``/clock`` ``rosgraph_msgs/Clock`` when the twin runs on sim time.
+"""
+from __future__ import annotations
+
+JOINT_STATES = "/joint_states"
+EE_POSE = "/ee_pose"
+OBJECT_STATE = "/object_state"
+REWARD = "/reward"
+SUCCESS = "/success"
+ACTION = "/action"
+JOINT_COMMAND = "/joint_command"
+EE_DELTA_COMMAND = "/ee_delta_command"
+GRIPPER_COMMAND = "/gripper_command"
+JOINT_TRAJECTORY = "/joint_trajectory"
+TELEOP_EVENT = "/teleop/event"
+TELEOP_INTERVENTION = "/teleop/intervention"
+ESTOP = "/robot/estop"
+RESET = "/robot/reset"
+DIAGNOSTICS = "/diagnostics"
+CLOCK = "/clock"
+GRIPPER_JOINT = "gripper"
+
+EVENTS = ("start", "success", "failure", "discard", "rerecord")
+
+
+def camera_image(name: str) -> str:
+    return f"/camera/{name}/image_raw"
+
+
+def camera_info(name: str) -> str:
+    return f"/camera/{name}/camera_info"
+
+
+def parse_event(text: str) -> tuple[str, dict[str, str]]:
+    """``"start seed=3"`` -> ``("start", {"seed": "3"})``; ValueError for unknown events."""
+    words = text.split()
+    if not words or words[0] not in EVENTS:
+        raise ValueError(f"unknown teleop event {text!r}; events: {list(EVENTS)}")
+    args = {}
+    for w in words[1:]:
+        if "=" not in w:
+            raise ValueError(f"teleop event {text!r}: expected key=value, got {w!r}")
+        k, v = w.split("=", 1)
+        args[k] = v
+    return words[0], args
+
+
+def format_event(event: str, **args) -> str:
+    if event not in EVENTS:
+        raise ValueError(f"unknown teleop event {event!r}; events: {list(EVENTS)}")
+    return " ".join([event] + [f"{k}={v}" for k, v in args.items()])
+
+
+def sensor_qos(depth: int = 5):
+    """Best-effort, volatile, keep-last: for camera images (rclpy's sensor-data profile)."""
+    from rclpy.qos import qos_profile_sensor_data, QoSProfile
+    q = QoSProfile(**{k: getattr(qos_profile_sensor_data, k) for k in ("reliability", "durability", "history")},
+                   depth=depth)
+    return q
+
+
+def reliable_qos(depth: int = 50):
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE,
+                      history=QoSHistoryPolicy.KEEP_LAST, depth=depth)
