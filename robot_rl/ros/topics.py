@@ -17,6 +17,10 @@ Standard messages only. Conventions (also in docs/ros.md):
   ``/gripper_command`` ``std_msgs/Float64`` (0 open .. 1 closed),
   ``/joint_trajectory`` ``trajectory_msgs/JointTrajectory`` (an action chunk: points with
   ``time_from_start``, executed from the header stamp, or on receipt if the stamp is zero).
+- ``/action_command`` ``std_msgs/Float32MultiArray``: one complete action in the spec's
+  action space (what a policy or the scripted expert outputs); ``layout.dim[0].label`` names
+  the action mode (``joint_pos`` | ``joint_delta`` | ``ee_delta``), the last entry is the
+  gripper. In ``lockstep`` mode each one received advances the twin by one control step.
 - ``/action`` ``std_msgs/Float32MultiArray``: the action the robot node applied at each
   control step, in the node's action mode (what a dataset stores as ``action``).
 - Teleop: ``/teleop/event`` ``std_msgs/String`` -- one of EVENTS, optionally followed by
@@ -35,6 +39,7 @@ OBJECT_STATE = "/object_state"
 REWARD = "/reward"
 SUCCESS = "/success"
 ACTION = "/action"
+ACTION_COMMAND = "/action_command"
 JOINT_COMMAND = "/joint_command"
 EE_DELTA_COMMAND = "/ee_delta_command"
 GRIPPER_COMMAND = "/gripper_command"
