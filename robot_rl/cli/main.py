@@ -20,6 +20,8 @@ commands:
   record sim [key=value ...]   record scripted-expert demonstrations on the MuJoCo twin
   info PATH [json=true]        episodes, steps, success rate and sizes of an episode store
   view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
+  convert SRC DST [key=value]  rosbag2 -> episode store, or episode store -> rosbag2 (mcap/sqlite3)
+  launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim) and supervise it
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -115,7 +117,30 @@ def cmd_view(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"record": cmd_record, "info": cmd_info, "view": cmd_view}
+def cmd_convert(args: list[str]) -> int:
+    from robot_rl.cli.convert import cmd_convert as run
+    return run(args)
+
+
+def cmd_launch(args: list[str]) -> int:
+    from robot_rl.ros.graphs import GRAPHS
+    if not args or "=" in args[0]:
+        lines = "\n".join(f"  {g.name:<14} {g.description}\n{'':<16} params: "
+                          + " ".join(f"{k}={v!r}" for k, v in g.params.items()) for g in GRAPHS.values())
+        raise CLIError(f"'launch' needs a graph: robot-rl launch GRAPH [key=value ...]\ngraphs:\n{lines}")
+    bad = [a for a in args[1:] if "=" not in a]
+    if bad:
+        raise CLIError(f"expected key=value, got {bad[0]!r}")
+    overrides = dict(a.split("=", 1) for a in args[1:])
+    from robot_rl.ros.launcher import launch
+    try:
+        return launch(args[0], overrides)
+    except KeyError as e:
+        raise CLIError(str(e).strip("\"'")) from None
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"record": cmd_record, "info": cmd_info, "view": cmd_view,
+                                                   "convert": cmd_convert, "launch": cmd_launch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,110 @@
+"""Node graphs as data: which processes a graph starts and with which arguments.
+
+Used by ``robot-rl launch GRAPH key=value ...`` (our own supervisor, works with the PyPI
+rclpy wheels) and by ``launch/*.launch.py`` (``ros2 launch robot_rl GRAPH.launch.py``
+on machines with ROS 2 installed). No rclpy import here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    name: str
+    module: str  # run as ``python -m module``
+    args: tuple[str, ...] = ()
+    required: bool = True  # when it exits, the graph shuts down
+    respawn: bool = False  # restart it when it dies (not for required nodes)
+    start_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    description: str
+    params: dict[str, str]  # defaults; overridden by key=value
+    build: Callable[[dict[str, str]], list[NodeDef]] = field(repr=False)
+
+    def nodes(self, overrides: dict[str, str] | None = None) -> list[NodeDef]:
+        p = dict(self.params)
+        unknown = set(overrides or {}) - set(p)
+        if unknown:
+            raise KeyError(f"graph {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                           f"parameters: {', '.join(f'{k}={v}' for k, v in p.items())}")
+        p.update(overrides or {})
+        return self.build(p)
+
+
+def _robot(p: dict[str, str], mode: str) -> NodeDef:
+    args = ["--robot", p["robot"], "--task", p["task"], "--mode", mode, "--cameras", p["cameras"],
+            "--image-size", p["image_size"]]
+    if p.get("rate"):
+        args += ["--rate", p["rate"]]
+    if mode == "lockstep":
+        args += ["--image-qos", "reliable"]
+    return NodeDef("robot", "robot_rl.ros.robot_node", tuple(args))
+
+
+def _teleop_record(p: dict[str, str]) -> list[NodeDef]:
+    mode = p["mode"] or ("lockstep" if p["device"] == "expert" else "realtime")
+    teleop = ["--device", p["device"], "--robot", p["robot"], "--task", p["task"], "--mode", mode,
+              "--episodes", p["episodes"], "--seed", p["seed"]]
+    if p.get("rate"):
+        teleop += ["--rate", p["rate"]]
+    rec = ["--contract", p["contract"], "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
+           "--cameras", p["cameras"]]
+    if p.get("rate"):
+        rec += ["--fps", p["rate"]]
+    if p["bag"]:
+        rec += ["--bag", p["bag"]]
+    return [
+        _robot(p, mode),
+        # the recorder must be up before the first episode starts: it is not required, the
+        # teleop node ending (all episodes done) ends the graph, the recorder then closes cleanly
+        NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False),
+        NodeDef("teleop", "robot_rl.ros.teleop_node", tuple(teleop), start_delay_s=1.0),
+    ]
+
+
+def _replay(p: dict[str, str]) -> list[NodeDef]:
+    if not p["bag"]:
+        raise KeyError("graph 'replay' needs bag=PATH")
+    args = [p["bag"], "--rate", p["rate"] or "1.0"]
+    if p["loop"].lower() in ("1", "true", "yes"):
+        args.append("--loop")
+    if p["clock"].lower() in ("1", "true", "yes"):
+        args.append("--clock")
+    if p["topics"]:
+        args += ["--topics", p["topics"]]
+    nodes = [NodeDef("player", "robot_rl.ros.bag_player", tuple(args))]
+    if p["out"]:
+        nodes.insert(0, NodeDef("recorder", "robot_rl.ros.recorder_node",
+                                ("--contract", p["contract"], "--out", p["out"], "--robot", p["robot"],
+                                 "--task", p["task"]), required=False))
+    return nodes
+
+
+def _sim(p: dict[str, str]) -> list[NodeDef]:
+    return [_robot(p, p["mode"] or "realtime")]
+
+
+_COMMON = {"robot": "so101", "task": "pick_cube", "cameras": "front,wrist", "image_size": "96", "rate": ""}
+
+GRAPHS: dict[str, Graph] = {
+    "teleop_record": Graph(
+        "teleop_record",
+        "robot node (twin) + teleop device + recorder: record demonstrations into an episode store "
+        "(and an mcap bag)",
+        {**_COMMON, "device": "expert", "mode": "", "episodes": "10", "seed": "0", "contract": "sim",
+         "out": "data/teleop.zarr", "bag": ""},
+        _teleop_record),
+    "replay": Graph(
+        "replay", "play a rosbag2 onto its topics (optionally re-recording it into an episode store)",
+        {**_COMMON, "bag": "", "rate": "1.0", "loop": "false", "clock": "true", "topics": "", "out": "",
+         "contract": "sim"},
+        _replay),
+    "sim": Graph("sim", "the twin's robot node alone (realtime, fast or lockstep)",
+                 {**_COMMON, "mode": "realtime"}, _sim),
+}
