@@ -27,8 +27,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
 
+BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_bags.py bench_ros_record.py
 bench: $(STAMP)
-	cd benchmarks && ../$(RUN) ../$(PY) bench_twin.py && ../$(RUN) ../$(PY) bench_experts.py && ../$(RUN) ../$(PY) bench_store.py
+	cd benchmarks && for b in $(BENCHES); do ../$(RUN) ../$(PY) $$b || exit 1; done
 
 clean:
 	rm -rf out .pytest_cache

@@ -23,11 +23,8 @@ def have_rclpy() -> bool:
 
 
 def in_isolated_netns() -> bool:
-    """True when this process runs in a namespace whose only interface is lo."""
-    try:
-        return sorted(os.listdir("/sys/class/net")) == ["lo"]
-    except OSError:
-        return False
+    from robot_rl.ros.isolation import loopback_only
+    return loopback_only()
 
 
 def spawn(module: str, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:

@@ -1,6 +1,5 @@
 """The graph launcher with real processes (stand-in nodes: no DDS needed to test supervision)."""
 import io
-import os
 import signal
 import subprocess
 import sys

@@ -54,7 +54,7 @@ def _teleop_record(p: dict[str, str]) -> list[NodeDef]:
     if p.get("rate"):
         teleop += ["--rate", p["rate"]]
     rec = ["--contract", p["contract"], "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
-           "--cameras", p["cameras"]]
+           "--cameras", p["cameras"], "--image-size", p["image_size"]]
     if p.get("rate"):
         rec += ["--fps", p["rate"]]
     if p["bag"]:
@@ -78,12 +78,15 @@ def _replay(p: dict[str, str]) -> list[NodeDef]:
         args.append("--clock")
     if p["topics"]:
         args += ["--topics", p["topics"]]
-    nodes = [NodeDef("player", "robot_rl.ros.bag_player", tuple(args))]
-    if p["out"]:
-        nodes.insert(0, NodeDef("recorder", "robot_rl.ros.recorder_node",
-                                ("--contract", p["contract"], "--out", p["out"], "--robot", p["robot"],
-                                 "--task", p["task"]), required=False))
-    return nodes
+    if not p["out"]:
+        return [NodeDef("player", "robot_rl.ros.bag_player", tuple(args))]
+    rec = ["--contract", p["contract"], "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
+           "--cameras", p["cameras"], "--image-size", p["image_size"]]
+    if p["clock"].lower() in ("1", "true", "yes"):
+        rec.append("--use-sim-time")  # the bag's stamps, not this machine's clock
+    # the recorder subscribes first; the player starts once it is up (nothing is missed)
+    return [NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False),
+            NodeDef("player", "robot_rl.ros.bag_player", tuple(args), start_delay_s=3.0)]
 
 
 def _sim(p: dict[str, str]) -> list[NodeDef]:

@@ -10,7 +10,6 @@ recorders close their files), then SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys

@@ -13,7 +13,10 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 def to_time(t: float) -> Time:
     sec = int(np.floor(t))
-    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+    ns = int(round((t - sec) * 1e9))
+    if ns >= 1_000_000_000:  # 7.9999999999 rounds up to 8 s, not to 7 s + 0 ns
+        sec, ns = sec + 1, ns - 1_000_000_000
+    return Time(sec=sec, nanosec=ns)
 
 
 def from_time(stamp) -> float:
@@ -104,3 +107,29 @@ def float_array(values, label: str = "") -> Float32MultiArray:
 
 def float_array_values(msg: Float32MultiArray) -> np.ndarray:
     return np.asarray(msg.data, dtype=np.float32)
+
+
+# -- stamped Float32MultiArray (/action, /object_state) ------------------------------------
+# Float32MultiArray has no header. A stamp travels as a trailing size-1 dimension whose label
+# is "stamp=<sec>.<nanosec>": the shape stays consistent with the data (n x 1) and consumers
+# that only read `data` or `dim[0]` are unaffected.
+STAMP_PREFIX = "stamp="
+
+
+def stamped_float_array(values, label: str, stamp: float) -> Float32MultiArray:
+    m = float_array(values, label)
+    t = to_time(stamp)
+    m.layout.dim.append(MultiArrayDimension(label=f"{STAMP_PREFIX}{t.sec}.{t.nanosec:09d}", size=1, stride=1))
+    return m
+
+
+def float_array_stamp(msg: Float32MultiArray) -> float | None:
+    """The stamp of a stamped_float_array message, None when it carries none."""
+    for d in msg.layout.dim:
+        if d.label.startswith(STAMP_PREFIX):
+            sec, _, ns = d.label[len(STAMP_PREFIX):].partition(".")
+            try:
+                return int(sec) + int(ns or 0) * 1e-9
+            except ValueError:
+                return None
+    return None

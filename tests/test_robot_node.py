@@ -1,0 +1,369 @@
+"""robot_node as a real process, driven by a test-side rclpy node over DDS (loopback netns)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from ros_helpers import spawn
+from robot_rl.spec import load_spec
+
+SPEC = load_spec("so101")
+NAMES = SPEC.joint_names + ["gripper"]
+LO, HI = np.array(SPEC.lower), np.array(SPEC.upper)
+
+
+@contextmanager
+def robot_node(*args: str):
+    """A robot_node process, always terminated (then killed) on the way out; its output is
+    printed when the test fails."""
+    p = spawn("robot_rl.ros.robot_node", "--robot", "so101", "--diag-hz", "5", *args)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            out, err = p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        print("---- robot_node stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
+
+
+class Client:
+    """The test-side node: subscribes to everything the robot node publishes."""
+
+    def __init__(self, images=(), image_qos="sensor"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, TwistStamped
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Float32, Float32MultiArray, Float64, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from robot_rl.ros import topics
+        self.topics = topics
+        self.proc = None  # the robot_node process: waits fail fast when it dies
+        self.ctx = Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("test_client", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        n, rq = self.node, topics.reliable_qos(100)
+        self.js, self.ee, self.diag, self.action, self.reward, self.success = [], [], [], [], [], []
+        self.images = {c: [] for c in images}
+        self.sub_js = n.create_subscription(JointState, topics.JOINT_STATES, self.js.append, rq)
+        n.create_subscription(PoseStamped, topics.EE_POSE, self.ee.append, rq)
+        n.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self.diag.append, rq)
+        n.create_subscription(Float32MultiArray, topics.ACTION, self.action.append, rq)
+        n.create_subscription(Float32, topics.REWARD, self.reward.append, rq)
+        n.create_subscription(Bool, topics.SUCCESS, self.success.append, rq)
+        iq = topics.sensor_qos(50) if image_qos == "sensor" else rq
+        for c in images:
+            n.create_subscription(Image, topics.camera_image(c), self.images[c].append, iq)
+        self.pub_action = n.create_publisher(Float32MultiArray, topics.ACTION_COMMAND, rq)
+        self.pub_joint = n.create_publisher(JointState, topics.JOINT_COMMAND, rq)
+        self.pub_twist = n.create_publisher(TwistStamped, topics.EE_DELTA_COMMAND, rq)
+        self.pub_grip = n.create_publisher(Float64, topics.GRIPPER_COMMAND, rq)
+        self.pub_traj = n.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY, rq)
+        self.pub_event = n.create_publisher(String, topics.TELEOP_EVENT, rq)
+
+    def close(self):
+        self.node.destroy_node()
+        self.ex.shutdown()
+        self.ctx.try_shutdown()
+
+    def spin(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def spin_until(self, pred, timeout: float = 10.0, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while not pred():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"robot_node exited (rc {self.proc.returncode}) while waiting for {what}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def wait_ready(self, timeout: float = 20.0):
+        """Until the node publishes joint states and all command publishers are matched."""
+        pubs = [self.pub_action, self.pub_joint, self.pub_twist, self.pub_grip, self.pub_traj, self.pub_event]
+        self.spin_until(lambda: self.sub_js.get_publisher_count() > 0
+                        and all(p.get_subscription_count() > 0 for p in pubs), timeout, "robot_node to come up")
+
+    def q(self) -> np.ndarray:
+        return np.array(self.js[-1].position)
+
+    def call(self, srv_type, name: str, **fields):
+        cli = self.node.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+        fut = cli.call_async(srv_type.Request(**fields))
+        self.spin_until(fut.done, 10.0, f"{name} response")
+        self.node.destroy_client(cli)
+        return fut.result()
+
+    def diag_value(self, key: str):
+        for arr in reversed(self.diag):
+            for s in arr.status:
+                for kv in s.values:
+                    if kv.key == key:
+                        return kv.value
+        return None
+
+    def joint_command(self, positions: dict):
+        from robot_rl.ros import msgs
+        self.pub_joint.publish(msgs.joint_state(list(positions), list(positions.values())))
+
+    def stream(self, fn, seconds: float, hz: float = 25.0):
+        """Call fn() at hz for `seconds` while spinning."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            fn()
+            self.spin(1.0 / hz)
+
+
+@pytest.fixture
+def client_factory(ros_domain):
+    made = []
+
+    def make(proc=None, **kw):
+        c = Client(**kw)
+        c.proc = proc
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_joint_states_joint_command_and_trajectory(client_factory):
+    with robot_node("--mode", "realtime", "--cameras", "front", "--image-size", "40", "--camera-hz", "10",
+                    "--rate", "50") as proc:
+        c = client_factory(proc, images=("front",))
+        c.wait_ready()
+        c.spin_until(lambda: len(c.images["front"]) >= 5, 10.0, "camera images")
+        m = c.js[-1]
+        assert list(m.name) == NAMES
+        assert len(m.position) == len(NAMES) and len(m.velocity) == len(NAMES)
+        stamp = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+        assert abs(stamp - time.time()) < 1.0  # realtime: wall-clock measurement stamps
+        st = np.array([j.header.stamp.sec + j.header.stamp.nanosec * 1e-9 for j in c.js[-10:]])
+        assert np.all(np.diff(st) > 0) and abs(np.median(np.diff(st)) - 0.02) < 0.005
+        # camera images (rendered off the control thread in realtime mode) at ~10 Hz, stamped
+        # with the time of the state they show
+        from robot_rl.ros import msgs
+        img = c.images["front"][-1]
+        assert msgs.image_array(img).shape == (40, 40, 3) and img.encoding == "rgb8"
+        ist = np.array([msgs.from_time(i.header.stamp) for i in c.images["front"]])
+        assert np.all(np.diff(ist) > 0.05) and np.median(np.diff(ist)) == pytest.approx(0.1, abs=0.03)
+        c.spin(0.2)  # topics are not ordered against each other: let that step's joint state arrive
+        js_stamps = {(j.header.stamp.sec, j.header.stamp.nanosec) for j in c.js}
+        assert (img.header.stamp.sec, img.header.stamp.nanosec) in js_stamps
+
+        q0 = c.q()
+        target = {"shoulder_pan": 0.4, "elbow_flex": 1.0, "gripper": 0.6}
+        c.stream(lambda: c.joint_command(target), 1.2)
+        q = c.q()
+        assert abs(q[0] - 0.4) < 0.02 and abs(q[2] - 1.0) < 0.02, q
+        assert abs(q[1] - q0[1]) < 0.02  # joints not named keep their target
+        assert q[5] > 0.3  # gripper closing toward 0.6 (the fingers are slower)
+        a = c.action[-1]
+        assert a.layout.dim[0].label == "ee_delta" and len(a.data) == 7
+
+        # an action chunk: two points over 0.6 s, started on receipt
+        from builtin_interfaces.msg import Duration
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+        tr = JointTrajectory(joint_names=["shoulder_pan", "wrist_roll"])
+        tr.points = [JointTrajectoryPoint(positions=[0.2, 0.3], time_from_start=Duration(sec=0, nanosec=300_000_000)),
+                     JointTrajectoryPoint(positions=[-0.2, 0.5], time_from_start=Duration(sec=0, nanosec=600_000_000))]
+        c.pub_traj.publish(tr)
+        c.spin(1.0)
+        q = c.q()
+        assert abs(q[0] + 0.2) < 0.02 and abs(q[4] - 0.5) < 0.02, q
+
+
+def test_bad_commands_never_reach_the_twin(client_factory):
+    with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50") as proc:
+        c = client_factory(proc)
+        c.wait_ready()
+        c.spin(0.2)
+        from robot_rl.ros import msgs
+        nan_cmds = [
+            lambda: c.joint_command({"shoulder_pan": float("nan"), "elbow_flex": 1.0}),
+            lambda: c.joint_command({"wrist_flex": float("inf")}),
+            lambda: c.pub_action.publish(msgs.float_array([np.nan, 0, 0, 0, 0, 0, 1], "ee_delta")),
+            lambda: c.pub_action.publish(msgs.float_array([0.1, 0.2, 1.0, 1.5, 0.0, np.inf], "joint_pos")),
+            lambda: c.pub_action.publish(msgs.float_array([0.1, 0.2], "joint_pos")),  # wrong length
+        ]
+        q_before = c.q()
+        for send in nan_cmds:
+            c.stream(send, 0.15)
+        c.spin(0.2)
+        seen = np.array([j.position for j in c.js])
+        assert np.all(np.isfinite(seen))
+        assert np.allclose(c.q()[:5], q_before[:5], atol=0.01)  # nothing moved
+        # far out of limits: clamped to the limit minus the margin, never beyond
+        c.stream(lambda: c.joint_command({"wrist_roll": 5.0}), 1.2)
+        assert abs(c.q()[4] - (HI[4] - 0.01)) < 0.02, c.q()  # reached the clamped target
+        # everything at once: joint limits and the tool workspace both hold
+        c.stream(lambda: c.pub_action.publish(msgs.float_array([-9, 9, 9, -9, 9, 0.5], "joint_pos")), 1.2)
+        c.spin(0.5)
+        seen = np.array([j.position for j in c.js])
+        assert np.all(np.isfinite(seen))
+        assert np.all(seen[:, :5] >= LO - 1e-3) and np.all(seen[:, :5] <= HI + 1e-3)
+        ee = np.array([[e.pose.position.x, e.pose.position.y, e.pose.position.z] for e in c.ee])
+        ws_lo, ws_hi = np.array(SPEC.workspace[0]), np.array(SPEC.workspace[1])
+        assert np.all(ee >= ws_lo - 0.02) and np.all(ee <= ws_hi + 0.02)
+        assert int(c.diag_value("clamped_workspace")) >= 1
+        assert int(c.diag_value("rejected_nonfinite")) >= 4
+        assert int(c.diag_value("rejected_shape")) >= 1
+        assert int(c.diag_value("clamped_joint_limit")) >= 2
+        # an unknown action mode is refused outright
+        c.stream(lambda: c.pub_action.publish(msgs.float_array([0.0] * 7, "teleport")), 0.2)
+        c.spin(0.3)
+        assert int(c.diag_value("rejected_mode")) >= 1
+
+
+def test_watchdog_holds_when_commands_stop(client_factory):
+    from geometry_msgs.msg import TwistStamped
+    with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50", "--timeout", "0.25") as proc:
+        c = client_factory(proc)
+        c.wait_ready()
+        c.spin(0.2)
+        tw = TwistStamped()
+        tw.twist.linear.z = 0.2  # 20 cm/s up (the servo lags: ee_delta is relative to the measured pose)
+        z0 = c.ee[-1].pose.position.z
+        c.stream(lambda: c.pub_twist.publish(tw), 0.6)
+        z1 = c.ee[-1].pose.position.z
+        assert z1 - z0 > 0.01, (z0, z1)  # it moved while the twist streamed
+        c.spin(0.6)  # the command is now stale: the arm must stop, not keep integrating it
+        z2 = c.ee[-1].pose.position.z
+        c.spin(1.0)
+        z3 = c.ee[-1].pose.position.z
+        assert z2 - z1 < 0.03 and abs(z3 - z2) < 1e-3, (z1, z2, z3)
+        c.spin(0.3)
+        assert int(c.diag_value("watchdog_trips")) >= 1
+
+
+def test_estop_latches_and_releases(client_factory):
+    from std_srvs.srv import SetBool
+    with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50") as proc:
+        c = client_factory(proc)
+        c.wait_ready()
+        c.spin(0.2)
+        r = c.call(SetBool, "/robot/estop", data=True)
+        assert r.success
+        q0 = c.q()
+        c.stream(lambda: c.joint_command({"shoulder_pan": 0.5}), 0.8)
+        assert abs(c.q()[0] - q0[0]) < 1e-3  # commands are ignored while engaged
+        c.spin(0.3)
+        assert c.diag_value("estop_engaged") == "1"
+        assert int(c.diag_value("ignored_estop")) > 0
+        assert c.call(SetBool, "/robot/estop", data=False).success
+        c.spin(0.3)
+        assert abs(c.q()[0] - q0[0]) < 1e-3  # release alone does not move anything
+        c.stream(lambda: c.joint_command({"shoulder_pan": 0.5}), 1.0)
+        assert abs(c.q()[0] - 0.5) < 0.02
+
+
+def test_lockstep_matches_a_direct_env_run(client_factory):
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from robot_rl.ros import msgs
+    from robot_rl.sim import make_env
+    seed, n_steps, size = 7, 6, 32
+    with robot_node("--mode", "lockstep", "--task", "pick_cube", "--cameras", "front,wrist",
+                    "--image-size", str(size), "--image-qos", "reliable", "--seed", "0") as proc:
+        c = client_factory(proc, images=("front", "wrist"), image_qos="reliable")
+        c.wait_ready()
+        env = make_env("pick_cube", "so101", action_mode="ee_delta", cameras=["front", "wrist"], image_size=size)
+        obs, _ = env.reset(seed=seed)
+        expert = env.make_expert(seed)
+
+        def received(k):  # the k-th observation (0 = after the reset) is complete
+            return len(c.js) > k and all(len(v) > k for v in c.images.values()) and (k == 0 or len(c.reward) >= k)
+
+        for _ in range(5):  # (re)send until the reset's step-0 observation arrives
+            c.pub_event.publish(String(data=f"start seed={seed}"))
+            try:
+                c.spin_until(lambda: received(0), 2.0, "step-0 observation")
+                break
+            except AssertionError:
+                continue
+        c.spin(0.1)
+        base_js, base_img, base_r = len(c.js) - 1, {k: len(v) - 1 for k, v in c.images.items()}, len(c.reward)
+
+        def check(k, obs):
+            j = c.js[base_js + k]
+            assert np.array_equal(np.asarray(j.position[:5], np.float32), obs["joint_pos"]), k
+            assert np.array_equal(np.asarray(j.position[5:6], np.float32), obs["gripper"]), k
+            assert np.array_equal(np.asarray(j.velocity[:5], np.float32), obs["joint_vel"]), k
+            for cam in ("front", "wrist"):
+                img = msgs.image_array(c.images[cam][base_img[cam] + k])
+                assert img.shape == (size, size, 3)
+                assert np.array_equal(img, obs[f"image_{cam}"]), (k, cam)
+
+        check(0, obs)
+        stamps = [msgs.from_time(c.js[base_js].header.stamp)]
+        for k in range(1, n_steps + 1):
+            a = expert.act(obs).astype(np.float32)
+            c.pub_action.publish(msgs.float_array(a, "ee_delta"))
+            c.spin_until(lambda: len(c.js) > base_js + k and all(len(v) > base_img[cm] + k for cm, v in c.images.items())
+                         and len(c.reward) >= base_r + k, 10.0, f"observation {k}")
+            obs, reward, *_ = env.step(a)
+            check(k, obs)
+            assert c.reward[base_r + k - 1].data == np.float32(reward)
+            stamps.append(msgs.from_time(c.js[base_js + k].header.stamp))
+            act = c.action[-1]
+            assert np.array_equal(msgs.float_array_values(act), a)  # the applied action = the sent one
+            assert msgs.float_array_stamp(act) == pytest.approx(stamps[-2], abs=1e-6)  # chosen from obs k-1
+        assert np.allclose(np.diff(stamps), env.twin.control_dt)  # sim-time stamps
+
+        # a reset keeps the clock running forward: stamps stay unique
+        assert c.call(Trigger, "/robot/reset").success
+        c.spin_until(lambda: len(c.js) > base_js + n_steps + 1, 5.0, "observation after reset")
+        assert msgs.from_time(c.js[-1].header.stamp) > stamps[-1]
+        # lockstep advances on /action_command only; while e-stopped an action still advances
+        # the clock (the client never deadlocks) but the arm holds
+        n = len(c.js)
+        c.joint_command({"shoulder_pan": 0.5})
+        c.spin(0.3)
+        assert len(c.js) == n
+        from std_srvs.srv import SetBool
+        assert c.call(SetBool, "/robot/estop", data=True).success
+        q0 = c.q()
+        for k in range(3):
+            c.pub_action.publish(msgs.float_array([1, 0, 0, 0, 0, 0, 1], "ee_delta"))
+            c.spin_until(lambda: len(c.js) > n + k, 5.0, "lockstep step while e-stopped")
+        assert np.allclose(c.q()[:5], q0[:5], atol=2e-3)
+        env.close()
+
+
+def test_fast_mode_runs_on_sim_time_with_clock(client_factory):
+    from rosgraph_msgs.msg import Clock
+
+    from robot_rl.ros import msgs
+    with robot_node("--mode", "fast", "--cameras", "none", "--ros-args", "-r", "__node:=robot_fast") as proc:
+        c = client_factory(proc)
+        clock = []
+        c.node.create_subscription(Clock, "/clock", clock.append, c.topics.reliable_qos(100))
+        c.wait_ready()
+        t0 = time.monotonic()
+        c.spin(1.0)
+        wall = time.monotonic() - t0
+        assert len(clock) > 10
+        st = np.array([msgs.from_time(j.header.stamp) for j in c.js])
+        bad = np.nonzero(np.diff(st) <= 0)[0]
+        assert not bad.size, [st[max(0, i - 2):i + 3] for i in bad[:3]]
+        assert np.allclose(np.diff(st)[-20:], 1.0 / SPEC.control_hz, atol=1e-6)  # one sim step apart
+        assert st[-1] - st[0] > 1.5 * wall  # faster than real time
+        assert abs(msgs.from_time(clock[-1].clock) - st[-1]) < 1.0
+        assert c.node.get_node_names().count("robot_fast") == 1  # --ros-args remapping applied
