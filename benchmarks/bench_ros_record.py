@@ -112,11 +112,9 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900.0, help="s for the whole ROS run")
-    p.add_argument("--velocity-scale", type=float, default=2.0,
-                   help="robot_node --velocity-scale. The expert moves up to max_delta_pos per control step, so at "
-                        "30 Hz its IK targets can exceed the spec's max_velocity * dt (3 rad/s * 0.034 s); the robot "
-                        "node's safety filter then clamps them and the twin diverges from the unfiltered direct "
-                        "recording (seeds 4, 5, 10 of 0..19 at 1.5; none at 2.0).")
+    p.add_argument("--velocity-scale", type=float, default=1.0,
+                   help="robot_node --velocity-scale (1 = the spec's max_velocity; the direct recording's env "
+                        "applies the same SafetyFilter with scale 1, so keep 1 for a like-for-like comparison)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/ros_record.json)")
     a = p.parse_args()
     refuse_unless_isolated()

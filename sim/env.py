@@ -31,7 +31,7 @@ class RobotEnv(gym.Env):
                  image_size: int | tuple[int, int] | None = None, reward_type: str = "dense",
                  max_episode_steps: int | None = None, terminate_on_success: bool = True,
                  render_mode: str | None = "rgb_array", render_size: int = 256,
-                 params: TwinParams | None = None, timestep: float = 0.002):
+                 params: TwinParams | None = None, timestep: float = 0.002, safety: bool = True):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; available: {sorted(TASKS)}")
         if reward_type not in ("dense", "sparse"):
@@ -49,6 +49,12 @@ class RobotEnv(gym.Env):
                          offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),
                          params=params)
         self.task.bind(self.twin)
+        if safety:
+            # joint limits, velocity clamps and the workspace box of the spec, exactly as the
+            # robot node applies them: sim demos obey the limits a real arm would
+            from robot_rl.runtime.robot import make_safety_filter
+            self.twin.safety = make_safety_filter(self.robot_spec, self.twin.control_dt,
+                                                  fk=lambda q: self.twin.fk(q)[0])
         self.action_mode = action_mode
         self.reward_type = reward_type
         self.max_episode_steps = max_episode_steps or self.task.max_steps

@@ -123,6 +123,7 @@ class Twin:
         self._free_bodies = [b for b in range(m.nbody) if m.body_jntnum[b] == 1
                              and m.jnt_type[m.body_jntadr[b]] == mujoco.mjtJoint.mjJNT_FREE]
         self.params = TwinParams()
+        self.safety = None  # optional robot_rl.runtime.safety.SafetyFilter between actions and actuators
         self._pending: deque = deque()
         self._rng = np.random.default_rng(0)
         self.set_params(params or TwinParams())
@@ -161,6 +162,8 @@ class Twin:
             self.data.ctrl[self.grip_act] = w
         self._pending.clear()
         mujoco.mj_forward(self.model, self.data)
+        if self.safety is not None:
+            self.safety.reset(q, gripper if self.has_gripper else None)
 
     @property
     def q(self) -> np.ndarray:
@@ -258,6 +261,10 @@ class Twin:
         self._pending.append((mode, np.array(action, dtype=np.float64)))
         if len(self._pending) > self.params.action_latency_steps:
             q, grip = self.action_to_targets(*self._pending.popleft())
+            if self.safety is not None:  # the same limits the robot node enforces
+                t = float(self.data.time)
+                r = self.safety(q, grip, self.q, now=t, command_time=t)
+                q, grip = r.q, r.gripper
             self.data.ctrl[self.act] = q
             if grip is not None:
                 self.data.ctrl[self.grip_act] = (1.0 - grip) * self.half_open

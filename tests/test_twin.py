@@ -105,7 +105,8 @@ def test_seeding_is_deterministic(task):
 
 
 def test_latency_and_params_reach_the_physics():
-    env = make_env("reach", "so101", action_mode="joint_pos", params=TwinParams(action_latency_steps=2))
+    env = make_env("reach", "so101", action_mode="joint_pos", params=TwinParams(action_latency_steps=2),
+                   safety=False)
     env.reset(seed=0)
     target = np.concatenate([env.twin.home + 0.2, [0.0]]).astype(np.float32)
     env.step(target)
@@ -120,3 +121,21 @@ def test_latency_and_params_reach_the_physics():
     assert tw.model.actuator_gainprm[tw.act[0], 0] == pytest.approx(2 * tw._nominal["actuator_gainprm"][tw.act[0], 0])
     tw.set_params(TwinParams())
     assert np.allclose(tw.model.geom_friction[:, 0], f0)
+
+
+def test_env_applies_the_robot_nodes_safety_limits():
+    """Sim demos obey the spec's limits: a joint jump is velocity-clamped, out-of-range
+    targets are clamped to the limits (same SafetyFilter as the robot node)."""
+    env = make_env("reach", "so101", action_mode="joint_pos")
+    env.reset(seed=0)
+    tw = env.twin
+    before = tw.data.ctrl[tw.act].copy()
+    far = np.concatenate([tw.home + 1.0, [0.0]]).astype(np.float32)
+    env.step(far)
+    step = np.abs(tw.data.ctrl[tw.act] - before)
+    assert np.all(step <= np.array(env.robot_spec.max_velocity) * tw.control_dt + 1e-9)
+    assert tw.safety.counters["clamped_velocity"] == 1
+    beyond = np.concatenate([np.array(env.robot_spec.upper) + 5.0, [0.0]]).astype(np.float32)
+    for _ in range(40):
+        env.step(beyond)
+    assert np.all(tw.data.ctrl[tw.act] <= np.array(env.robot_spec.upper))

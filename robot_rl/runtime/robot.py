@@ -122,10 +122,12 @@ class Robot(abc.ABC):
         return self.safety(req, None, q_meas, now=now, command_time=command_time), q_meas
 
     def _applied_action(self, mode: str, action, res: SafetyResult, q_meas: np.ndarray) -> np.ndarray:
-        """The action actually applied, in the robot's action mode: the request itself when it
-        is in that mode and passed the filter untouched, otherwise derived from the targets."""
+        """The action to record, in the robot's action mode: the request itself when it is in
+        that mode and was applied (clamps included: the same filter acts at deployment, and a
+        direct RobotEnv recording stores requests too); derived from the applied targets when
+        it was rejected, held (watchdog / e-stop) or given in another mode."""
         s, g = self.spec, ([res.gripper] if res.gripper is not None else [])
-        if action is not None and mode == self.action_mode and not res.modified:
+        if action is not None and mode == self.action_mode and not (res.rejected or res.held):
             return np.asarray(action, dtype=np.float32).reshape(-1).copy()
         if self.action_mode == "joint_pos":
             a = np.r_[res.q, g]
