@@ -1,27 +1,46 @@
 """The main job on the sim twin, end to end (``make demo``).
 
-Stage 1 (now): a scripted expert -- standing in for a person with a teleop device --
-drives the ``so101`` twin through ``pick_cube`` via end-effector delta actions; every
-step (joint state, EE pose, gripper, privileged object state, front + wrist camera
-images, action, reward) goes into a crash-safe episode store. The summary is printed
+Stage 1 (now): teleoperated demonstrations through the ROS 2 graph. Three processes --
+the twin's robot node (lockstep), the scripted expert as the teleop device (a stand-in
+for a person) and the recorder -- are started by the graph launcher; the recorder writes
+the crash-safe episode store and, in the same run, an mcap rosbag2 of the raw topics.
+Then the summary is printed, the bag is converted back to an episode store as a check,
 and one episode is rendered to mp4 + a PNG contact sheet.
 
 Later stages (train, deploy through the inference node, improve online) append here.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
+
+DDS never leaves this machine: outside a loopback-only network namespace the demo
+re-runs itself through scripts/isolated.sh.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def stage(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+
+
+def ensure_isolated() -> None:
+    from robot_rl.ros.isolation import loopback_only
+    wrapper = REPO / "scripts" / "isolated.sh"
+    if loopback_only() or os.environ.get("ROBOT_RL_ISOLATED") == "1":
+        return
+    if not wrapper.exists():
+        sys.exit("demo: not in a loopback-only network namespace and scripts/isolated.sh is missing")
+    os.execv(str(wrapper), [str(wrapper), sys.executable, "-m", "robot_rl.demo", *sys.argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,30 +49,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", default="pick_cube")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--out", default="out/demo")
+    ap.add_argument("--verbose", action="store_true", help="show every node's log lines")
     args = ap.parse_args(argv)
+    ensure_isolated()
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
     from robot_rl.cli.info import print_summary
-    from robot_rl.cli.main import compose
-    from robot_rl.cli.record import record_sim
     from robot_rl.cli.view import view
+    from robot_rl.data import EpisodeStore
+    from robot_rl.ros.graphs import GRAPHS
+    from robot_rl.ros.launcher import Launcher
 
     t_start = time.perf_counter()
     out = Path(args.out)
     store_path = out / f"{args.robot}_{args.task}.zarr"
-    if store_path.exists():
-        shutil.rmtree(store_path)  # the demo starts from scratch each run
+    bag_path = out / f"{args.robot}_{args.task}_bag"
+    back_path = out / f"{args.robot}_{args.task}_from_bag.zarr"
+    for p in (store_path, bag_path, back_path):
+        if p.exists():
+            shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/1 record {args.episodes} expert demonstrations: {args.robot} / {args.task}")
+    stage(f"1/3 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
+                                            "episodes": str(args.episodes), "out": str(store_path),
+                                            "bag": str(bag_path)})
+    for n in nodes:
+        print(f"  {n.name:<9} python -m {n.module} {' '.join(n.args)}")
+    log = sys.stdout if args.verbose else io.StringIO()
     t0 = time.perf_counter()
-    cfg = compose("record", [f"robot={args.robot}", f"task={args.task}", f"episodes={args.episodes}",
-                             f"out={store_path}"])
-    summary = record_sim(cfg)
+    code = Launcher(nodes, out=log).run()
     dt = time.perf_counter() - t0
+    if code != 0:
+        if not args.verbose:
+            print(log.getvalue()[-4000:])
+        print(f"demo: the recording graph failed (exit {code})", file=sys.stderr)
+        return code
+    with EpisodeStore.open(store_path) as st:
+        summary = st.summary()
     print_summary(summary)
-    print(f"recorded {summary['steps']} steps in {dt:.1f} s ({summary['steps'] / dt:.0f} steps/s "
-          f"with two {cfg.image_size}x{cfg.image_size} cameras)")
+    print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
+          f"(two 96x96 cameras); rosbag2: {bag_path}")
 
+    stage("2/3 rosbag2 (mcap) -> episode store, compared with the live recording")
+    from robot_rl.cli.convert import cmd_convert
+    cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
+    import numpy as np
+    with EpisodeStore.open(store_path) as a, EpisodeStore.open(back_path) as b:
+        same = a.n_episodes == b.n_episodes and a.n_steps == b.n_steps
+        worst = 0.0
+        for i in range(min(a.n_episodes, b.n_episodes)):
+            ea, eb = a.episode(i), b.episode(i)
+            for k in ("joint_pos", "ee_pos", "object_state", "action", "image_front"):
+                if k in ea and k in eb and ea[k].shape == eb[k].shape:
+                    worst = max(worst, float(np.abs(ea[k].astype(np.float64) - eb[k].astype(np.float64)).max()))
+                else:
+                    same = False
+    print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; "
+          f"{'identical to' if same and worst == 0 else f'max abs diff {worst:g} from'} the live recording")
+
+    stage("3/3 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
@@ -62,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("done")
     print(f"demo finished in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")
     print(f"inspect: robot-rl info {store_path}    view: robot-rl view {store_path} episode=3")
+    print(f"replay the bag: scripts/isolated.sh .venv/bin/robot-rl launch replay bag={bag_path}")
     return 0
 
 

@@ -109,8 +109,11 @@ class Twin:
         self.tcp = m.site("tcp").id
         self.physics_seconds = 0.0  # time spent in mj_step (for overhead measurements)
         self.ik_reject = 0.01  # m: IK results missing the target by more are not applied
-        self.n_substeps = max(1, int(round(1.0 / (spec.control_hz * timestep))))
-        self.control_dt = self.n_substeps * timestep
+        # whole substeps per control period, with the physics step shrunk so that the control
+        # period is exact (30 Hz: 17 x 1.96 ms, not 17 x 2 ms = 29.4 Hz)
+        self.n_substeps = max(1, int(np.ceil(1.0 / (spec.control_hz * timestep) - 1e-9)))
+        self.model.opt.timestep = 1.0 / (spec.control_hz * self.n_substeps)
+        self.control_dt = self.n_substeps * self.model.opt.timestep
         self._jacp = np.zeros((3, m.nv))
         self._jacr = np.zeros((3, m.nv))
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}

@@ -134,6 +134,18 @@ def test_ros_recording_matches_direct_recording(graph, tmp_path):
     # precede the subscription)
     print(f"pipeline: {EPISODES} episodes, {n_steps} steps, {wall:.1f} s wall; bag {counts}")
     assert wall < 60
+    # ... and converts back into exactly the live recording (robot-rl convert, split by events)
+    from robot_rl.data.convert import bag_to_store
+    rep = bag_to_store(graph.bag, tmp_path / "from_bag.zarr", robot="so101", task="pick_cube", cameras=[CAM])
+    back = EpisodeStore.open(tmp_path / "from_bag.zarr")
+    assert (rep["episodes"], back.n_episodes, back.n_steps) == (EPISODES, ros.n_episodes, ros.n_steps), rep
+    for i in range(EPISODES):
+        a, b = ros.episode(i), back.episode(i)
+        assert back.episode_meta(i)["success"] == ros.episode_meta(i)["success"]
+        assert set(a) == set(b)
+        for k in a:
+            assert a[k].shape == b[k].shape, (i, k)
+            assert np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max(initial=0) == 0, (i, k)
 
 
 def test_recorder_sigint_mid_episode_keeps_committed_episodes(graph, tmp_path):

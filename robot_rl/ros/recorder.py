@@ -268,6 +268,8 @@ class _LsEpisode:
     emitted: int = 0
     begun: bool = False  # handed to the sink (one episode at a time: the oldest)
     stats: AlignStats = field(default_factory=AlignStats)
+    start_tags: list[Any] = field(default_factory=list)  # event payloads (bag), see Recorder.event
+    end_tags: list[Any] = field(default_factory=list)
 
     def accepts(self, t: int) -> bool:
         return t > self.after_ns and (self.end_ns is None or t < self.end_ns) and (
@@ -295,7 +297,8 @@ class Recorder:
                  source: str = "teleop", step_topic: str | None = None, step_timeout_s: float = 2.0,
                  end_timeout_s: float = 5.0, extra: Mapping[str, Any] | None = None,
                  on_episode: Callable[..., None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_event_log: Callable[[Any, int], None] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"recorder mode must be one of {list(MODES)}, got {mode!r}")
         self.bound = bound
@@ -307,6 +310,7 @@ class Recorder:
         self.end_timeout_s = end_timeout_s
         self.clock = clock
         self.on_episode = on_episode
+        self.on_event_log = on_event_log
         self.intervention_active = False
         self.sink = _Sink(self, store, bound.fps, source, extra)
         self._stamped: set[str] = {t for t, tb in bound.topics.items() if tb.has_header}
@@ -379,14 +383,22 @@ class Recorder:
             self._assign(stamp_ns)
         self._pump()
 
-    def event(self, text: str, recv_ns: int) -> None:
-        """A ``/teleop/event`` string (``start seed=3``, ``success steps=57 stamp=12.3`` ...)."""
+    def event(self, text: str, recv_ns: int, tag: Any = None) -> None:
+        """A ``/teleop/event`` string (``start seed=3``, ``success steps=57 stamp=12.3`` ...).
+
+        ``tag`` (e.g. the raw message, for a bag) is handed to ``on_event_log(tag, log_ns)``
+        with the time the event should be logged at so that a converter splitting by event
+        log times on the dataset grid cuts exactly the steps recorded here: realtime, the
+        receipt time; lockstep, once the episode is finished, its first step's stamp (start)
+        and its last step's stamp (success / failure / discard)."""
         try:
             ev, args = parse_event(text)
         except ValueError as e:
             self._warn(f"ignored event: {e}")
+            self._log_tags([tag], self.unstamped_stamp(recv_ns))
             return
         if not self.lockstep:
+            self._log_tags([tag], int(recv_ns))
             if ev in ("success", "failure"):  # steps=/stamp= are lockstep details
                 args = {}
             if ev == "start":
@@ -399,14 +411,34 @@ class Recorder:
             return
         if ev == "start":
             self._ls_start(args)
+            self._eps[-1].start_tags.append(tag)
         elif ev in ("success", "failure"):
-            self._ls_end(ev == "success", args)
+            if not self._ls_end(ev == "success", args, tag=tag):
+                self._log_tags([tag], self.unstamped_stamp(recv_ns))
         elif ev == "discard":
-            self._ls_discard("discard")
+            if not self._ls_discard("discard", tag):
+                self._log_tags([tag], self.unstamped_stamp(recv_ns))
         elif ev == "rerecord":
             self._ls_discard("rerecord")
             self._ls_start(args)
+            self._eps[-1].start_tags.append(tag)
         self._pump()
+
+    def _log_tags(self, tags: list[Any], log_ns: int) -> None:
+        if self.on_event_log is None:
+            return
+        for t in tags:
+            if t is not None:
+                self.on_event_log(t, int(log_ns))
+
+    def _log_episode_tags(self, e: _LsEpisode, end: bool = True) -> None:
+        """An episode's events at the stamps that bracket its recorded steps (an episode
+        without steps is left out of the log: it was not recorded either)."""
+        if not e.steps:
+            return
+        self._log_tags(e.start_tags, e.steps[0])
+        if end:
+            self._log_tags(e.end_tags, e.steps[-1])
 
     def intervention(self, active: bool) -> None:
         self.intervention_active = bool(active)
@@ -433,6 +465,7 @@ class Recorder:
             else:
                 self._warn(f"episode {e.info.number} still recording at shutdown: discarded")
                 self._eps.remove(e)
+                self._log_episode_tags(e, end=False)
                 self._drop(e, "shutdown")
 
     # -- telemetry -------------------------------------------------------------------------
@@ -508,13 +541,15 @@ class Recorder:
                 self._seen_wall.pop(t, None)
         self._orphans = []
 
-    def _ls_end(self, success: bool, args: dict[str, str], e: _LsEpisode | None = None) -> None:
+    def _ls_end(self, success: bool, args: dict[str, str], e: _LsEpisode | None = None, tag: Any = None) -> bool:
         if e is None:
             open_ = [x for x in self._eps if x.success is None]
             if not open_:
                 self._warn(f"'{'success' if success else 'failure'}' with no episode recording: ignored")
-                return
+                return False
             e = open_[-1]
+        if tag is not None:
+            e.end_tags.append(tag)
         e.success = bool(success)
         e.ended_wall = self.clock()
         try:
@@ -529,15 +564,19 @@ class Recorder:
         if e.end_ns is None and e.n_expected is None:
             e.end_ns = (e.steps[-1] + 1) if e.steps else e.after_ns + 1
         e.info.end_ns = e.end_ns
+        return True
 
-    def _ls_discard(self, reason: str) -> None:
+    def _ls_discard(self, reason: str, tag: Any = None) -> bool:
         open_ = [x for x in self._eps if x.success is None]
         if not open_:
             if reason == "discard":
                 self._warn("'discard' with no episode recording: ignored")
-            return
+            return False
         e = open_[-1]
+        if tag is not None:
+            e.end_tags.append(tag)
         self._eps.remove(e)
+        self._log_episode_tags(e)
         self._last_end_ns = max(self._last_end_ns, e.steps[-1] if e.steps else e.after_ns)
         self._drop(e, reason)
 
@@ -632,6 +671,7 @@ class Recorder:
         st = e.stats
         st.start_ns = e.steps[0] if e.steps else e.after_ns
         st.end_ns = last
+        self._log_episode_tags(e)
         self.sink.end(e.info, bool(e.success), st)
 
 

@@ -20,7 +20,9 @@ one episode per teleop episode into the :class:`~robot_rl.data.store.EpisodeStor
   each episode's ``extra["cadence"]`` and on ``/diagnostics`` (status ``recorder``).
 - ``--bag DIR``: every raw message of the contract topics, events, intervention, success
   and camera_info goes into a rosbag2 (mcap) in the same run (log time: receipt time, or
-  sim time in lockstep mode, like ``ros2 bag record --use-sim-time``).
+  sim time in lockstep mode: each contract message at the stamp it was recorded with, each
+  episode's events at the stamps of its first and last recorded step, so that
+  ``robot-rl convert`` gives back exactly the episodes of the store).
 - SIGINT / SIGTERM: an episode whose end event arrived is finished, one still recording is
   discarded, the store and the bag are closed. Committed episodes are never touched.
 """
@@ -66,7 +68,7 @@ class RecorderNode:
         self.log = self.node.get_logger()
         self.recorder = None  # built once the mode is known
         self.mode = None if args.mode == "auto" else args.mode
-        self._early_events: list[tuple[str, int]] = []
+        self._early_events: list[tuple[str, int, Any]] = []  # (text, receipt ns, raw message or None)
         self._bag_early: list[tuple] = []  # bag writes before the clock is known
         from robot_rl.ros.recorder import BurstStamper
         self.stamper = BurstStamper(timeout_s=args.step_timeout)
@@ -150,20 +152,24 @@ class RecorderNode:
         return all(t in self._subs for t, tb in self.bound.topics.items() if tb.required)
 
     # -- callbacks ---------------------------------------------------------------------------
-    def _bag_write(self, topic: str, raw: bytes, recv_ns: int) -> None:
-        """Log time: receipt time; in lockstep the sim clock (newest stamp processed), like
-        ``ros2 bag record --use-sim-time``. Before the clock is known, writes wait."""
+    def _bag_write(self, topic: str, raw: bytes, recv_ns: int, stamp_ns: int | None = None) -> None:
+        """Log time: receipt time. In lockstep, sim time, chosen so that the bag converts
+        (split by events, on the dataset grid) into exactly the episodes recorded here: a
+        contract message is logged at the stamp it was recorded with (its header stamp, or
+        for an unstamped one the stamp of its observation), an event at the stamp of the
+        first / last step of its episode (see Recorder.event), anything else at the sim clock
+        (newest stamp processed). Before the clock is known, writes wait."""
         if self.bag is None:
             return
         if self.mode is None or (self.mode == "lockstep" and self.recorder is None):
-            self._bag_early.append((topic, raw, recv_ns))
+            self._bag_early.append((topic, raw, recv_ns, stamp_ns))
             return
         if self._bag_early:
             early, self._bag_early = self._bag_early, []
-            for t, r, rc in early:
-                self._bag_write(t, r, rc)
+            for t, r, rc, st in early:
+                self._bag_write(t, r, rc, st)
         if self.mode == "lockstep":
-            log_ns = max(self._log_ns, self.recorder.unstamped_stamp(recv_ns))
+            log_ns = stamp_ns if stamp_ns is not None else self.recorder.unstamped_stamp(recv_ns)
         else:
             log_ns = recv_ns
         self._log_ns = log_ns
@@ -182,9 +188,9 @@ class RecorderNode:
             extra["bag"] = os.path.abspath(a.bag)
         self.recorder = Recorder(self.bound, self.store, task=a.task, mode=self.mode, source=a.source,
                                  step_timeout_s=a.step_timeout, end_timeout_s=a.end_timeout, extra=extra,
-                                 on_episode=self._on_episode)
-        for text, recv in self._early_events:
-            self.recorder.event(text, recv)
+                                 on_episode=self._on_episode, on_event_log=self._bag_event)
+        for text, recv, raw in self._early_events:
+            self.recorder.event(text, recv, raw)
         self._early_events.clear()
 
     def _stamp_of(self, tb, cls, raw: bytes):
@@ -207,18 +213,17 @@ class RecorderNode:
         src = int(info.get("source_timestamp") or recv) if isinstance(info, dict) else recv
         stamp, msg = self._stamp_of(tb, cls, raw)
         item = (topic, tb, cls, raw, msg, recv)
-        if stamp is None:
+        if stamp is None:  # bag: written by _deliver, at the stamp it gets
             if self.mode == "realtime":
                 self._deliver(item, recv, stamped=False)
             else:  # lockstep, or not known yet: the stamp of its observation, once known
                 for it, st in self.stamper.unstamped(src, item):
                     self._deliver(it, st, stamped=False)
-            self._bag_write(topic, raw, recv)
             return
         if self.mode is None:
             self._decide_mode(stamp)
         self._deliver(item, stamp, stamped=True)
-        self._bag_write(topic, raw, recv)
+        self._bag_write(topic, raw, recv, stamp)
         if topic == self.ref_topic:
             for it, st in self.stamper.reference(src, stamp):
                 self._deliver(it, st, stamped=False)
@@ -231,6 +236,8 @@ class RecorderNode:
         topic, tb, cls, raw, msg, recv = item
         if self.recorder is None:
             self._make_recorder()
+        if not stamped:
+            self._bag_write(topic, raw, recv, stamp)
         if msg is None:
             values = lambda raw=raw: tb.extract(deserialize_message(raw, cls))  # noqa: E731 - lazy decode
         else:
@@ -243,29 +250,33 @@ class RecorderNode:
     def _on_extra(self, topic: str, cls, raw: bytes) -> None:
         from rclpy.serialization import deserialize_message
         recv = self._now()
-        self._bag_write(topic, raw, recv)
-        if topic == self._ev_topic:
+        if topic == self._ev_topic:  # bag: written by the recorder's on_event_log (_bag_event)
             text = deserialize_message(raw, cls).data
             self.log.info(f"event: {text}")
-            self._event(text, recv)
-        elif topic == topics.TELEOP_INTERVENTION and self.recorder is not None:
+            self._event(text, recv, raw)
+            return
+        self._bag_write(topic, raw, recv)
+        if topic == topics.TELEOP_INTERVENTION and self.recorder is not None:
             self.recorder.intervention(bool(deserialize_message(raw, cls).data))
 
-    def _event(self, text: str, recv: int) -> None:
+    def _bag_event(self, raw: bytes, log_ns: int) -> None:
+        self._bag_write(self._ev_topic, raw, log_ns, log_ns)
+
+    def _event(self, text: str, recv: int, raw: bytes | None = None) -> None:
         if self.recorder is None:
             if self.mode is None:
-                self._early_events.append((text, recv))
+                self._early_events.append((text, recv, raw))
                 return
             self._make_recorder()
         try:
-            self.recorder.event(text, recv)
+            self.recorder.event(text, recv, raw)
         except Exception as e:  # noqa: BLE001
             self.log.error(f"event {text!r}: {e}")
         self.publish_diagnostics()
 
     def _srv(self, what: str, resp):
         if self.recorder is None and self.mode is None:
-            self._early_events.append((what, self._now()))
+            self._early_events.append((what, self._now(), None))
             resp.success, resp.message = True, f"{what}: queued (no data seen yet)"
             return resp
         before = (self.recorder.recording if self.recorder else False)

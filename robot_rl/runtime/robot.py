@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from robot_rl.runtime.safety import BAD_SHAPE, NONFINITE, SafetyFilter, SafetyResult
+from robot_rl.runtime.safety import BAD_SHAPE, JOINT_LIMIT, NONFINITE, WORKSPACE, SafetyFilter, SafetyResult
 from robot_rl.spec import RobotSpec, SpecError, load_spec
 
 
@@ -123,11 +123,14 @@ class Robot(abc.ABC):
 
     def _applied_action(self, mode: str, action, res: SafetyResult, q_meas: np.ndarray) -> np.ndarray:
         """The action to record, in the robot's action mode: the request itself when it is in
-        that mode and was applied (clamps included: the same filter acts at deployment, and a
-        direct RobotEnv recording stores requests too); derived from the applied targets when
-        it was rejected, held (watchdog / e-stop) or given in another mode."""
+        that mode and was applied with at most rate clamps (velocity / acceleration: the same
+        filter reproduces them at deployment, and a direct RobotEnv recording stores requests
+        too); derived from the applied targets when it was rejected, held (watchdog / e-stop),
+        clamped to the joint limits or the workspace (a request of 9 rad is no training
+        target), or given in another mode."""
         s, g = self.spec, ([res.gripper] if res.gripper is not None else [])
-        if action is not None and mode == self.action_mode and not (res.rejected or res.held):
+        position_clamped = JOINT_LIMIT in res.events or WORKSPACE in res.events
+        if action is not None and mode == self.action_mode and not (res.rejected or res.held or position_clamped):
             return np.asarray(action, dtype=np.float32).reshape(-1).copy()
         if self.action_mode == "joint_pos":
             a = np.r_[res.q, g]
