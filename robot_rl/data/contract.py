@@ -64,6 +64,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Union
 import numpy as np
 import yaml
 
+# the teleop event grammar is shared with the nodes (topics.py imports no rclpy)
+from robot_rl.ros.topics import EVENTS, parse_event  # noqa: F401  (re-exported)
 from robot_rl.spec import CONF_DIR, RobotSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,6 @@ log = logging.getLogger(__name__)
 CONTRACT_DIR = CONF_DIR / "contract"
 POLICIES = ("latest", "hold", "drop")
 QOS = ("reliable", "sensor")
-EVENTS = ("start", "success", "failure", "discard", "rerecord")  # == robot_rl.ros.topics.EVENTS
 GRIPPER_JOINT = "gripper"  # == robot_rl.ros.topics.GRIPPER_JOINT
 STAMP_PREFIX = "stamp_"
 NS = 1_000_000_000
@@ -867,20 +868,6 @@ class EpisodeSink(Protocol):
     def end(self, ep: EpisodeInfo, success: bool, stats: AlignStats) -> None: ...
 
     def discard(self, ep: EpisodeInfo, reason: str) -> None: ...
-
-
-def parse_event(text: str) -> tuple[str, dict[str, str]]:
-    """``"start seed=3"`` -> ``("start", {"seed": "3"})`` (same rules as robot_rl.ros.topics)."""
-    words = str(text).split()
-    if not words or words[0] not in EVENTS:
-        raise ValueError(f"unknown teleop event {text!r}; events: {list(EVENTS)}")
-    args = {}
-    for w in words[1:]:
-        if "=" not in w:
-            raise ValueError(f"teleop event {text!r}: expected key=value, got {w!r}")
-        k, v = w.split("=", 1)
-        args[k] = v
-    return words[0], args
 
 
 class EpisodeAssembler:
