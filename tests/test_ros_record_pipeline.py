@@ -146,6 +146,32 @@ def test_ros_recording_matches_direct_recording(graph, tmp_path):
         for k in a:
             assert a[k].shape == b[k].shape, (i, k)
             assert np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max(initial=0) == 0, (i, k)
+    # ... and replaying it (bag_player --clock, as `robot-rl launch replay out=` does) into a
+    # recorder with sim time re-records exactly the same episodes: nothing published before
+    # discovery matched is lost, start events at the stamp of their first step are handled
+    from robot_rl.ros.graphs import GRAPHS
+    graph.stop("robot")  # the twin would answer the replayed /action
+    nodes = {n.name: n for n in GRAPHS["replay"].nodes({"bag": str(graph.bag), "out": str(tmp_path / "replay.zarr"),
+                                                       "cameras": CAM, "image_size": str(SIZE)})}
+    graph.procs["recorder"] = spawn(nodes["recorder"].module, *nodes["recorder"].args)
+    player = spawn(nodes["player"].module, *nodes["player"].args)
+    try:
+        out, err = player.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        player.kill()
+        pytest.fail("bag_player did not finish within 40 s")
+    assert player.returncode == 0, out + err
+    time.sleep(0.5)  # the last episode's steps
+    assert graph.stop("recorder") == 0
+    rep = EpisodeStore.open(tmp_path / "replay.zarr")
+    assert (rep.n_episodes, rep.n_steps) == (ros.n_episodes, ros.n_steps), graph.logs["recorder"][-3000:]
+    for i in range(EPISODES):
+        a, b = ros.episode(i), rep.episode(i)
+        assert rep.episode_meta(i)["extra"]["seed"] == SEED + i
+        assert set(a) == set(b)
+        for k in a:
+            assert a[k].shape == b[k].shape, (i, k)
+            assert np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max(initial=0) == 0, (i, k)
 
 
 def test_recorder_sigint_mid_episode_keeps_committed_episodes(graph, tmp_path):

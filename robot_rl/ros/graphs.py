@@ -84,7 +84,10 @@ def _replay(p: dict[str, str]) -> list[NodeDef]:
            "--cameras", p["cameras"], "--image-size", p["image_size"]]
     if p["clock"].lower() in ("1", "true", "yes"):
         rec.append("--use-sim-time")  # the bag's stamps, not this machine's clock
-    # the recorder subscribes first; the player starts once it is up (nothing is missed)
+    # the recorder subscribes first; the player starts once it is up and plays only once
+    # every played topic has a (matched) subscriber: a message published before DDS discovery
+    # matched the recorder -- the first start event -- would be lost
+    args += ["--wait-subscribers", "10"]
     return [NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False),
             NodeDef("player", "robot_rl.ros.bag_player", tuple(args), start_delay_s=3.0)]
 

@@ -84,11 +84,13 @@ class RecorderNode:
         ev_topic = bound.event_topic or topics.TELEOP_EVENT
         self._extra_topics = {ev_topic: ("std_msgs/msg/String", String), topics.TELEOP_INTERVENTION:
                               ("std_msgs/msg/Bool", Bool)}
+        # /success and camera_info only go into the bag; they are subscribed without one too,
+        # so that a bag player waiting for a subscriber on every topic (replay) starts
+        from sensor_msgs.msg import CameraInfo
+        self._extra_topics[topics.SUCCESS] = ("std_msgs/msg/Bool", Bool)
+        for c in bound.spec.cameras:
+            self._extra_topics[topics.camera_info(c.name)] = ("sensor_msgs/msg/CameraInfo", CameraInfo)
         if bag is not None:
-            from sensor_msgs.msg import CameraInfo
-            self._extra_topics[topics.SUCCESS] = ("std_msgs/msg/Bool", Bool)
-            for c in bound.spec.cameras:
-                self._extra_topics[topics.camera_info(c.name)] = ("sensor_msgs/msg/CameraInfo", CameraInfo)
             for t, tb in bound.topics.items():
                 bag.add_topic(t, tb.type)
             for t, (typ, _) in self._extra_topics.items():
@@ -108,10 +110,15 @@ class RecorderNode:
         for what in ("start", "success", "failure", "discard"):
             n.create_service(Trigger, f"/recorder/{what}", lambda req, resp, w=what: self._srv(w, resp))
         self._subscribe_available()
-        n.create_timer(0.5, self._subscribe_available)
-        n.create_timer(1.0 / args.tick_hz, self._tick)
+        # timers run on the steady clock: with --use-sim-time a ROS-clock timer would not fire
+        # before the first /clock message (no late topic could be subscribed before a bag plays)
+        # and step / end timeouts are wall time anyway
+        from rclpy.clock import Clock, ClockType
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        n.create_timer(0.5, self._subscribe_available, clock=steady)
+        n.create_timer(1.0 / args.tick_hz, self._tick, clock=steady)
         if args.diag_hz > 0:
-            n.create_timer(1.0 / args.diag_hz, self.publish_diagnostics)
+            n.create_timer(1.0 / args.diag_hz, self.publish_diagnostics, clock=steady)
 
     _last_now = 0
 
