@@ -105,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                     worst = max(worst, float(np.abs(ea[k].astype(np.float64) - eb[k].astype(np.float64)).max()))
                 else:
                     same = False
-    print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; "
-          f"{'identical to' if same and worst == 0 else f'max abs diff {worst:g} from'} the live recording")
+    if same and worst == 0:
+        verdict = "identical to the live recording"
+    else:
+        verdict = (f"DIFFERS from the live recording ({a.n_episodes} episodes, {a.n_steps} steps; "
+                   f"max abs diff {worst:g} where shapes agree)")
+    print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; {verdict}")
 
     stage("3/3 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),

@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", default="auto", choices=["auto", "contract"],
                    help="auto: 'sensor' topics are subscribed reliably when their publishers are reliable")
     p.add_argument("--depth", type=int, default=500, help="subscription queue depth")
-    p.add_argument("--step-timeout", type=float, default=2.0,
+    p.add_argument("--step-timeout", type=float, default=10.0,
                    help="lockstep: wall s a step waits for late topics before it is recorded with what there is")
     p.add_argument("--end-timeout", type=float, default=5.0,
                    help="lockstep: wall s an ended episode waits for its last steps")
