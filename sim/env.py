@@ -103,6 +103,12 @@ class RobotEnv(gym.Env):
 
     def step(self, action):
         self.twin.step(self.action_mode, action)
+        reward, terminated, truncated, info = self.after_physics_step()
+        return self._obs(), reward, terminated, truncated, info
+
+    def after_physics_step(self) -> tuple[float, bool, bool, dict[str, Any]]:
+        """Count the step and score it: (reward, terminated, truncated, info). Shared with
+        robot_rl.runtime.robot.SimRobot, which drives the physics itself."""
         self._steps += 1
         success = self.task.success()
         if self.reward_type == "sparse":
@@ -111,7 +117,7 @@ class RobotEnv(gym.Env):
             reward = 1.0 if success else self.task.dense_reward()
         terminated = bool(success and self.terminate_on_success)
         truncated = self._steps >= self.max_episode_steps and not terminated
-        return self._obs(), reward, terminated, truncated, self._info(success)
+        return reward, terminated, truncated, self._info(success)
 
     def render(self):
         cam = "front" if "front" in self.camera_names or self._has_camera("front") else None

@@ -294,17 +294,8 @@ class SimRobot(Robot):
         import mujoco
         mujoco.mj_step(tw.model, tw.data, nstep=tw.n_substeps)
         tw.physics_seconds += time.perf_counter() - t0
-        # the rest of RobotEnv.step, unchanged
-        env._steps += 1
-        success = env.task.success()
-        if env.reward_type == "sparse":
-            reward = float(success)
-        else:
-            reward = 1.0 if success else env.task.dense_reward()
-        self.success, self.reward = bool(success), float(reward)
-        self.terminated = bool(success and env.terminate_on_success)
-        self.truncated = env._steps >= env.max_episode_steps and not self.terminated
-        self.info = env._info(success)
+        reward, self.terminated, self.truncated, self.info = env.after_physics_step()  # as RobotEnv.step
+        self.success, self.reward = bool(self.info["success"]), float(reward)
         self._set_obs(None)
         if res is None:  # still inside the action latency: nothing new applied yet
             q = tw.data.ctrl[tw.act].copy()
