@@ -1,0 +1,155 @@
+"""The interface every policy shares, and checkpoints as safetensors + JSON (never pickle).
+
+A policy maps an observation history (``n_obs_steps`` steps of the keys in its config) to
+a chunk of ``horizon`` actions, in the units the robot takes (normalisation is inside).
+Checkpoints are a folder: ``model.safetensors`` (weights + normaliser) and ``config.json``
+(policy type and config, the robot spec it was trained for, free-form metadata).
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from robot_rl.policies.common.normalizer import Normalizer
+from robot_rl.spec import RobotSpec, SpecError
+
+CHECKPOINT_FORMAT = 1
+POLICIES: dict[str, type["Policy"]] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or for another robot."""
+
+
+@dataclass
+class PolicyConfig:
+    state_keys: list[str] = field(default_factory=lambda: ["joint_pos", "gripper", "ee_pos", "object_state"])
+    cameras: list[str] = field(default_factory=list)
+    action_key: str = "action"
+    action_dim: int = 7
+    state_dims: dict[str, int] = field(default_factory=dict)
+    n_obs_steps: int = 2
+    horizon: int = 16  # actions predicted per call
+    n_action_steps: int = 8  # actions executed before predicting again
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"unknown policy config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def register(name: str):
+    def deco(cls):
+        cls.type_name = name
+        POLICIES[name] = cls
+        return cls
+    return deco
+
+
+class Policy(nn.Module, ABC):
+    type_name = ""
+    config_class = PolicyConfig
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer):
+        super().__init__()
+        self.config = config
+        self.normalizer = normalizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def obs_to_tensors(self, obs_history: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """(T, ...) or (B, T, ...) arrays -> batched tensors on the policy's device, state keys
+        normalised; images stay uint8."""
+        out = {}
+        for k in self.config.state_keys + self.config.cameras:
+            if k not in obs_history:
+                raise KeyError(f"observation history lacks {k!r}; the policy needs {self.config.state_keys + self.config.cameras}")
+            x = torch.as_tensor(np.asarray(obs_history[k]) if not isinstance(obs_history[k], torch.Tensor)
+                                else obs_history[k], device=self.device)
+            is_img = k in self.config.cameras
+            if x.dim() == (4 if is_img else 2):
+                x = x[None]
+            if x.shape[1] != self.config.n_obs_steps:
+                raise ValueError(f"{k}: expected {self.config.n_obs_steps} observation steps, got {x.shape[1]}")
+            out[k] = x if is_img else self.normalizer.normalize(k, x.float())
+        return out
+
+    @abstractmethod
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Training loss on a batch from robot_rl.data.SequenceSampler (raw units)."""
+
+    @abstractmethod
+    def predict_chunk(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
+        """(horizon, action_dim) actions in robot units for one observation history."""
+
+
+def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``path/model.safetensors`` + ``path/config.json`` atomically (temp files + rename)."""
+    from safetensors.torch import save_file
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    tensors.update(policy.normalizer.state_dict())
+    cfg = {"format": CHECKPOINT_FORMAT, "policy": policy.type_name, "config": asdict(policy.config),
+           "normalizer_modes": policy.normalizer.modes, "robot_spec": spec.to_dict(),
+           "robot_fingerprint": spec.fingerprint(), "metadata": dict(metadata or {})}
+    tmp_w, tmp_c = p / "model.safetensors.tmp", p / "config.json.tmp"
+    save_file(tensors, str(tmp_w))
+    tmp_c.write_text(json.dumps(cfg, indent=2, default=str))
+    os.replace(tmp_w, p / "model.safetensors")
+    os.replace(tmp_c, p / "config.json")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, spec: RobotSpec | None = None, device: str | None = None) -> tuple[Policy, dict]:
+    """(policy in eval mode, config dict). Refuses a missing or corrupt checkpoint, an unknown
+    policy type, or one trained for a different robot spec than `spec` -- one clear error each."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    p = Path(path)
+    cj, wf = p / "config.json", p / "model.safetensors"
+    if not cj.is_file() or not wf.is_file():
+        raise CheckpointError(f"no checkpoint at {p} (needs config.json and model.safetensors)")
+    try:
+        cfg = json.loads(cj.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {p}: config.json is not valid JSON ({e})") from None
+    if cfg.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {p}: format {cfg.get('format')!r}, this robot_rl reads {CHECKPOINT_FORMAT}")
+    kind = cfg.get("policy")
+    if kind not in POLICIES:
+        raise CheckpointError(f"checkpoint {p}: unknown policy type {kind!r}; known: {sorted(POLICIES)}")
+    trained_for = RobotSpec.from_dict(cfg["robot_spec"])
+    if spec is not None:
+        try:
+            trained_for.check_compatible(spec, what=f"checkpoint {p}")
+        except SpecError as e:
+            raise CheckpointError(str(e)) from None
+    try:
+        tensors = load_file(str(wf))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {p}: model.safetensors is corrupt ({e})") from None
+    cls = POLICIES[kind]
+    config = cls.config_class.from_dict(cfg["config"])
+    normalizer = Normalizer.from_state_dict(tensors, cfg["normalizer_modes"])
+    policy = cls(config, normalizer)
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        policy.load_state_dict(model_sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {p}: weights do not fit a {kind} policy with its config ({e})") from None
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return policy.to(dev).eval(), cfg
