@@ -247,3 +247,24 @@ def load_spec(name_or_path: str | Path | Mapping[str, Any] | RobotSpec) -> Robot
     if not isinstance(d, Mapping):
         raise SpecError(f"robot spec file {p} does not hold a mapping")
     return RobotSpec.from_dict(d)
+
+
+def resolve_spec(robot: "str | Path | Mapping[str, Any] | RobotSpec", action_mode: str,
+                 cameras: "list[str] | tuple[str, ...] | None" = None,
+                 image_size: "int | tuple[int, int] | None" = None,
+                 control_hz: float | None = None) -> RobotSpec:
+    """The spec an env or robot runs with: loaded, rate overridden, action mode checked,
+    cameras selected (None = all) and resized (an int = square)."""
+    import dataclasses
+    spec = load_spec(robot)
+    if control_hz is not None:
+        if not control_hz > 0:
+            raise SpecError(f"control_hz must be > 0, got {control_hz}")
+        spec = dataclasses.replace(spec, control_hz=float(control_hz))
+    if action_mode not in spec.action_modes:
+        raise SpecError(f"robot {spec.name!r} does not support action mode {action_mode!r}; "
+                        f"it supports {list(spec.action_modes)}")
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    cams = [c.name for c in spec.cameras] if cameras is None else list(cameras)
+    return spec.with_cameras(cams, *(image_size or (None, None)))

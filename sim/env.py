@@ -9,7 +9,7 @@ from gymnasium import spaces
 
 from robot_rl.sim.tasks import TASKS
 from robot_rl.sim.twin import Twin, TwinParams
-from robot_rl.spec import RobotSpec, SpecError, load_spec
+from robot_rl.spec import RobotSpec, resolve_spec
 
 STATE_KEYS = ("joint_pos", "joint_vel", "ee_pos", "ee_quat", "gripper", "object_state")
 
@@ -36,14 +36,7 @@ class RobotEnv(gym.Env):
             raise ValueError(f"unknown task {task!r}; available: {sorted(TASKS)}")
         if reward_type not in ("dense", "sparse"):
             raise ValueError(f"reward_type must be 'dense' or 'sparse', got {reward_type!r}")
-        spec = load_spec(robot)
-        if action_mode not in spec.action_modes:
-            raise SpecError(f"robot {spec.name!r} does not support action mode {action_mode!r}; "
-                            f"it supports {list(spec.action_modes)}")
-        if isinstance(image_size, int):
-            image_size = (image_size, image_size)
-        cams = [c.name for c in spec.cameras] if cameras is None else list(cameras)
-        self.robot_spec = spec.with_cameras(cams, *(image_size or (None, None)))
+        self.robot_spec = resolve_spec(robot, action_mode, cameras, image_size)
         self.task = TASKS[task](self.robot_spec)
         self.twin = Twin(self.robot_spec, self.task.objects_xml(), timestep=timestep,
                          offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),

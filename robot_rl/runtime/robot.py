@@ -13,7 +13,6 @@ Observations are the env's dict (``joint_pos``, ``joint_vel``, ``ee_pos``, ``ee_
 from __future__ import annotations
 
 import abc
-import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from robot_rl.runtime.safety import BAD_SHAPE, JOINT_LIMIT, NONFINITE, WORKSPACE, SafetyFilter, SafetyResult
-from robot_rl.spec import RobotSpec, SpecError, load_spec
+from robot_rl.spec import RobotSpec, resolve_spec
 
 
 @dataclass
@@ -180,18 +179,7 @@ class SimRobot(Robot):
                  *, cameras: Sequence[str] | None = (), image_size: int | tuple[int, int] | None = None,
                  control_hz: float | None = None, reward_type: str = "dense", seed: int | None = None,
                  safety: Mapping[str, Any] | None = None, **env_kwargs):
-        spec = load_spec(robot)
-        if control_hz is not None:
-            if not control_hz > 0:
-                raise SpecError(f"control_hz must be > 0, got {control_hz}")
-            spec = dataclasses.replace(spec, control_hz=float(control_hz))
-        if action_mode not in spec.action_modes:
-            raise SpecError(f"robot {spec.name!r} does not support action mode {action_mode!r}; "
-                            f"it supports {list(spec.action_modes)}")
-        if isinstance(image_size, int):
-            image_size = (image_size, image_size)
-        cams = [c.name for c in spec.cameras] if cameras is None else list(cameras)
-        self.spec = spec.with_cameras(cams, *(image_size or (None, None)))
+        self.spec = resolve_spec(robot, action_mode, cameras, image_size, control_hz)
         self.task_name = task
         self.action_mode = action_mode
         self._env_kwargs = dict(reward_type=reward_type, **env_kwargs)
