@@ -91,9 +91,25 @@ class Policy(nn.Module, ABC):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Training loss on a batch from robot_rl.data.SequenceSampler (raw units)."""
 
+    @property
+    def chunk_len(self) -> int:
+        """Actions per predicted chunk, from the current step on: the model predicts
+        ``horizon`` actions aligned with the first observation step, so the first
+        ``n_obs_steps - 1`` of them lie in the past and are not returned."""
+        return self.config.horizon - self.config.n_obs_steps + 1
+
     @abstractmethod
+    def predict_chunks(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
+        """(B, chunk_len, action_dim) actions in robot units for a batch of observation
+        histories ((B, n_obs_steps, ...) per key; (n_obs_steps, ...) is a batch of one).
+        Row 0 is the action for the current (latest observed) step."""
+
     def predict_chunk(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
-        """(horizon, action_dim) actions in robot units for one observation history."""
+        """(chunk_len, action_dim) actions in robot units for one observation history."""
+        return self.predict_chunks(obs_history, generator)[0]
+
+    def reset(self) -> None:
+        """Forget per-episode state (none by default)."""
 
 
 def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, metadata: Mapping[str, Any] | None = None) -> Path:

@@ -42,6 +42,7 @@ class MLPBCPolicy(Policy):
         return err.mean()
 
     @torch.no_grad()
-    def predict_chunk(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
+    def predict_chunks(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
         pred = self._forward(self.obs_to_tensors(obs_history))
-        return self.normalizer.unnormalize(self.config.action_key, pred)[0].cpu().numpy()
+        act = self.normalizer.unnormalize(self.config.action_key, pred)[:, self.config.n_obs_steps - 1:]
+        return act.cpu().numpy()
