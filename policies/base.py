@@ -117,7 +117,9 @@ def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, me
     from safetensors.torch import save_file
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    # clone: modules shared under two names (one CNN for all cameras) would alias memory,
+    # which safetensors refuses
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     tensors.update(policy.normalizer.state_dict())
     cfg = {"format": CHECKPOINT_FORMAT, "policy": policy.type_name, "config": asdict(policy.config),
            "normalizer_modes": policy.normalizer.modes, "robot_spec": spec.to_dict(),

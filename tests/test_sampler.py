@@ -184,3 +184,21 @@ def test_split_sampler_and_torch_loader(tmp_path):
         batch = next(iter(loader))
         assert batch["joint_pos"].shape == (4, 2, 6) and batch["action"].shape == (4, 4, 7)
         assert batch["is_pad"].dtype == torch.bool
+
+
+def test_get_batch_matches_items(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = [5, 1, 9, 3]
+    ends = np.cumsum(lengths)
+    data = {"obs": rng.normal(size=(ends[-1], 3)).astype(np.float32),
+            "img": rng.integers(0, 255, (ends[-1], 4, 4, 3), dtype=np.uint8),
+            "action": rng.normal(size=(ends[-1], 2)).astype(np.float32), "episode_ends": ends}
+    for kw in ({}, {"pad_before": 0, "pad_after": 0}, {"episode_mask": [True, False, True, True]}):
+        smp = SequenceSampler(data, obs_keys=["obs", "img"], n_obs_steps=2, horizon=4, **kw)
+        idx = rng.integers(-len(smp), len(smp), 50)
+        got = smp.get_batch(idx)
+        for k in ("obs", "img", "action", "is_pad"):
+            want = np.stack([smp[int(i)][k] for i in idx])
+            assert got[k].dtype == want.dtype and np.array_equal(got[k], want), (kw, k)
+        with pytest.raises(IndexError):
+            smp.get_batch([len(smp)])

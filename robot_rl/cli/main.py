@@ -22,11 +22,15 @@ commands:
   view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
   convert SRC DST [key=value]  rosbag2 -> episode store, or episode store -> rosbag2 (mcap/sqlite3)
   launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim) and supervise it
+  train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
+  eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
   robot-rl info data/pick.zarr
   robot-rl view data/pick.zarr episode=3 format=gif
+  robot-rl train policy=diffusion dataset=data/pick.zarr max_minutes=15 out=runs/pick_dp
+  robot-rl eval runs/pick_dp/checkpoints/last episodes=200 videos=4
 """
 
 
@@ -139,8 +143,29 @@ def cmd_launch(args: list[str]) -> int:
         raise CLIError(str(e).strip("\"'")) from None
 
 
+def cmd_train(args: list[str]) -> int:
+    from robot_rl.cli.train import cmd_train as run
+    return run(args)
+
+
+def cmd_eval(args: list[str]) -> int:
+    if not args or "=" in args[0]:
+        raise CLIError("'eval' needs a checkpoint folder: robot-rl eval CHECKPOINT [key=value ...]")
+    cfg = compose("eval", args[1:])
+    from robot_rl.cli.eval import EvalError, run_eval
+    try:
+        result, files = run_eval(args[0], cfg)
+    except EvalError as e:
+        raise CLIError(str(e)) from None
+    print(result.summary_line())
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"record": cmd_record, "info": cmd_info, "view": cmd_view,
-                                                   "convert": cmd_convert, "launch": cmd_launch}
+                                                   "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
+                                                   "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from robot_rl.data.store import StoreError
     from robot_rl.spec import SpecError
+
+    def user_errors() -> tuple[type[Exception], ...]:
+        # CheckpointError lives with torch: only commands that loaded it can raise it
+        base = sys.modules.get("robot_rl.policies.base")
+        return (CLIError, StoreError, SpecError, FileNotFoundError) + ((base.CheckpointError,) if base else ())
+
     try:
         return COMMANDS[cmd](rest)
-    except (CLIError, StoreError, SpecError, FileNotFoundError) as e:
+    except user_errors() as e:
         print(f"robot-rl {cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -169,4 +200,7 @@ def cfg_to_dict(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module's canonical copy, so CLIError raised by robot_rl.cli.* submodules is the
+    # class main() catches (under ``python -m`` this file is also loaded as __main__)
+    from robot_rl.cli.main import main as _main
+    sys.exit(_main())

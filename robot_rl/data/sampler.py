@@ -159,6 +159,12 @@ class SequenceSampler:
         return self._n
 
     @property
+    def arrays(self) -> Mapping[str, Any]:
+        """The rows of the selected episodes, per key (numpy in memory, else lazy arrays of
+        the whole source)."""
+        return self._arrays
+
+    @property
     def n_episodes(self) -> int:
         return len(self.episode_indices)
 
@@ -194,6 +200,27 @@ class SequenceSampler:
             rows = np.asarray(self._arrays[self.action_key][base + lo: base + hi])
             out[self.action_key] = rows[idx - lo]
         out["is_pad"] = (seq < 0) | (seq >= L)
+        return out
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Items ``indices`` stacked along a new axis 0 -- the same as stacking
+        ``self[i]``, but one vectorised gather per key when the data is in memory."""
+        ind = np.asarray(indices, np.int64)
+        if not self.in_memory:
+            items = [self[int(i)] for i in ind]
+            return {k: np.stack([it[k] for it in items]) for k in items[0]} if items else {}
+        if len(ind) and not (np.all(ind >= -self._n) and np.all(ind < self._n)):
+            raise IndexError(f"window indices out of range: the sampler has {self._n}")
+        ind = ind % max(self._n, 1)
+        e = np.searchsorted(self._cum, ind, side="right")
+        before = np.where(e > 0, self._cum[np.maximum(e - 1, 0)], 0)
+        s = ind - before - self.pad_before
+        L, base = self._lengths[e], self._starts[e]
+        seq = s[:, None] + np.arange(self.horizon)[None]
+        rows = base[:, None] + np.clip(seq, 0, (L - 1)[:, None])
+        out = {k: self._arrays[k][rows[:, : self.n_obs_steps]] for k in self.obs_keys}
+        out[self.action_key] = self._arrays[self.action_key][rows]
+        out["is_pad"] = (seq < 0) | (seq >= L[:, None])
         return out
 
     def split(self, val_ratio: float = 0.1, seed: int = 0) -> tuple["SequenceSampler", "SequenceSampler"]:

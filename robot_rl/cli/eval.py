@@ -1,0 +1,104 @@
+"""``robot-rl eval CHECKPOINT``: success rate of a policy checkpoint on held-out twin seeds,
+with a JSON + PNG report and videos of the first episodes."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from robot_rl.learn.evaluate import EvalError
+from robot_rl.spec import RobotSpec
+
+# Mistakes in the settings raise EvalError; cmd_eval turns them into the CLI's one-line
+# error (not CLIError here: under `python -m robot_rl.cli.main` that class would be a
+# second copy, from the module imported a second time, which main() does not catch).
+
+
+def import_policies() -> dict[str, str]:
+    """Import every policy module so that its type is registered for load_checkpoint;
+    returns {module: error} for those that failed to import."""
+    import robot_rl.policies as pkg
+    failed = {}
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name in ("base", "common") or m.ispkg:
+            continue
+        try:
+            importlib.import_module(f"robot_rl.policies.{m.name}")
+        except Exception as e:  # a broken policy module must not stop the others
+            failed[m.name] = f"{type(e).__name__}: {e}"
+    return failed
+
+
+def _image_size(value, spec: RobotSpec, cameras: list[str]):
+    if value is None:
+        if not cameras:
+            return None
+        c = spec.camera(cameras[0])
+        return (c.width, c.height)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise EvalError(f"image_size must be an int or [width, height], got {value!r}")
+        return (int(value[0]), int(value[1]))
+    return int(value)
+
+
+def run_eval(checkpoint: str, cfg: DictConfig):
+    """Load, evaluate, write the report. Returns (EvalResult, written files)."""
+    import torch
+
+    from robot_rl.learn.evaluate import EXECUTIONS, evaluate, write_report
+    from robot_rl.policies.base import CheckpointError, load_checkpoint
+    from robot_rl.sim.tasks import TASKS
+
+    if cfg.execution is not None and cfg.execution not in EXECUTIONS:
+        raise EvalError(f"execution must be one of {', '.join(EXECUTIONS)}; got {cfg.execution!r}")
+    for key in ("episodes", "n_envs"):
+        if int(cfg[key]) < 1:
+            raise EvalError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"device={cfg.device} asked for, but torch sees no CUDA device")
+
+    failed = import_policies()
+    override = None
+    if cfg.get("robot") is not None:
+        override = RobotSpec.from_dict(OmegaConf.to_container(cfg.robot, resolve=True))
+    try:
+        policy, ck = load_checkpoint(checkpoint, spec=override, device=cfg.device or None)
+    except CheckpointError as e:
+        if "unknown policy type" in str(e) and failed:
+            raise CheckpointError(f"{e} (policy modules that failed to import: {failed})") from None
+        raise
+    trained = RobotSpec.from_dict(ck["robot_spec"])
+    spec = override or trained
+    meta = ck.get("metadata") or {}
+
+    task = cfg.task or meta.get("task")
+    if not task:
+        raise EvalError(f"checkpoint {checkpoint} does not name its task; pass task=<{'|'.join(sorted(TASKS))}>")
+    if task not in TASKS:
+        raise EvalError(f"unknown task {task!r}; available: {', '.join(sorted(TASKS))}")
+    action_mode = cfg.action_mode or meta.get("action_mode") or "ee_delta"
+    execution = cfg.execution or meta.get("execution") or "chunk"
+    if execution not in EXECUTIONS:
+        raise EvalError(f"checkpoint {checkpoint} asks for execution {execution!r}; pass execution=chunk|ensemble")
+    cams = [c.removeprefix("image_") for c in policy.config.cameras]
+    meta_size = meta.get("image_size")
+    if isinstance(meta_size, (list, tuple)) and len(meta_size) == 2:
+        meta_size = tuple(meta_size)
+    image_size = _image_size(cfg.image_size if cfg.image_size is not None else meta_size, trained, cams)
+    out = Path(cfg.out) if cfg.out else Path(checkpoint) / f"eval_{task}"
+
+    result = evaluate(policy, task, spec, episodes=int(cfg.episodes), seed=int(cfg.seed),
+                      n_envs=int(cfg.n_envs), execution=execution,
+                      n_action_steps=None if cfg.n_action_steps is None else int(cfg.n_action_steps),
+                      action_mode=action_mode, cameras=cams, image_size=image_size,
+                      videos=int(cfg.videos), video_dir=out, render_size=int(cfg.render_size),
+                      progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
+                      max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
+                      torch_threads=None if cfg.threads is None else int(cfg.threads))
+    title = (f"{Path(checkpoint).resolve().name} ({ck.get('policy')}) on {result.robot}/{task}: "
+             f"{result.summary_line()}")
+    files = write_report(result, out, title=title)
+    return result, files + [Path(v) for v in result.videos]

@@ -1,0 +1,559 @@
+"""Imitation training: ``robot-rl train policy=diffusion|act|mlp_bc dataset=PATH``.
+
+Readable top to bottom:
+
+1. open the episode store, pick the task's episodes (optionally the first N), and load
+   the windows the policy needs into memory (``SequenceSampler``);
+2. build the policy (state dims and action dim from the store, normaliser fitted on the
+   training episodes) from the hydra config ``conf/policy/<name>.yaml``;
+3. train with AdamW, linear warm-up then cosine decay, and an EMA copy of the weights
+   (Diffusion Policy's power-law warm-up of the EMA decay). The schedule follows
+   whichever budget binds first: ``steps`` or ``max_minutes`` of wall time. Batches come
+   from a background thread so the step never waits on indexing; the share of step time
+   spent waiting for data is measured and logged. Mixed precision (bf16, or fp16 with a
+   grad scaler) on CUDA;
+4. every ``eval_every`` steps, evaluate the EMA policy in the twin on held-out seeds
+   (success rate with a 95% interval, return, videos) and keep the best checkpoint;
+5. log to ``log.csv`` and TensorBoard (``tb/``), save checkpoints (safetensors + JSON,
+   no pickle) and a resumable training state, and draw ``training.png``.
+
+Output folder::
+
+    OUT/config.yaml              the resolved configuration
+    OUT/log.csv, OUT/tb/         training and evaluation logs
+    OUT/checkpoints/last/        EMA weights at the end (what ``robot-rl eval`` takes)
+    OUT/checkpoints/best/        EMA weights with the best periodic evaluation
+    OUT/train_state/             weights, EMA, optimiser, step, RNG: ``resume=true`` continues here
+    OUT/eval/step_<N>/           periodic evaluation reports and videos
+    OUT/training.png             loss and success rate vs steps and wall time
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robot_rl.data.sampler import SequenceSampler
+from robot_rl.data.store import EpisodeStore
+from robot_rl.policies import base as policy_base
+from robot_rl.policies.base import POLICIES, Policy, save_checkpoint
+from robot_rl.policies.common.normalizer import Normalizer
+from robot_rl.spec import RobotSpec
+
+# policy yaml keys that are training settings, not policy config fields
+TRAIN_KEYS = ("name", "optim", "execution")
+BUILTIN_POLICIES = ("diffusion", "act", "mlp_bc")  # modules under robot_rl.policies
+
+
+class TrainError(ValueError):
+    """A training setting or dataset that cannot work (printed as one line by the CLI)."""
+
+
+def import_policies() -> None:
+    """Register every built-in policy type."""
+    import importlib
+    for name in BUILTIN_POLICIES:
+        importlib.import_module(f"robot_rl.policies.{name}")
+
+
+# -- data ------------------------------------------------------------------------------------
+def select_episodes(store: EpisodeStore, task: str | None, max_episodes: int | None,
+                    successful_only: bool = True) -> tuple[np.ndarray, str]:
+    """Indices of the episodes to train on, and the task they show."""
+    meta = store.episodes_meta()
+    if not meta:
+        raise TrainError(f"{store.path} holds no episodes")
+    tasks = sorted({m["task"] for m in meta})
+    if task is None:
+        if len(tasks) > 1:
+            raise TrainError(f"{store.path} holds several tasks {tasks}; choose one with task=...")
+        task = tasks[0]
+    sel = [m["index"] for m in meta if m["task"] == task and (m["success"] or not successful_only)]
+    if not sel:
+        raise TrainError(f"{store.path} has no {'successful ' if successful_only else ''}episodes of task "
+                         f"{task!r}; it has {tasks}")
+    if max_episodes:
+        if len(sel) < max_episodes:
+            raise TrainError(f"asked for {max_episodes} episodes of {task!r}, {store.path} has {len(sel)}")
+        sel = sel[: int(max_episodes)]
+    return np.asarray(sel, np.int64), task
+
+
+def policy_keys(pcfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    state = list(pcfg.get("state_keys") or [])
+    cams = [c if c.startswith("image_") else f"image_{c}" for c in (pcfg.get("cameras") or [])]
+    return state, cams
+
+
+class Prefetcher:
+    """Random batches from a sampler, assembled on a background thread (numpy releases
+    the GIL in the gathers) into tensors; ``wait_s`` accumulates the time the training
+    loop spent blocked on ``next()``."""
+
+    def __init__(self, sampler: SequenceSampler, batch_size: int, seed: int, device: torch.device, depth: int = 4):
+        self.sampler, self.batch_size, self.device = sampler, int(batch_size), device
+        self.rng = np.random.default_rng(seed)
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.wait_s = 0.0
+        self._stop = threading.Event()
+        self._err: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = len(self.sampler)
+        perm, pos = self.rng.permutation(n), 0
+        try:
+            while not self._stop.is_set():
+                if pos + self.batch_size > n:
+                    perm, pos = self.rng.permutation(n), 0
+                idx = perm[pos: pos + self.batch_size] if self.batch_size <= n else self.rng.integers(0, n, self.batch_size)
+                pos += self.batch_size
+                batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.sampler.get_batch(idx).items()}
+                if self.device.type == "cuda":
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaced in next()
+            self._err = e
+
+    def next(self) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
+        while True:
+            if self._err is not None:
+                raise self._err
+            try:
+                batch = self.q.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        self.wait_s += time.perf_counter() - t0
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# -- model pieces ----------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of the weights, with the decay warmed up as
+    ``1 - (1 + step / inv_gamma) ** -power`` (capped at ``max_decay``), so early averages
+    do not drag in the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, power: float = 0.75, inv_gamma: float = 1.0,
+                 max_decay: float = 0.9999, min_decay: float = 0.0):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.power, self.inv_gamma, self.max_decay, self.min_decay = power, inv_gamma, max_decay, min_decay
+        self.updates = 0
+
+    def decay(self) -> float:
+        d = 1 - (1 + self.updates / self.inv_gamma) ** -self.power
+        return float(min(self.max_decay, max(self.min_decay, d)))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = self.decay()
+        ema_p = [p for p in self.model.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+        self.updates += 1
+
+
+def lr_factor(progress: float, warmup_frac: float) -> float:
+    """Linear warm-up over the first ``warmup_frac`` of training, then cosine to zero."""
+    if progress < warmup_frac:
+        return max(progress / max(warmup_frac, 1e-9), 1e-3)
+    p = (progress - warmup_frac) / max(1 - warmup_frac, 1e-9)
+    return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def build_policy(pcfg: Mapping[str, Any], sampler: SequenceSampler, store: EpisodeStore) -> Policy:
+    import_policies()
+    name = pcfg.get("name")
+    if name not in POLICIES:
+        raise TrainError(f"unknown policy {name!r}; available: {sorted(POLICIES)}")
+    cls = POLICIES[name]
+    state_keys, cams = policy_keys(pcfg)
+    fields = {k: v for k, v in pcfg.items() if k not in TRAIN_KEYS}
+    fields["state_keys"], fields["cameras"] = state_keys, cams
+    schema = store.schema
+    missing = [k for k in state_keys + cams + [fields.get("action_key", "action")] if k not in schema]
+    if missing:
+        raise TrainError(f"{store.path} lacks {missing} (the {name} config asks for them); it has {sorted(schema)}")
+    fields["state_dims"] = {k: int(np.prod(schema[k].shape) or 1) for k in state_keys}
+    fields["action_dim"] = int(schema[fields.get("action_key", "action")].shape[0])
+    try:
+        config = cls.config_class.from_dict(fields)
+    except policy_base.CheckpointError as e:
+        raise TrainError(f"policy '{name}': {e}") from None
+    arrays = sampler.arrays
+    norm = Normalizer.fit({k: np.asarray(arrays[k]).reshape(len(arrays[k]), -1)
+                           for k in state_keys + [config.action_key]}, "minmax")
+    return cls(config, norm)
+
+
+# -- saving / resuming -------------------------------------------------------------------------
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for k, v in meta["scalars"].items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Optimizer, step: int,
+                     elapsed: float, rng_seed: int, cfg_dict: dict) -> None:
+    from safetensors.torch import save_file
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()})
+    opt_t, opt_meta = _flatten_optimizer(opt)
+    tensors.update(opt_t)
+    tensors["rng.torch"] = torch.get_rng_state()
+    state = {"step": step, "elapsed_s": elapsed, "ema_updates": ema.updates, "optimizer": opt_meta,
+             "rng_seed": rng_seed, "policy_config": asdict(policy.config), "train_config": cfg_dict}
+    save_file(tensors, str(path / "state.safetensors.tmp"))
+    (path / "state.json.tmp").write_text(json.dumps(state, indent=1, default=str))
+    os.replace(path / "state.safetensors.tmp", path / "state.safetensors")
+    os.replace(path / "state.json.tmp", path / "state.json")
+
+
+def load_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+    meta = json.loads((path / "state.json").read_text())
+    if meta["policy_config"] != json.loads(json.dumps(asdict(policy.config), default=str)):
+        raise TrainError(f"cannot resume from {path}: it was trained with another policy config; "
+                         "use a new out= or the same settings")
+    t = load_file(str(path / "state.safetensors"))
+    policy.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    ema.model.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+    ema.updates = int(meta["ema_updates"])
+    opt.load_state_dict(_unflatten_optimizer(t, meta["optimizer"]))
+    torch.set_rng_state(t["rng.torch"])
+    return meta
+
+
+# -- logging ---------------------------------------------------------------------------------
+class Logger:
+    """One CSV row per logged step (columns fixed at first write) + TensorBoard scalars."""
+
+    COLUMNS = ["step", "elapsed_s", "train_s", "loss", "loss_l1", "loss_kl", "lr", "samples_per_s", "data_wait_share", "ema_decay",
+               "eval_success", "eval_ci_lo", "eval_ci_hi", "eval_return", "eval_episode_s"]
+
+    def __init__(self, out: Path, tensorboard: bool = True):
+        self.path = out / "log.csv"
+        new = not self.path.exists()
+        self.f = open(self.path, "a", newline="")
+        self.w = csv.DictWriter(self.f, self.COLUMNS, extrasaction="ignore")
+        if new:
+            self.w.writeheader()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # tensorboard not installed: CSV only
+                self.tb = None
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        self.w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and v == v:
+                    self.tb.add_scalar(("eval/" if k.startswith("eval_") else "train/") + k, v, row["step"])
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_training(out: Path) -> Path | None:
+    """training.png: loss and evaluation success vs step and wall time, from log.csv."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    if not rows:
+        return None
+
+    def col(name):
+        return np.array([float(r[name]) if r.get(name) not in (None, "") else np.nan for r in rows])
+    step, t, loss, succ = col("step"), col("train_s") / 60, col("loss"), col("eval_success")
+    lo, hi = col("eval_ci_lo"), col("eval_ci_hi")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    m = ~np.isnan(loss)
+    axes[0].plot(step[m], loss[m], lw=1)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss")
+    axes[0].grid(alpha=0.3)
+    e = ~np.isnan(succ)
+    if e.any():
+        axes[1].errorbar(t[e], 100 * succ[e], yerr=[100 * (succ[e] - lo[e]), 100 * (hi[e] - succ[e])],
+                         marker="o", capsize=3)
+        for x, y, s in zip(t[e], 100 * succ[e], step[e]):
+            axes[1].annotate(f"{int(s)}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    axes[1].set_ylim(-2, 102)
+    axes[1].set_xlabel("training time (min, evaluations excluded)")
+    axes[1].set_ylabel("eval success % (95% CI; labels: step)")
+    axes[1].grid(alpha=0.3)
+    fig.suptitle(out.name)
+    fig.tight_layout()
+    p = out / "training.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: int, out: Path,
+             execution: str) -> Any:
+    from robot_rl.learn.evaluate import evaluate, write_report
+    d = out / "eval" / f"step_{step:07d}"
+    res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
+                   n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
+                   video_dir=d, progress=False, image_size=_image_size(spec, policy))
+    write_report(res, d, title=f"{policy.type_name} {task} step {step}")
+    return res
+
+
+def _image_size(spec: RobotSpec, policy: Policy) -> int | None:
+    cams = {c.name: c for c in spec.cameras}
+    for k in policy.config.cameras:
+        c = cams.get(k.removeprefix("image_"))
+        if c is not None:
+            return int(c.width)
+    return None
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training job; returns a summary dict (also written to OUT/summary.json)."""
+    from tqdm import tqdm
+    torch.manual_seed(int(cfg.seed))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pcfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    store = EpisodeStore.open(cfg.dataset)
+    try:
+        episodes, task = select_episodes(store, cfg.task, cfg.max_episodes)
+        spec = store.spec
+        state_keys, cams = policy_keys(pcfg)
+        n_obs, horizon = int(pcfg.get("n_obs_steps", 2)), int(pcfg.get("horizon", 16))
+        mask = np.zeros(store.n_episodes, bool)
+        mask[episodes] = True
+        sampler = SequenceSampler(store, obs_keys=state_keys + cams, action_key=pcfg.get("action_key", "action"),
+                                  n_obs_steps=n_obs, horizon=horizon, episode_mask=mask)
+        policy = build_policy(pcfg, sampler, store).to(device)
+        action_mode = store.episode_meta(int(episodes[0]))["extra"].get("action_mode", "ee_delta")
+    finally:
+        store.close()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    optim = pcfg.get("optim") or {}
+    lr = float(optim.get("lr", 1e-4))
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=float(optim.get("weight_decay", 1e-6)),
+                            betas=tuple(optim.get("betas", (0.95, 0.999))))
+    ema = EMA(policy, power=float(cfg.ema_power)) if cfg.ema else None
+    execution = cfg.eval_execution or pcfg.get("execution", "chunk")
+    metadata = {"task": task, "action_mode": action_mode, "dataset": str(Path(cfg.dataset).resolve()),
+                "episodes": int(len(episodes)), "execution": execution,
+                "image_size": _image_size(spec, policy)}
+
+    step, elapsed0 = 0, 0.0
+    state_dir = out / "train_state"
+    if cfg.resume and (state_dir / "state.json").exists():
+        meta = load_train_state(state_dir, policy, ema or EMA(policy), opt)
+        step, elapsed0 = int(meta["step"]), float(meta["elapsed_s"])
+        print(f"resumed from {state_dir} at step {step} ({elapsed0 / 60:.1f} min trained)")
+    total_steps = int(cfg.steps) if cfg.steps else None
+    budget_s = float(cfg.max_minutes) * 60 if cfg.max_minutes else None
+    if total_steps is None and budget_s is None:
+        raise TrainError("set steps=N or max_minutes=M (or both)")
+    warmup = float(cfg.warmup_frac)
+
+    logger = Logger(out, tensorboard=bool(cfg.tensorboard))
+    amp_dtype = None
+    scaler = None
+    if device.type == "cuda" and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp_dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+    batch_size = int(cfg.batch_size or optim.get("batch_size", 256))
+    pre = Prefetcher(sampler, batch_size, int(cfg.seed) + step, device)
+    n_params = sum(p.numel() for p in policy.parameters())
+    print(f"train {policy.type_name} on {task}: {len(episodes)} episodes, {len(sampler)} windows, "
+          f"{n_params / 1e6:.2f}M parameters, device {device}, "
+          f"budget {total_steps or '-'} steps / {cfg.max_minutes or '-'} min")
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {policy.type_name}", unit="step",
+               disable=not cfg.progress, dynamic_ncols=True)
+    best = -1.0
+    t_start = time.perf_counter() - elapsed0
+    eval_s = 0.0
+    last_log_t, last_log_step, wait_at_log = time.perf_counter(), step, 0.0
+    losses: list[float] = []
+    term_sums: dict[str, float] = {}  # per-term loss sums since the last log row (ACT: l1, kl)
+    evals: list[dict] = []
+    first_step_timed = step
+    train_s0 = None
+    policy.train()
+
+    next_eval_min = float(cfg.eval_every_min or 0)
+
+    def train_time() -> float:
+        """Seconds spent training so far (evaluations excluded)."""
+        return time.perf_counter() - t_start - eval_s
+
+    def progress() -> float:
+        p = 0.0
+        if total_steps:
+            p = step / total_steps
+        if budget_s:  # training time only: periodic evaluations do not eat the budget
+            p = max(p, train_time() / budget_s)
+        return p
+
+    def do_eval() -> None:
+        nonlocal best, eval_s
+        t0 = time.perf_counter()
+        model = ema.model if ema else policy
+        model.eval()
+        res = run_eval(model, cfg, spec, task, step, out, execution)
+        policy.train()
+        eval_s += time.perf_counter() - t0
+        row = {"step": step, "elapsed_s": time.perf_counter() - t_start, "train_s": train_time(),
+               "eval_success": res.success_rate,
+               "eval_ci_lo": res.ci95[0], "eval_ci_hi": res.ci95[1],
+               "eval_return": float(np.mean(res.returns)), "eval_episode_s": res.mean_episode_time_s}
+        logger.log(row)
+        evals.append(row)
+        bar.write(f"eval step {step}: {res.summary_line()}")
+        if res.success_rate > best:
+            best = res.success_rate
+            save_checkpoint(model, out / "checkpoints" / "best", spec, {**metadata, "step": step,
+                                                                         "eval_success": res.success_rate})
+
+    try:
+        while progress() < 1.0:
+            batch = pre.next()
+            if train_s0 is None:
+                train_s0, pre.wait_s, first_step_timed = time.perf_counter(), 0.0, step
+            for g in opt.param_groups:
+                g["lr"] = lr * lr_factor(progress(), warmup)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = policy.loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainError(f"the loss became {loss.item()} at step {step}; lower the learning rate "
+                                 f"(policy.optim.lr={lr})")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), float(cfg.grad_clip))
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if ema:
+                ema.update(policy)
+            step += 1
+            losses.append(loss.item())
+            terms = getattr(policy, "last_loss_terms", None) or {}
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            bar.update(1)
+            if step % int(cfg.log_every) == 0:
+                now = time.perf_counter()
+                dt = now - last_log_t
+                row = {"step": step, "elapsed_s": now - t_start, "train_s": train_time(), "loss": float(np.mean(losses[-int(cfg.log_every):])),
+                       "lr": opt.param_groups[0]["lr"],
+                       "samples_per_s": (step - last_log_step) * batch_size / max(dt, 1e-9),
+                       "data_wait_share": (pre.wait_s - wait_at_log) / max(dt, 1e-9),
+                       "ema_decay": ema.decay() if ema else float("nan")}
+                row.update({f"loss_{k}": v / (step - last_log_step) for k, v in term_sums.items()})
+                term_sums.clear()
+                logger.log(row)
+                last_log_t, last_log_step, wait_at_log = now, step, pre.wait_s
+                post = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.1e}"}
+                if budget_s:
+                    post["min"] = f"{(now - t_start - eval_s) / 60:.1f}/{budget_s / 60:.0f}"
+                bar.set_postfix(post)
+            due = bool(cfg.eval_every) and step % int(cfg.eval_every) == 0
+            if cfg.eval_every_min and train_time() >= next_eval_min * 60:
+                due, next_eval_min = True, next_eval_min + float(cfg.eval_every_min)
+            if due and progress() < 1.0:
+                do_eval()
+                last_log_t = time.perf_counter()
+            if cfg.save_every and step % int(cfg.save_every) == 0:
+                save_train_state(state_dir, policy, ema or EMA(policy), opt, step,
+                                 time.perf_counter() - t_start, int(cfg.seed), cfg_dict)
+        bar.close()
+        train_end = time.perf_counter()
+        final_model = ema.model if ema else policy
+        final_model.eval()
+        save_checkpoint(final_model, out / "checkpoints" / "last", spec, {**metadata, "step": step})
+        save_train_state(state_dir, policy, ema or EMA(policy), opt, step, train_end - t_start, int(cfg.seed), cfg_dict)
+        steps_timed = step - first_step_timed
+        loop_s = (train_end - train_s0 - eval_s) if train_s0 else 0.0
+        summary = {"policy": policy.type_name, "task": task, "episodes": int(len(episodes)), "steps": step,
+                   "train_wall_s": train_end - t_start - eval_s, "eval_wall_s": eval_s,
+                   "steps_per_s": steps_timed / max(loop_s, 1e-9),
+                   "samples_per_s": steps_timed * batch_size / max(loop_s, 1e-9),
+                   "data_wait_share": pre.wait_s / max(loop_s, 1e-9),
+                   "final_loss": float(np.mean(losses[-50:])) if losses else None,
+                   "parameters": n_params, "device": str(device), "checkpoint": str(out / "checkpoints" / "last"),
+                   "evals": evals}
+        if cfg.eval_final and cfg.eval_episodes:
+            do_eval()
+            summary["final_eval"] = evals[-1]
+        save_checkpoint(final_model, out / "checkpoints" / "last", spec,
+                        {**metadata, "step": step, **({"eval_success": evals[-1]["eval_success"]} if evals else {})})
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        plot_training(out)
+        return summary
+    finally:
+        pre.close()
+        logger.close()
+        bar.close()
