@@ -49,6 +49,23 @@ class PolicyConfig:
         return cls(**d)
 
 
+def import_policies() -> dict[str, str]:
+    """Import every policy module in robot_rl.policies so that its type is registered (for
+    load_checkpoint and the trainer); returns {module: error} for those that failed."""
+    import importlib
+    import pkgutil
+    import robot_rl.policies as pkg
+    failed = {}
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name in ("base", "common") or m.ispkg:
+            continue
+        try:
+            importlib.import_module(f"robot_rl.policies.{m.name}")
+        except Exception as e:  # a broken policy module must not stop the others
+            failed[m.name] = f"{type(e).__name__}: {e}"
+    return failed
+
+
 def register(name: str):
     def deco(cls):
         cls.type_name = name

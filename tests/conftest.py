@@ -26,3 +26,18 @@ def ros_domain(monkeypatch):
     monkeypatch.setenv("ROS_DOMAIN_ID", str(dom))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return dom
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread():
+    """The test models are tiny: one intra-op thread is as fast, and far faster when the
+    two cores are shared with subprocesses (OpenMP threads spin on a busy machine)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -2,8 +2,6 @@
 with a JSON + PNG report and videos of the first episodes."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,21 +12,6 @@ from robot_rl.spec import RobotSpec
 # Mistakes in the settings raise EvalError; cmd_eval turns them into the CLI's one-line
 # error (not CLIError here: under `python -m robot_rl.cli.main` that class would be a
 # second copy, from the module imported a second time, which main() does not catch).
-
-
-def import_policies() -> dict[str, str]:
-    """Import every policy module so that its type is registered for load_checkpoint;
-    returns {module: error} for those that failed to import."""
-    import robot_rl.policies as pkg
-    failed = {}
-    for m in pkgutil.iter_modules(pkg.__path__):
-        if m.name in ("base", "common") or m.ispkg:
-            continue
-        try:
-            importlib.import_module(f"robot_rl.policies.{m.name}")
-        except Exception as e:  # a broken policy module must not stop the others
-            failed[m.name] = f"{type(e).__name__}: {e}"
-    return failed
 
 
 def _image_size(value, spec: RobotSpec, cameras: list[str]):
@@ -60,6 +43,7 @@ def run_eval(checkpoint: str, cfg: DictConfig):
     if cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise EvalError(f"device={cfg.device} asked for, but torch sees no CUDA device")
 
+    from robot_rl.policies.base import import_policies
     failed = import_policies()
     override = None
     if cfg.get("robot") is not None:

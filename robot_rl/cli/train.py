@@ -10,9 +10,9 @@ def cmd_train(args: list[str]) -> int:
     bad = [a for a in args if "=" not in a]
     if bad:
         raise CLIError(f"expected key=value, got {bad[0]!r} (the dataset is dataset=PATH)")
-    cfg = compose("train", args)
-    if cfg.dataset in (None, "???") or "dataset=" not in " ".join(args):
+    if not any(a.startswith("dataset=") for a in args):
         raise CLIError("'train' needs an episode store: robot-rl train policy=diffusion dataset=PATH")
+    cfg = compose("train", args)
     if not Path(cfg.dataset).exists():
         raise CLIError(f"no episode store at {cfg.dataset}")
     if cfg.out is None:

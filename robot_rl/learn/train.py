@@ -48,24 +48,16 @@ from omegaconf import DictConfig, OmegaConf
 from robot_rl.data.sampler import SequenceSampler
 from robot_rl.data.store import EpisodeStore
 from robot_rl.policies import base as policy_base
-from robot_rl.policies.base import POLICIES, Policy, save_checkpoint
+from robot_rl.policies.base import POLICIES, Policy, import_policies, save_checkpoint
 from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.spec import RobotSpec
 
 # policy yaml keys that are training settings, not policy config fields
 TRAIN_KEYS = ("name", "optim", "execution")
-BUILTIN_POLICIES = ("diffusion", "act", "mlp_bc")  # modules under robot_rl.policies
 
 
 class TrainError(ValueError):
     """A training setting or dataset that cannot work (printed as one line by the CLI)."""
-
-
-def import_policies() -> None:
-    """Register every built-in policy type."""
-    import importlib
-    for name in BUILTIN_POLICIES:
-        importlib.import_module(f"robot_rl.policies.{name}")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -186,6 +178,13 @@ def lr_factor(progress: float, warmup_frac: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
+def check_keys(store: EpisodeStore, keys: list[str], policy_name: str) -> None:
+    missing = [k for k in keys if k not in store.schema]
+    if missing:
+        raise TrainError(f"{store.path} lacks {missing} (the {policy_name} config asks for them); "
+                         f"it has {sorted(store.schema)}")
+
+
 def build_policy(pcfg: Mapping[str, Any], sampler: SequenceSampler, store: EpisodeStore) -> Policy:
     import_policies()
     name = pcfg.get("name")
@@ -196,9 +195,7 @@ def build_policy(pcfg: Mapping[str, Any], sampler: SequenceSampler, store: Episo
     fields = {k: v for k, v in pcfg.items() if k not in TRAIN_KEYS}
     fields["state_keys"], fields["cameras"] = state_keys, cams
     schema = store.schema
-    missing = [k for k in state_keys + cams + [fields.get("action_key", "action")] if k not in schema]
-    if missing:
-        raise TrainError(f"{store.path} lacks {missing} (the {name} config asks for them); it has {sorted(schema)}")
+    check_keys(store, state_keys + cams + [fields.get("action_key", "action")], name)
     fields["state_dims"] = {k: int(np.prod(schema[k].shape) or 1) for k in state_keys}
     fields["action_dim"] = int(schema[fields.get("action_key", "action")].shape[0])
     try:
@@ -376,6 +373,7 @@ def train(cfg: DictConfig) -> dict:
         episodes, task = select_episodes(store, cfg.task, cfg.max_episodes)
         spec = store.spec
         state_keys, cams = policy_keys(pcfg)
+        check_keys(store, state_keys + cams + [pcfg.get("action_key", "action")], pcfg.get("name"))
         n_obs, horizon = int(pcfg.get("n_obs_steps", 2)), int(pcfg.get("horizon", 16))
         mask = np.zeros(store.n_episodes, bool)
         mask[episodes] = True

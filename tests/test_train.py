@@ -1,0 +1,148 @@
+"""`robot-rl train`: the training loop, its outputs, resume, refusals, and an image-based
+diffusion policy trained and evaluated end to end on CPU (the CI smoke test)."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from robot_rl.cli.main import main
+from robot_rl.data import EpisodeStore, SequenceSampler
+from robot_rl.learn.train import EMA, Prefetcher, lr_factor
+from robot_rl.policies.base import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def pick_store(tmp_path_factory):
+    """Six real pick_cube expert episodes with two 32x32 cameras."""
+    path = tmp_path_factory.mktemp("train") / "pick.zarr"
+    rc = main(["record", "sim", "task=pick_cube", "episodes=6", "cameras=[front,wrist]", "image_size=32",
+               f"out={path}", "progress=false"])
+    assert rc == 0
+    return path
+
+
+def rows(out):
+    return list(csv.DictReader(open(out / "log.csv")))
+
+
+def test_train_writes_logs_checkpoints_and_evaluates(pick_store, tmp_path, capsys):
+    out = tmp_path / "bc"
+    rc = main(["train", "policy=mlp_bc", f"dataset={pick_store}", "steps=40", "batch_size=32", "log_every=10",
+               f"out={out}", "eval_episodes=2", "eval_n_envs=2", "eval_videos=1", "progress=false", "save_every=20"])
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "trained mlp_bc on pick_cube: 40 steps" in text and "eval: success" in text
+    log = rows(out)
+    train_rows = [r for r in log if r["loss"]]
+    assert [int(r["step"]) for r in train_rows] == [10, 20, 30, 40]
+    assert float(train_rows[-1]["loss"]) < float(train_rows[0]["loss"])
+    assert all(0 <= float(r["data_wait_share"]) < 1 for r in train_rows)
+    # warm-up then cosine: the LR rises, then falls towards zero
+    lrs = [float(r["lr"]) for r in train_rows]
+    assert lrs[-1] < max(lrs)
+    ev = [r for r in log if r["eval_success"]]
+    assert len(ev) == 1 and 0 <= float(ev[0]["eval_success"]) <= 1
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "eval").glob("step_*/eval.json")) and list((out / "eval").glob("step_*/*.mp4"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 40 and 0 <= summary["data_wait_share"] < 1
+    pol, cfg = load_checkpoint(out / "checkpoints" / "last", device="cpu")
+    assert cfg["metadata"]["task"] == "pick_cube" and cfg["metadata"]["action_mode"] == "ee_delta"
+    assert cfg["metadata"]["episodes"] == 6 and cfg["metadata"]["step"] == 40
+    assert (out / "checkpoints" / "best" / "model.safetensors").exists()
+    # the checkpoint holds the EMA weights, not the raw ones
+    from safetensors.torch import load_file
+    state = load_file(str(out / "train_state" / "state.safetensors"))
+    raw = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    ema = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    k0 = next(k for k in raw if k.endswith("weight"))
+    assert not torch.equal(raw[k0], ema[k0])
+    assert torch.equal(pol.state_dict()[k0].cpu(), ema[k0])
+
+
+def test_resume_continues_and_refuses_other_settings(pick_store, tmp_path, capsys):
+    out = tmp_path / "bc"
+    common = ["policy=mlp_bc", f"dataset={pick_store}", "batch_size=16", "log_every=10", f"out={out}",
+              "eval_final=false", "progress=false", "save_every=10"]
+    assert main(["train", *common, "steps=20"]) == 0
+    st = json.loads((out / "train_state" / "state.json").read_text())
+    assert st["step"] == 20
+    assert main(["train", *common, "steps=40", "resume=true"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    steps = [int(r["step"]) for r in rows(out) if r["loss"]]
+    assert steps == [10, 20, 30, 40]
+    st = json.loads((out / "train_state" / "state.json").read_text())
+    assert st["step"] == 40 and st["ema_updates"] == 40
+    # AdamW's own step counter came back with the optimiser state
+    from safetensors.torch import load_file
+    t = load_file(str(out / "train_state" / "state.safetensors"))
+    assert float(t["opt.0.step"]) == 40
+    rc = main(["train", *common, "steps=60", "resume=true", "policy.horizon=8"])
+    assert rc == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_train_refusals(pick_store, tmp_path, capsys):
+    cases = [
+        (["train", "policy=mlp_bc", f"dataset={tmp_path / 'nope.zarr'}"], "no episode store"),
+        (["train", "policy=nope", f"dataset={pick_store}"], "policy"),
+        (["train", "policy=mlp_bc", f"dataset={pick_store}", "task=push"], "no successful episodes of task 'push'"),
+        (["train", "policy=mlp_bc", f"dataset={pick_store}", "max_episodes=50"], "asked for 50 episodes"),
+        (["train", "policy=mlp_bc", f"dataset={pick_store}", "policy.state_keys=[joint_pos,torque]"], "lacks ['torque']"),
+        (["train", "policy=mlp_bc"], "needs an episode store"),
+        (["train", "policy=mlp_bc", f"dataset={pick_store}", "steps=null"], "steps=N or max_minutes=M"),
+    ]
+    for argv, msg in cases:
+        rc = main([*argv, f"out={tmp_path / 'x'}", "progress=false"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_image_diffusion_policy_trains_and_evaluates_on_cpu(pick_store, tmp_path, capsys):
+    """The CI smoke test of the image-based diffusion policy: front + wrist cameras, random
+    crop, ResNet encoders, trained a few steps and evaluated in the rendering twin."""
+    out = tmp_path / "dp_img"
+    rc = main(["train", "policy=diffusion", f"dataset={pick_store}", "policy.cameras=[front,wrist]", "policy.crop=28",
+               "policy.state_keys=[joint_pos,gripper]", "policy.feature_dim=32", "policy.down_dims=[16,32]",
+               "steps=6", "batch_size=8", "log_every=2", f"out={out}", "eval_episodes=2", "eval_n_envs=2",
+               "eval_videos=0", "progress=false", "policy.num_inference_steps=2"])
+    assert rc == 0, capsys.readouterr().err
+    pol, cfg = load_checkpoint(out / "checkpoints" / "last", device="cpu")
+    assert pol.config.cameras == ["image_front", "image_wrist"] and cfg["metadata"]["image_size"] == 32
+    assert any(n.startswith("encoder.cnns.image_wrist") for n, _ in pol.named_parameters())
+    ev = json.loads(next((out / "eval").glob("step_*/eval.json")).read_text())
+    assert ev["episodes"] == 2
+    obs = {"joint_pos": np.zeros((2, 5), np.float32), "gripper": np.zeros((2, 1), np.float32),
+           "image_front": np.zeros((2, 32, 32, 3), np.uint8), "image_wrist": np.zeros((2, 32, 32, 3), np.uint8)}
+    assert pol.predict_chunk(obs, torch.Generator().manual_seed(0)).shape == (pol.chunk_len, 7)
+
+
+def test_prefetcher_and_schedules(pick_store):
+    s = SequenceSampler(pick_store, obs_keys=["joint_pos"], n_obs_steps=2, horizon=8)
+    pre = Prefetcher(s, 16, seed=0, device=torch.device("cpu"))
+    try:
+        b = pre.next()
+        assert b["joint_pos"].shape == (16, 2, 5) and b["action"].shape == (16, 8, 7) and b["is_pad"].dtype == torch.bool
+    finally:
+        pre.close()
+    assert lr_factor(0.0, 0.1) < lr_factor(0.05, 0.1) < lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1) == pytest.approx(0.5) and lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-9)
+    net = torch.nn.Linear(3, 3)
+    ema = EMA(net)
+    decays = []
+    for _ in range(5):
+        decays.append(ema.decay())
+        before = [p.clone() for p in ema.model.parameters()]
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+        ema.update(net)
+        for b0, pe, pn in zip(before, ema.model.parameters(), net.parameters()):
+            assert torch.allclose(pe, decays[-1] * b0 + (1 - decays[-1]) * pn)
+    assert decays[0] == 0.0 and all(a < b for a, b in zip(decays, decays[1:]))
+    assert math.isclose(EMA(net, max_decay=0.5).decay(), 0.0)
