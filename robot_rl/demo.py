@@ -7,9 +7,14 @@ the crash-safe episode store and, in the same run, an mcap rosbag2 of the raw to
 Then the summary is printed, the bag is converted back to an episode store as a check,
 and one episode is rendered to mp4 + a PNG contact sheet.
 
-Later stages (train, deploy through the inference node, improve online) append here.
+Stage 4: a state-based diffusion policy is trained on those demonstrations
+(``robot-rl train``, a few minutes of CPU) and evaluated in the twin on held-out seeds
+(``robot-rl eval``): success rate with a 95% interval, a PNG report and videos.
+
+Later stages (deploy through the inference node, improve online) append here.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
+                            [--train-minutes 4] [--eval-episodes 50] [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
 re-runs itself through scripts/isolated.sh.
@@ -17,6 +22,7 @@ re-runs itself through scripts/isolated.sh.
 from __future__ import annotations
 
 import argparse
+import json
 import io
 import os
 import shutil
@@ -50,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--verbose", action="store_true", help="show every node's log lines")
+    ap.add_argument("--train-minutes", type=float, default=4.0, help="training budget of the diffusion policy")
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--skip-train", action="store_true", help="stop after recording and rendering")
     args = ap.parse_args(argv)
     ensure_isolated()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/3 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    stage(f"1/4 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
     nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
                                             "episodes": str(args.episodes), "out": str(store_path),
                                             "bag": str(bag_path)})
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
           f"(two 96x96 cameras); rosbag2: {bag_path}")
 
-    stage("2/3 rosbag2 (mcap) -> episode store, compared with the live recording")
+    stage("2/4 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
     import numpy as np
@@ -112,11 +121,35 @@ def main(argv: list[str] | None = None) -> int:
                    f"max abs diff {worst:g} where shapes agree)")
     print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; {verdict}")
 
-    stage("3/3 render an episode")
+    stage("3/4 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
         print(f"wrote {f}")
+
+    if not args.skip_train:
+        stage(f"4/4 train a state-based diffusion policy on the {args.episodes} demos "
+              f"({args.train_minutes:g} min of CPU), evaluate it in the twin")
+        from robot_rl.cli.main import main as cli
+        run_dir = out / f"diffusion_{args.task}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        train_args = ["train", "policy=diffusion", f"dataset={store_path}", "steps=null",
+                      f"max_minutes={args.train_minutes}", f"out={run_dir}", "eval_final=false"]
+        print("  robot-rl " + " ".join(train_args[1:]))
+        if cli(train_args) != 0:
+            print("demo: training failed", file=sys.stderr)
+            return 1
+        ck = run_dir / "checkpoints" / "last"
+        eval_args = ["eval", str(ck), f"episodes={args.eval_episodes}", "videos=4", f"out={run_dir / 'eval'}"]
+        print("  robot-rl " + " ".join(eval_args[1:]))
+        if cli(eval_args) != 0:
+            print("demo: evaluation failed", file=sys.stderr)
+            return 1
+        res = json.loads((run_dir / "eval" / "eval.json").read_text())
+        print(f"diffusion policy on {args.task}: success {100 * res['success_rate']:.1f}% "
+              f"[{100 * res['ci95'][0]:.1f}, {100 * res['ci95'][1]:.1f}] over {res['episodes']} held-out seeds; "
+              f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
 
     stage("done")
     print(f"demo finished in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")
