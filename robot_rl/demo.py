@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir)
         train_args = ["train", "policy=diffusion", f"dataset={store_path}", "steps=null",
                       f"max_minutes={args.train_minutes}", f"out={run_dir}", "eval_final=false"]
-        print("  robot-rl " + " ".join(train_args[1:]))
+        print("  robot-rl " + " ".join(train_args))
         if cli(train_args) != 0:
             print("demo: training failed", file=sys.stderr)
             return 1
         ck = run_dir / "checkpoints" / "last"
         eval_args = ["eval", str(ck), f"episodes={args.eval_episodes}", "videos=4", f"out={run_dir / 'eval'}"]
-        print("  robot-rl " + " ".join(eval_args[1:]))
+        print("  robot-rl " + " ".join(eval_args))
         if cli(eval_args) != 0:
             print("demo: evaluation failed", file=sys.stderr)
             return 1

@@ -7,6 +7,7 @@ set -euo pipefail
 if [ "${ROBOT_RL_ISOLATED:-}" = 1 ]; then exec "$@"; fi
 export ROBOT_RL_ISOLATED=1
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # see robot_rl/__init__.py
 # ROS 2 from the project venv (PyPI wheels) unless a system ROS is already sourced
 venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
 if [ -z "${AMENT_PREFIX_PATH:-}" ] && [ -d "$venv/share/ament_index" ]; then export AMENT_PREFIX_PATH="$venv"; fi
