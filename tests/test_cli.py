@@ -1,4 +1,5 @@
 """The robot-rl CLI as a user runs it: real processes, real stores on disk."""
+import json
 import os
 import subprocess
 import sys
@@ -112,10 +113,17 @@ def test_view_of_missing_episode(recorded):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path)],
+    # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes
+    r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path),
+                        "--train-minutes", "0.08", "--eval-episodes", "3"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0, r.stderr
     assert "demo finished" in r.stdout
     assert (tmp_path / "so101_pick_cube_ep0_sheet.png").exists()
     with EpisodeStore.open(tmp_path / "so101_pick_cube.zarr") as st:
         assert st.n_episodes == 2
+    assert "diffusion policy on pick_cube: success" in r.stdout and "over 3 held-out seeds" in r.stdout
+    run = tmp_path / "diffusion_pick_cube"
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["episodes"] == 3 and (run / "checkpoints" / "last" / "model.safetensors").exists()
+    assert (run / "training.png").exists() and (run / "eval" / "eval.png").exists()

@@ -449,6 +449,25 @@ def train(cfg: DictConfig) -> dict:
             p = max(p, train_time() / budget_s)
         return p
 
+    def log_train_row() -> None:
+        """One CSV/TensorBoard row averaging the steps since the previous row."""
+        nonlocal last_log_t, last_log_step, wait_at_log
+        now = time.perf_counter()
+        dt, n = now - last_log_t, step - last_log_step
+        row = {"step": step, "elapsed_s": now - t_start, "train_s": train_time(),
+               "loss": float(np.mean(losses[-n:])), "lr": opt.param_groups[0]["lr"],
+               "samples_per_s": n * batch_size / max(dt, 1e-9),
+               "data_wait_share": (pre.wait_s - wait_at_log) / max(dt, 1e-9),
+               "ema_decay": ema.decay() if ema else float("nan")}
+        row.update({f"loss_{k}": v / n for k, v in term_sums.items()})
+        term_sums.clear()
+        logger.log(row)
+        last_log_t, last_log_step, wait_at_log = now, step, pre.wait_s
+        post = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.1e}"}
+        if budget_s:
+            post["min"] = f"{train_time() / 60:.1f}/{budget_s / 60:.0f}"
+        bar.set_postfix(post)
+
     def do_eval() -> None:
         nonlocal best, eval_s
         t0 = time.perf_counter()
@@ -503,21 +522,7 @@ def train(cfg: DictConfig) -> dict:
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
             bar.update(1)
             if step % int(cfg.log_every) == 0:
-                now = time.perf_counter()
-                dt = now - last_log_t
-                row = {"step": step, "elapsed_s": now - t_start, "train_s": train_time(), "loss": float(np.mean(losses[-int(cfg.log_every):])),
-                       "lr": opt.param_groups[0]["lr"],
-                       "samples_per_s": (step - last_log_step) * batch_size / max(dt, 1e-9),
-                       "data_wait_share": (pre.wait_s - wait_at_log) / max(dt, 1e-9),
-                       "ema_decay": ema.decay() if ema else float("nan")}
-                row.update({f"loss_{k}": v / (step - last_log_step) for k, v in term_sums.items()})
-                term_sums.clear()
-                logger.log(row)
-                last_log_t, last_log_step, wait_at_log = now, step, pre.wait_s
-                post = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.1e}"}
-                if budget_s:
-                    post["min"] = f"{(now - t_start - eval_s) / 60:.1f}/{budget_s / 60:.0f}"
-                bar.set_postfix(post)
+                log_train_row()
             due = bool(cfg.eval_every) and step % int(cfg.eval_every) == 0
             if cfg.eval_every_min and train_time() >= next_eval_min * 60:
                 due, next_eval_min = True, next_eval_min + float(cfg.eval_every_min)
@@ -527,6 +532,8 @@ def train(cfg: DictConfig) -> dict:
             if cfg.save_every and step % int(cfg.save_every) == 0:
                 save_train_state(state_dir, policy, ema or EMA(policy), opt, step,
                                  time.perf_counter() - t_start, int(cfg.seed), cfg_dict)
+        if step > last_log_step:  # the tail since the last row (short runs get a row too)
+            log_train_row()
         bar.close()
         train_end = time.perf_counter()
         final_model = ema.model if ema else policy
