@@ -1,23 +1,19 @@
 """ACT policy on a real (tiny) dataset, and the temporal ensembler it is evaluated with."""
 import json
-import subprocess
-import sys
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
+from policy_helpers import KEYS, actions_in_fresh_process, record_expert_store
 from robot_rl.data import EpisodeStore, SequenceSampler
 from robot_rl.policies.act import ACTConfig, ACTPolicy
 from robot_rl.policies.base import POLICIES, load_checkpoint, save_checkpoint
 from robot_rl.policies.common.ensemble import TemporalEnsembler
 from robot_rl.policies.common.normalizer import Normalizer
-from robot_rl.sim import make_env
-from robot_rl.sim.experts import rollout_expert
 from robot_rl.spec import load_spec
 
-KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
 # small enough for a CPU test, every part of the architecture present
 SMALL = dict(dim_model=64, n_heads=4, dim_feedforward=128, n_encoder_layers=2, n_decoder_layers=1,
              n_vae_encoder_layers=2, latent_dim=8, feature_dim=32)
@@ -25,24 +21,7 @@ SMALL = dict(dim_model=64, n_heads=4, dim_feedforward=128, n_encoder_layers=2, n
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("act") / "reach.zarr"
-    env = make_env("reach", "so101")
-    with EpisodeStore.create(path, env.robot_spec) as st:
-        for seed in range(6):
-            ep = st.start_episode(task="reach", source="expert")
-            rollout_expert(env, seed, extra_steps=4, on_step=lambda o, a, r, i, ep=ep: ep.add_step(
-                {**{k: o[k] for k in KEYS}, "action": a}, timestamp=0.0 + ep.n_steps * 0.05))
-            ep.commit(success=True)
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    return record_expert_store(tmp_path_factory.mktemp("act") / "reach.zarr", extra_steps=4)
 
 
 def make_policy(store_path, **kw):
@@ -183,15 +162,7 @@ def test_checkpoint_round_trip_in_a_fresh_process(trained, tmp_path):
     loaded, cfg = load_checkpoint(ck, spec=load_spec("so101"), device="cpu")
     assert isinstance(loaded, ACTPolicy) and loaded.config == pol.config and cfg["policy"] == "act"
     assert np.array_equal(loaded.predict_chunk(obs), chunk)
-    code = ("import numpy as np, json, sys; from robot_rl.policies.base import load_checkpoint\n"
-            "import robot_rl.policies.act\n"
-            "p, cfg = load_checkpoint(sys.argv[1], device='cpu')\n"
-            "obs = {k: np.array(v) for k, v in json.loads(sys.argv[2]).items()}\n"
-            "print(json.dumps(p.predict_chunk(obs).tolist()))")
-    r = subprocess.run([sys.executable, "-c", code, str(ck), json.dumps({k: v.tolist() for k, v in obs.items()})],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert np.allclose(np.array(json.loads(r.stdout)), chunk, atol=1e-6)
+    assert np.allclose(actions_in_fresh_process(ck, obs), chunk, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_state", [True, False])

@@ -1,35 +1,22 @@
 """Diffusion policy: denoisers, training signal, samplers, the warm-start pieces, checkpoints."""
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from policy_helpers import KEYS, actions_in_fresh_process, record_expert_store
 from robot_rl.data import EpisodeStore, SequenceSampler
 from robot_rl.policies.base import load_checkpoint, save_checkpoint
 from robot_rl.policies.common.denoisers import ConditionalUnet1D, TransformerDenoiser
 from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robot_rl.sim import make_env
-from robot_rl.sim.experts import rollout_expert
 from robot_rl.spec import load_spec
 
-KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dp") / "reach.zarr"
-    env = make_env("reach", "so101")
-    with EpisodeStore.create(path, env.robot_spec) as st:
-        for seed in range(6):
-            ep = st.start_episode(task="reach", source="expert")
-            rollout_expert(env, seed, on_step=lambda o, a, r, i, ep=ep: ep.add_step(
-                {**{k: o[k] for k in KEYS}, "action": a}, timestamp=ep.n_steps * 0.05))
-            ep.commit(success=True)
-    return path
+    return record_expert_store(tmp_path_factory.mktemp("dp") / "reach.zarr")
 
 
 def make_policy(store_path, **kw):
@@ -140,14 +127,6 @@ def test_checkpoint_round_trip_in_fresh_process(store, tmp_path):
     obs = {k: v for k, v in s[3].items() if k in KEYS}
     chunk = pol.predict_chunk(obs, torch.Generator().manual_seed(7))
     ck = save_checkpoint(pol, tmp_path / "ck", load_spec("so101"))
-    code = ("import numpy as np, json, sys, torch; from robot_rl.policies.base import load_checkpoint\n"
-            "import robot_rl.policies.diffusion\n"
-            "p, cfg = load_checkpoint(sys.argv[1], device='cpu')\n"
-            "obs = {k: np.array(v, np.float32) for k, v in json.loads(sys.argv[2]).items()}\n"
-            "print(json.dumps(p.predict_chunk(obs, torch.Generator().manual_seed(7)).tolist()))")
-    r = subprocess.run([sys.executable, "-c", code, str(ck), json.dumps({k: v.tolist() for k, v in obs.items()})],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert np.allclose(np.array(json.loads(r.stdout)), chunk, atol=1e-5)
+    assert np.allclose(actions_in_fresh_process(ck, obs, seed=7), chunk, atol=1e-5)
     again, cfg = load_checkpoint(ck, spec=load_spec("so101"), device="cpu")
     assert cfg["config"]["denoiser"] == "transformer"

@@ -10,17 +10,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from policy_helpers import KEYS, record_expert_store  # noqa: E402
 from robot_rl.cli.main import main  # noqa: E402
 from robot_rl.data import EpisodeStore, SequenceSampler  # noqa: E402
 from robot_rl.learn.evaluate import EvalError, EvalResult, evaluate, wilson_interval, write_report  # noqa: E402
 from robot_rl.policies.base import PolicyConfig, save_checkpoint  # noqa: E402
 from robot_rl.policies.common.normalizer import Normalizer  # noqa: E402
 from robot_rl.policies.mlp_bc import MLPBCPolicy  # noqa: E402
-from robot_rl.sim import make_env  # noqa: E402
-from robot_rl.sim.experts import rollout_expert  # noqa: E402
 from robot_rl.spec import load_spec  # noqa: E402
 
-KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
 MAX_STEPS = 24
 
 
@@ -52,15 +50,7 @@ def test_wilson_interval_known_values():
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
     """A tiny MLP-BC policy, trained for a few dozen steps on two pick_cube demos."""
-    path = tmp_path_factory.mktemp("evalbc") / "pick.zarr"
-    env = make_env("pick_cube", "so101")
-    with EpisodeStore.create(path, env.robot_spec) as st:
-        for seed in range(2):
-            ep = st.start_episode(task="pick_cube", source="expert")
-            rollout_expert(env, seed, on_step=lambda o, a, r, i, ep=ep: ep.add_step(
-                {**{k: o[k] for k in KEYS}, "action": a}, timestamp=ep.n_steps * 0.05))
-            ep.commit(success=True)
-    env.close()
+    path = record_expert_store(tmp_path_factory.mktemp("evalbc") / "pick.zarr", "pick_cube", episodes=2, keys=KEYS)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,33 +1,21 @@
 """Policy interface and checkpoints, on the plain BC baseline and a real (tiny) dataset."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from policy_helpers import KEYS, actions_in_fresh_process, record_expert_store
 from robot_rl.data import EpisodeStore, SequenceSampler
 from robot_rl.policies.base import CheckpointError, PolicyConfig, load_checkpoint, save_checkpoint
 from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.policies.mlp_bc import MLPBCPolicy
-from robot_rl.sim import make_env
-from robot_rl.sim.experts import rollout_expert
 from robot_rl.spec import load_spec
 
-KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bc") / "reach.zarr"
-    env = make_env("reach", "so101")
-    with EpisodeStore.create(path, env.robot_spec) as st:
-        for seed in range(6):
-            ep = st.start_episode(task="reach", source="expert")
-            rollout_expert(env, seed, on_step=lambda o, a, r, i, ep=ep: ep.add_step(
-                {**{k: o[k] for k in KEYS}, "action": a}, timestamp=0.0 + ep.n_steps * 0.05))
-            ep.commit(success=True)
-    return path
+    return record_expert_store(tmp_path_factory.mktemp("bc") / "reach.zarr")
 
 
 def make_policy(store_path):
@@ -57,16 +45,7 @@ def test_bc_learns_the_demonstrations_and_checkpoint_round_trips(store, tmp_path
     assert chunk.shape == (pol.chunk_len, 7) == (7, 7) and np.all(np.isfinite(chunk))
     ck = save_checkpoint(pol, tmp_path / "ck", load_spec("so101"), {"steps": 150})
     # a fresh process reproduces the same actions
-    code = ("import numpy as np, json, sys; from robot_rl.policies.base import load_checkpoint\n"
-            "import robot_rl.policies.mlp_bc\n"
-            "p, cfg = load_checkpoint(sys.argv[1], device='cpu')\n"
-            "obs = {k: np.array(v) for k, v in json.loads(sys.argv[2]).items()}\n"
-            "print(json.dumps(p.predict_chunk(obs).tolist()))")
-    import json
-    r = subprocess.run([sys.executable, "-c", code, str(ck), json.dumps({k: v.tolist() for k, v in obs.items()})],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert np.allclose(np.array(json.loads(r.stdout)), chunk, atol=1e-6)
+    assert np.allclose(actions_in_fresh_process(ck, obs), chunk, atol=1e-6)
 
 
 def test_checkpoint_refusals(store, tmp_path):

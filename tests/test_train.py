@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robot_rl.cli.main import main
-from robot_rl.data import EpisodeStore, SequenceSampler
+from robot_rl.data import SequenceSampler
 from robot_rl.learn.train import EMA, Prefetcher, lr_factor
 from robot_rl.policies.base import load_checkpoint
 
