@@ -233,16 +233,17 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str,
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Optimizer, step: int,
+def save_train_state(path: Path, policy: Policy, ema: EMA | None, opt: torch.optim.Optimizer, step: int,
                      elapsed: float, rng_seed: int, cfg_dict: dict) -> None:
     from safetensors.torch import save_file
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()})
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()})
     opt_t, opt_meta = _flatten_optimizer(opt)
     tensors.update(opt_t)
     tensors["rng.torch"] = torch.get_rng_state()
-    state = {"step": step, "elapsed_s": elapsed, "ema_updates": ema.updates, "optimizer": opt_meta,
+    state = {"step": step, "elapsed_s": elapsed, "ema_updates": ema.updates if ema else 0, "optimizer": opt_meta,
              "rng_seed": rng_seed, "policy_config": asdict(policy.config), "train_config": cfg_dict}
     save_file(tensors, str(path / "state.safetensors.tmp"))
     (path / "state.json.tmp").write_text(json.dumps(state, indent=1, default=str))
@@ -250,7 +251,7 @@ def save_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Opti
     os.replace(path / "state.json.tmp", path / "state.json")
 
 
-def load_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Optimizer) -> dict:
+def load_train_state(path: Path, policy: Policy, ema: EMA | None, opt: torch.optim.Optimizer) -> dict:
     from safetensors.torch import load_file
     meta = json.loads((path / "state.json").read_text())
     if meta["policy_config"] != json.loads(json.dumps(asdict(policy.config), default=str)):
@@ -258,8 +259,10 @@ def load_train_state(path: Path, policy: Policy, ema: EMA, opt: torch.optim.Opti
                          "use a new out= or the same settings")
     t = load_file(str(path / "state.safetensors"))
     policy.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    ema.model.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-    ema.updates = int(meta["ema_updates"])
+    if ema is not None:
+        ema_sd = {k[4:]: v for k, v in t.items() if k.startswith("ema.")}
+        ema.model.load_state_dict(ema_sd or policy.state_dict())  # saved with ema=false: start from the weights
+        ema.updates = int(meta["ema_updates"])
     opt.load_state_dict(_unflatten_optimizer(t, meta["optimizer"]))
     torch.set_rng_state(t["rng.torch"])
     return meta
@@ -400,7 +403,7 @@ def train(cfg: DictConfig) -> dict:
     step, elapsed0 = 0, 0.0
     state_dir = out / "train_state"
     if cfg.resume and (state_dir / "state.json").exists():
-        meta = load_train_state(state_dir, policy, ema or EMA(policy), opt)
+        meta = load_train_state(state_dir, policy, ema, opt)
         step, elapsed0 = int(meta["step"]), float(meta["elapsed_s"])
         print(f"resumed from {state_dir} at step {step} ({elapsed0 / 60:.1f} min trained)")
     total_steps = int(cfg.steps) if cfg.steps else None
@@ -530,7 +533,7 @@ def train(cfg: DictConfig) -> dict:
                 do_eval()
                 last_log_t = time.perf_counter()
             if cfg.save_every and step % int(cfg.save_every) == 0:
-                save_train_state(state_dir, policy, ema or EMA(policy), opt, step,
+                save_train_state(state_dir, policy, ema, opt, step,
                                  time.perf_counter() - t_start, int(cfg.seed), cfg_dict)
         if step > last_log_step:  # the tail since the last row (short runs get a row too)
             log_train_row()
@@ -539,7 +542,7 @@ def train(cfg: DictConfig) -> dict:
         final_model = ema.model if ema else policy
         final_model.eval()
         save_checkpoint(final_model, out / "checkpoints" / "last", spec, {**metadata, "step": step})
-        save_train_state(state_dir, policy, ema or EMA(policy), opt, step, train_end - t_start, int(cfg.seed), cfg_dict)
+        save_train_state(state_dir, policy, ema, opt, step, train_end - t_start, int(cfg.seed), cfg_dict)
         steps_timed = step - first_step_timed
         loop_s = (train_end - train_s0 - eval_s) if train_s0 else 0.0
         summary = {"policy": policy.type_name, "task": task, "episodes": int(len(episodes)), "steps": step,
@@ -551,10 +554,12 @@ def train(cfg: DictConfig) -> dict:
                    "parameters": n_params, "device": str(device), "checkpoint": str(out / "checkpoints" / "last"),
                    "evals": evals}
         if cfg.eval_final and cfg.eval_episodes:
+            # the checkpoint above is already on disk, whatever the evaluation does; this
+            # rewrite only adds the final success rate to its metadata
             do_eval()
             summary["final_eval"] = evals[-1]
-        save_checkpoint(final_model, out / "checkpoints" / "last", spec,
-                        {**metadata, "step": step, **({"eval_success": evals[-1]["eval_success"]} if evals else {})})
+            save_checkpoint(final_model, out / "checkpoints" / "last", spec,
+                            {**metadata, "step": step, "eval_success": evals[-1]["eval_success"]})
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         plot_training(out)
         return summary
