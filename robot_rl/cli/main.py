@@ -24,6 +24,7 @@ commands:
   launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim) and supervise it
   train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
   eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
+  bench inference CHECKPOINT   samplers and execution modes: latency, success vs delay, jitter
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -31,6 +32,7 @@ examples:
   robot-rl view data/pick.zarr episode=3 format=gif
   robot-rl train policy=diffusion dataset=data/pick.zarr max_minutes=15 out=runs/pick_dp
   robot-rl eval runs/pick_dp/checkpoints/last episodes=200 videos=4
+  robot-rl bench inference runs/pick_dp/checkpoints/last task=pick_cube
 """
 
 
@@ -163,7 +165,24 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"record": cmd_record, "info": cmd_info, "view": cmd_view,
+def cmd_bench(args: list[str]) -> int:
+    if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
+        raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
+    cfg = compose("bench_inference", args[2:])
+    from robot_rl.runtime.bench import BenchError, run_bench
+    from robot_rl.runtime.executor import ExecutorError
+    from robot_rl.runtime.samplers import SamplerError
+    try:
+        run_bench(args[1], cfg.task, episodes=int(cfg.episodes), delays=[int(d) for d in cfg.delays],
+                  queries=int(cfg.queries), replan_every=int(cfg.replan_every), seed=int(cfg.seed),
+                  n_envs=int(cfg.n_envs), sections=list(cfg.sections), out=cfg.out,
+                  loop_seconds=float(cfg.loop_seconds), loop_rate=float(cfg.loop_rate), progress=bool(cfg.progress))
+    except (BenchError, SamplerError, ExecutorError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
                                                    "eval": cmd_eval}
 

@@ -1,0 +1,160 @@
+"""Chunk samplers (cold, RTI warm start, real-time chunking, blending) on real policies."""
+
+import numpy as np
+import pytest
+import torch
+
+from policy_helpers import KEYS, record_expert_store
+from robot_rl.data import EpisodeStore
+from robot_rl.policies.act import ACTConfig, ACTPolicy
+from robot_rl.policies.common.normalizer import Normalizer
+from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from robot_rl.runtime.samplers import SamplerError, SamplerSettings, make_sampler, overlap_weights
+from robot_rl.spec import load_spec
+
+SPEC = load_spec("so101")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return record_expert_store(tmp_path_factory.mktemp("smp") / "reach.zarr", episodes=3)
+
+
+def _norm_dims(store):
+    with EpisodeStore.open(store) as st:
+        norm = Normalizer.from_store(st, KEYS + ["action"])
+        dims = {k: st.schema[k].shape[0] for k in KEYS}
+    return norm, dims
+
+
+@pytest.fixture(scope="module")
+def diffusion(store):
+    norm, dims = _norm_dims(store)
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(state_keys=KEYS, state_dims=dims, action_dim=7, n_obs_steps=2, horizon=8, n_action_steps=4,
+                          down_dims=[16, 32], feature_dim=16, step_embed_dim=16, num_train_timesteps=50,
+                          num_inference_steps=5)
+    return DiffusionPolicy(cfg, norm).eval()
+
+
+@pytest.fixture(scope="module")
+def act(store):
+    norm, dims = _norm_dims(store)
+    torch.manual_seed(0)
+    cfg = ACTConfig(state_keys=KEYS, state_dims=dims, action_dim=7, n_obs_steps=1, horizon=8, n_action_steps=4,
+                    dim_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, n_vae_encoder_layers=1,
+                    dim_feedforward=64, latent_dim=8, feature_dim=16, dropout=0.0)
+    return ACTPolicy(cfg, norm).eval()
+
+
+def obs_batch(policy, b=1, seed=0):
+    rng = np.random.default_rng(seed)
+    dims = policy.config.state_dims
+    return {k: rng.uniform(-0.2, 0.2, (b, policy.config.n_obs_steps, dims[k])).astype(np.float32) for k in KEYS}
+
+
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_overlap_weights_shape():
+    w = overlap_weights(10, held=3, overlap_end=8)
+    assert np.all(w[:3] == 1) and np.all(w[8:] == 0)
+    assert np.all(np.diff(w[3:8]) < 0) and 0 < w[7] < w[3] < 1, "decays over the overlap"
+    assert np.all(overlap_weights(5, held=0, overlap_end=0) == 0)
+
+
+def test_cold_sampler_counts_evaluations(diffusion):
+    s = make_sampler(diffusion, dict(mode="cold", num_steps=3), batch=2, spec=SPEC)
+    r = s.query(obs_batch(diffusion, 2), [0, 0], [0, 0], None, gen())
+    assert r.chunks.shape == (2, diffusion.chunk_len, 7)
+    assert list(r.nfe) == [3, 3] and r.cold.all() and not r.fallback.any()
+    assert np.isfinite(r.chunks).all()
+
+
+def test_warm_start_continues_previous_chunk_and_holds_delay_rows(diffusion):
+    s = make_sampler(diffusion, dict(mode="warm", warm_steps=2, k_prime=20, fallback_threshold=float("inf"),
+                                     discrete="none"), spec=SPEC)
+    o = obs_batch(diffusion)
+    first = s.query(o, [10], [0], None, gen())
+    assert first.cold[0] and first.nfe[0] == diffusion.config.num_inference_steps  # nothing to warm-start from
+    d = 2
+    r = s.query(o, [13], [d], None, gen())  # 3 steps later, 2 more until it arrives
+    assert not r.cold[0] and r.nfe[0] == 2
+    # the d rows that execute anyway (steps 13, 14) equal the previous chunk's rows for them
+    np.testing.assert_allclose(r.chunks[0, :d], first.chunks[0, 3:3 + d], atol=1e-5)
+    n = diffusion.chunk_len - 3 - d  # rows both chunks plan beyond the held ones
+    assert not np.allclose(r.chunks[0, d:d + n], first.chunks[0, 3 + d:3 + d + n]), "the rest is re-planned"
+    # too far from the previous chunk (the shift leaves nothing of it): cold again
+    far = s.query(o, [13 + diffusion.config.horizon], [0], None, gen())
+    assert far.cold[0]
+
+
+def test_warm_fallback_check(diffusion):
+    o = obs_batch(diffusion)
+    always = make_sampler(diffusion, dict(mode="warm", fallback_threshold=0.0), spec=SPEC)
+    always.query(o, [0], [0], None, gen())
+    r = always.query(o, [1], [0], None, gen())
+    assert r.fallback[0] and r.cold[0] and r.distance[0] > 0
+    assert r.nfe[0] == 1 + diffusion.config.num_inference_steps, "the warm evaluations count too"
+    assert always.counts["fallbacks"] == 1
+    never = make_sampler(diffusion, dict(mode="warm", fallback_threshold=float("inf")), spec=SPEC)
+    never.query(o, [0], [0], None, gen())
+    r = never.query(o, [1], [0], None, gen())
+    assert not r.fallback[0] and not r.cold[0] and np.isfinite(r.distance[0])
+
+
+def test_snap_makes_the_gripper_binary(diffusion):
+    s = make_sampler(diffusion, dict(mode="warm", discrete="snap"), spec=SPEC)
+    o = obs_batch(diffusion)
+    for step in range(3):
+        r = s.query(o, [step], [0], None, gen())
+        g = r.chunks[0, :, -1]
+        lo, hi = diffusion.unnormalize_actions(torch.tensor([[-1.0] * 7, [1.0] * 7]))[:, -1].tolist()
+        assert np.all(np.isclose(g, lo, atol=1e-5) | np.isclose(g, hi, atol=1e-5)), g
+    assert make_sampler(diffusion, dict(mode="cold")).discrete_dims == [], "no spec: no discrete dims"
+
+
+def test_rtc_guides_toward_previous_chunk(diffusion):
+    o = obs_batch(diffusion)
+    s = make_sampler(diffusion, dict(mode="rtc", rtc_steps=4), spec=SPEC)
+    first = s.query(o, [0], [0], None, gen())
+    r = s.query(o, [2], [3], None, gen())
+    assert r.nfe[0] == 4 and not r.cold[0] and s.counts["vjp"] >= 4
+    np.testing.assert_allclose(r.chunks[0, :3], first.chunks[0, 2:5], atol=1e-5)  # held rows exact
+    # with guidance the overlap stays closer to the previous chunk than a cold sample does
+    cold = make_sampler(diffusion, dict(mode="cold", num_steps=4), spec=SPEC).query(o, [2], [3], None,
+                                                                                     torch.Generator().manual_seed(1))
+    ov = slice(3, diffusion.chunk_len - 2)
+    err_rtc = np.abs(r.chunks[0, ov] - first.chunks[0, 5:diffusion.chunk_len]).mean()
+    err_cold = np.abs(cold.chunks[0, ov] - first.chunks[0, 5:diffusion.chunk_len]).mean()
+    assert err_rtc < err_cold
+
+
+def test_blend_for_policies_without_a_reverse_process(act):
+    with pytest.raises(SamplerError, match="needs a diffusion policy"):
+        make_sampler(act, dict(mode="warm"), spec=SPEC)
+    s = make_sampler(act, dict(mode="rtc"), spec=SPEC)
+    o = obs_batch(act)
+    first = s.query(o, [0], [0], None, None)
+    o2 = obs_batch(act, seed=5)
+    r = s.query(o2, [2], [2], None, None)
+    np.testing.assert_allclose(r.chunks[0, :2], first.chunks[0, 2:4], atol=1e-6)
+    plain = act.predict_chunks(o2)[0]
+    assert not np.allclose(r.chunks[0, 2:4], plain[2:4]), "the overlap is blended"
+    np.testing.assert_allclose(r.chunks[0, -2:], plain[-2:], atol=1e-6)  # beyond the overlap: the new chunk
+
+
+def test_settings_validation_and_runtime_update(diffusion):
+    with pytest.raises(SamplerError, match="mode"):
+        SamplerSettings(mode="bogus").check()
+    with pytest.raises(SamplerError, match="k_prime"):
+        make_sampler(diffusion, dict(mode="warm", k_prime=500), spec=SPEC)
+    with pytest.raises(SamplerError, match="unknown sampler settings"):
+        SamplerSettings.from_dict({"mode": "warm", "kprime": 3})
+    s = make_sampler(diffusion, dict(mode="warm"), spec=SPEC)
+    s.update(mode="cold", num_steps=2)
+    assert s.settings.mode == "cold"
+    with pytest.raises(SamplerError):
+        s.update(discrete="maybe")
+    assert s.settings.discrete != "maybe", "a refused update changes nothing"
