@@ -139,3 +139,12 @@ def test_delay_rollout_on_the_twin(tmp_path):
     assert r.executed + r.holds == 2 * 20
     assert r.nfe_per_query == 1.0
     assert set(r.jerk) >= {"jerk_boundary_max", "jerk_inside_max", "jerk_ratio_max"}
+
+
+def test_a_faster_control_loop_interpolates_from_the_row_just_passed():
+    """50 Hz loop, 20 Hz policy: a chunk arriving 30 ms after its observation keeps row 0
+    (time 0) as the anchor, so the action for now is between rows 0 and 1 -- not a hold."""
+    ex = ChunkExecutor(3, DT, ExecutorSettings())
+    assert ex.submit(chunk(5), t_obs=0.0, now=0.03) == 0
+    assert ex.action_at(0.03)[0] == pytest.approx(0.6)
+    assert ex.submit(chunk(5, start=10), t_obs=0.0, now=0.07) == 1, "row 0 lies a whole period back: stale"

@@ -40,7 +40,7 @@ class ExecutorError(ValueError):
 class ExecutorSettings:
     execution: str = "async"
     n_action_steps: int = 8  # sync: actions per chunk before the next query
-    replan_every: int = 8  # async: control steps between query starts
+    replan_every: int = 4  # async: control steps between query starts
     low_water: int = 1  # async: query when fewer than d + low_water actions remain
     ensemble_k: float = 0.01
     interpolate: bool = True
@@ -136,6 +136,11 @@ class ChunkExecutor:
         else:
             times = float(t_obs) + self.dt * np.arange(len(c))
         fresh = times >= float(now) - self.tol
+        # a control loop faster than the policy: the last passed row still anchors the
+        # interpolation toward the next one (its time lies within one period before now)
+        first = int(np.argmax(fresh)) if fresh.any() else len(times)
+        if 0 < first < len(times) and times[first - 1] > float(now) - self.dt + self.tol:
+            fresh[first - 1] = True
         dropped = int((~fresh).sum())
         self.counts["stale_dropped"] += dropped
         self.counts["chunks"] += 1
