@@ -114,3 +114,39 @@ GRAPHS: dict[str, Graph] = {
     "sim": Graph("sim", "the twin's robot node alone (realtime, fast or lockstep)",
                  {**_COMMON, "mode": "realtime"}, _sim),
 }
+
+
+def _deploy(p: dict[str, str]) -> list[NodeDef]:
+    """The realtime twin (no cameras unless asked) + the inference node driving it."""
+    if not p["checkpoint"]:
+        raise KeyError("graph 'deploy' needs checkpoint=PATH")
+    robot = _robot(p, "realtime")
+    extra = ["--seed", p["seed"]]
+    if p["action_mode"]:
+        extra += ["--action-mode", p["action_mode"]]  # the robot node's /action is then in the policy's mode
+    robot = NodeDef(robot.name, robot.module, robot.args + tuple(extra))
+    inf = [p["checkpoint"], "--robot", p["robot"], "--mode", p["mode"], "--execution", p["execution"],
+           "--worker", p["worker"], "--output", p["output"]]
+    if p["action_mode"]:
+        inf += ["--action-mode", p["action_mode"]]
+    if p.get("rate"):
+        inf += ["--rate", p["rate"]]
+    if p["stale_after"]:
+        inf += ["--stale-after", p["stale_after"]]
+    if p["params"]:  # "warm_steps=4,k_prime=50": the inference node's ROS parameters at start-up
+        inf += ["--ros-args"]
+        for kv in p["params"].split(","):
+            k, sep, v = kv.strip().partition("=")
+            if not sep or not k:
+                raise KeyError(f"graph 'deploy': params must be name=value[,name=value...], got {p['params']!r}")
+            inf += ["-p", f"{k}:={v}"]
+    # the inference node starts after the robot node (it holds until observations flow anyway)
+    return [robot, NodeDef("inference", "robot_rl.ros.inference_node", tuple(inf), start_delay_s=0.5)]
+
+
+GRAPHS["deploy"] = Graph(
+    "deploy", "realtime twin + inference node: a trained policy drives the robot (robot_rl.ros.deploy runs "
+    "episodes against it)",
+    {**_COMMON, "cameras": "none", "checkpoint": "", "mode": "warm", "execution": "async", "worker": "thread",
+     "output": "action", "action_mode": "", "stale_after": "", "params": "", "seed": "0"},
+    _deploy)

@@ -95,3 +95,9 @@ def reliable_qos(depth: int = 50):
     from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
     return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE,
                       history=QoSHistoryPolicy.KEEP_LAST, depth=depth)
+
+
+# inference node (robot_rl.ros.inference_node): std_srvs/Trigger (new episode) and
+# std_srvs/SetBool (true: hold)
+INFERENCE_RESET = "/inference/reset"
+INFERENCE_PAUSE = "/inference/pause"

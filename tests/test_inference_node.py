@@ -1,0 +1,301 @@
+"""The inference node as a real process driving robot_node over DDS (loopback netns), with a
+tiny untrained diffusion checkpoint built here."""
+from __future__ import annotations
+
+import subprocess
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from ros_helpers import spawn
+from robot_rl.spec import load_spec
+
+SPEC = load_spec("so101")
+KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
+DIAG = "inference_node: inference"
+
+
+def tiny_policy(action_mode: str = "ee_delta"):
+    import torch
+
+    from robot_rl.policies.common.normalizer import Normalizer
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    rng = np.random.default_rng(0)
+    n = 256
+    lo, hi = np.array(SPEC.lower), np.array(SPEC.upper)
+    data = {"joint_pos": rng.uniform(lo, hi, (n, 5)), "gripper": rng.uniform(0, 1, (n, 1)),
+            "ee_pos": rng.uniform([0.1, -0.2, 0.0], [0.35, 0.2, 0.3], (n, 3)), "object_state": rng.normal(0, 0.1, (n, 10)),
+            "action": np.c_[rng.uniform(-1, 1, (n, 6)), rng.uniform(0, 1, (n, 1))] if action_mode == "ee_delta"
+            else np.c_[rng.uniform(lo, hi, (n, 5)), rng.uniform(0, 1, (n, 1))]}
+    norm = Normalizer.fit(data)
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(state_keys=KEYS, state_dims={"joint_pos": 5, "gripper": 1, "ee_pos": 3, "object_state": 10},
+                          action_dim=7 if action_mode == "ee_delta" else 6, n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=[16, 32], feature_dim=16,
+                          step_embed_dim=16, num_train_timesteps=50, num_inference_steps=4)
+    return DiffusionPolicy(cfg, norm)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from robot_rl.policies.base import save_checkpoint
+    d = tmp_path_factory.mktemp("inference")
+    pol = tiny_policy()
+    meta = {"task": "pick_cube", "action_mode": "ee_delta"}
+    return {"so101": save_checkpoint(pol, d / "so101", SPEC, meta),
+            "arm6": save_checkpoint(pol, d / "arm6", load_spec("arm6"), meta),
+            "joint_pos": save_checkpoint(tiny_policy("joint_pos"), d / "joint_pos", SPEC,
+                                         {"task": "pick_cube", "action_mode": "joint_pos"})}
+
+
+@contextmanager
+def proc(module: str, *args: str):
+    p = spawn(module, *args)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.terminate()
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        print(f"---- {module} stdout ----\n", out[-3000:], "\n---- stderr ----\n", err[-3000:])
+
+
+class Client:
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import Float32MultiArray
+
+        from robot_rl.ros import topics
+        self.ctx = Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("test_inference_client", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.actions: list[tuple[float, object]] = []  # (receipt monotonic, msg)
+        self.diag: list[dict] = []  # inference status: {"level", "message", values...}
+        rq = topics.reliable_qos(100)
+        self.sub_cmd = self.node.create_subscription(Float32MultiArray, topics.ACTION_COMMAND,
+                                                     lambda m: self.actions.append((time.monotonic(), m)), rq)
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, rq)
+        self.procs: list = []
+
+    def _on_diag(self, arr):
+        for s in arr.status:
+            if s.name == DIAG:
+                lvl = s.level if isinstance(s.level, int) else int.from_bytes(s.level, "little")
+                self.diag.append({"_level": lvl, "_message": s.message, **{kv.key: kv.value for kv in s.values}})
+
+    def close(self):
+        self.node.destroy_node()
+        self.ex.shutdown()
+        self.ctx.try_shutdown()
+
+    def spin(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def spin_until(self, pred, timeout: float, what: str):
+        end = time.monotonic() + timeout
+        while not pred():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise AssertionError(f"{p.args[2]} exited (rc {p.returncode}) while waiting for {what}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; last diagnostics "
+                                     f"{self.diag[-1] if self.diag else None}")
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def set_param(self, name: str, value):
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+        v = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value) if isinstance(value, str) else \
+            ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value) if isinstance(value, bool) else \
+            ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value) if isinstance(value, int) else \
+            ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=value)
+        r = self.call(SetParameters, "/inference_node/set_parameters", parameters=[Parameter(name=name, value=v)])
+        return r.results[0]
+
+    def get_param(self, name: str):
+        from rcl_interfaces.srv import GetParameters
+        v = self.call(GetParameters, "/inference_node/get_parameters", names=[name]).values[0]
+        return v.string_value or v.integer_value or v.double_value or v.bool_value
+
+    def call(self, srv, name, **fields):
+        cli = self.node.create_client(srv, name)
+        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+        fut = cli.call_async(srv.Request(**fields))
+        self.spin_until(fut.done, 10.0, f"{name} response")
+        self.node.destroy_client(cli)
+        return fut.result()
+
+
+@pytest.fixture
+def client(ros_domain):
+    c = Client()
+    yield c
+    c.close()
+
+
+def in_limits(msg) -> bool:
+    a = np.asarray(msg.data, np.float64)
+    return (len(a) == 7 and np.all(np.isfinite(a)) and np.all(np.abs(a[:6]) <= 1.0 + 1e-6)
+            and 0.0 - 1e-6 <= a[6] <= 1.0 + 1e-6)
+
+
+def test_inference_node_drives_the_twin_params_pause_and_stale_hold(checkpoints, client):
+    with proc("robot_rl.ros.robot_node", "--robot", "so101", "--task", "pick_cube", "--mode", "realtime",
+              "--cameras", "none", "--rt-priority", "0", "--diag-hz", "0") as robot, \
+         proc("robot_rl.ros.inference_node", str(checkpoints["so101"]), "--robot", "so101",
+              "--stale-after", "0.3", "--diag-hz", "5") as inf:
+        client.procs = [robot, inf]
+        # (a) actions at about the control rate, diagnostics with latency numbers, not holding
+        client.spin_until(lambda: client.diag and client.diag[-1].get("held") == "false"
+                          and any("latency" in k for k in client.diag[-1]), 40.0, "the policy to run")
+        n0, t0 = len(client.actions), time.monotonic()
+        client.spin(2.0)
+        rate = (len(client.actions) - n0) / (time.monotonic() - t0)
+        assert 15.0 < rate < 25.0, rate  # so101: 20 Hz
+        msgs = [m for _, m in client.actions]
+        assert all(m.layout.dim[0].label == "ee_delta" for m in msgs)
+        from robot_rl.ros.msgs import float_array_stamp
+        st = float_array_stamp(msgs[-1])
+        assert st is not None and abs(st - time.time()) < 1.0  # the observation's wall-clock stamp
+        d = client.diag[-1]
+        assert int(d["node/observations"]) > 20 and d["_level"] == 0, d
+
+        # (b) a run-time parameter change is applied, a bad one refused and nothing changes
+        r = client.set_param("mode", "cold")
+        assert r.successful, r.reason
+        assert client.get_param("mode") == "cold"
+        r = client.set_param("mode", "bogus")
+        assert not r.successful and "bogus" in r.reason
+        assert client.get_param("mode") == "cold"
+        r = client.set_param("warm_steps", 0)
+        assert not r.successful and r.reason
+        r = client.set_param("mode", 3)  # wrong type
+        assert not r.successful
+        n1 = len(client.actions)
+        client.spin(1.0)
+        assert len(client.actions) - n1 > 10 and client.diag[-1]["held"] == "false"  # still running, now cold
+        assert client.diag[-1]["mode"] == "cold"
+
+        # pause: holds (arm still), resume: runs again
+        from std_srvs.srv import SetBool
+        from robot_rl.ros import topics
+        assert client.call(SetBool, topics.INFERENCE_PAUSE, data=True).success
+        assert client.get_param("paused") is True
+        client.spin_until(lambda: client.diag[-1]["held"] == "true" and "pause" in client.diag[-1]["reason"],
+                          5.0, "the pause")
+        client.spin(0.3)
+        assert all(np.all(np.asarray(m.data[:6]) == 0) for _, m in client.actions[-4:])
+        assert client.call(SetBool, topics.INFERENCE_PAUSE, data=False).success
+        client.spin_until(lambda: client.diag[-1]["held"] == "false", 10.0, "the resume")
+
+        # (c) observations stop: stale hold, WARN, zero arm motion
+        client.procs = [inf]
+        robot.terminate()
+        robot.wait(10)
+        client.spin_until(lambda: client.diag[-1]["reason"] == "stale_observation"
+                          and client.diag[-1]["held"] == "true", 5.0, "the stale hold")
+        assert client.diag[-1]["_level"] == 1  # WARN
+        t_stale = time.monotonic()
+        client.spin(0.5)
+        held = [m for t, m in client.actions if t > t_stale]
+        assert len(held) >= 5
+        assert all(np.all(np.asarray(m.data[:6]) == 0) for m in held)
+        # (e) every action published, running or holding, is finite and inside the limits
+        assert all(in_limits(m) for _, m in client.actions)
+        assert inf.poll() is None
+
+
+def test_joint_pos_policy_publishes_chunks_as_joint_trajectories(checkpoints, client):
+    from trajectory_msgs.msg import JointTrajectory
+
+    from robot_rl.ros import msgs, topics
+    trajs = []
+    client.node.create_subscription(JointTrajectory, topics.JOINT_TRAJECTORY, trajs.append, topics.reliable_qos(50))
+    with proc("robot_rl.ros.robot_node", "--robot", "so101", "--mode", "realtime", "--cameras", "none",
+              "--rt-priority", "0", "--diag-hz", "0") as robot, \
+         proc("robot_rl.ros.inference_node", str(checkpoints["joint_pos"]), "--robot", "so101", "--output",
+              "trajectory", "--diag-hz", "5") as inf:
+        client.procs = [robot, inf]
+        chunks = lambda: [m for m in trajs if len(m.points) > 1]  # noqa: E731 (holds: one point, stamp 0)
+        client.spin_until(lambda: len(chunks()) >= 3, 40.0, "joint trajectories")
+        assert not client.actions  # chunks go to /joint_trajectory only
+        lo, hi = np.array(SPEC.lower), np.array(SPEC.upper)
+        for m in trajs:
+            assert list(m.joint_names) == SPEC.joint_names + ["gripper"]
+            t = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points])
+            assert np.all(np.diff(t) > 0) and t[0] == 0.0
+            q = np.array([p.positions for p in m.points])
+            assert np.all(np.isfinite(q)) and np.all(q[:, :5] >= lo - 1e-6) and np.all(q[:, :5] <= hi + 1e-6)
+            assert np.all((q[:, 5] >= 0) & (q[:, 5] <= 1))
+        for m in chunks():
+            assert abs(msgs.from_time(m.header.stamp) - time.time()) < 2.0  # timed from the observation
+
+
+def test_refuses_another_robots_checkpoint_missing_checkpoint_and_bad_settings(checkpoints, ros_domain, tmp_path):
+    procs = []
+    for args, word in (([str(checkpoints["arm6"]), "--robot", "so101"], "arm6"),
+                       ([str(tmp_path / "nope"), "--robot", "so101"], "nope"),
+                       ([str(checkpoints["so101"]), "--robot", "so101", "--output", "trajectory"], "joint_pos"),
+                       ([str(checkpoints["so101"]), "--ros-args", "-p", "warm_step:=2"], "warm_step"),
+                       ([str(checkpoints["so101"]), "--ros-args", "-p", "warm_steps:=0"], "warm_steps")):
+        procs.append((args, word, spawn("robot_rl.ros.inference_node", *args)))  # side by side: faster
+    for args, word, p in procs:
+        out, err = p.communicate(timeout=90)
+        assert p.returncode == 2, (args, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("inference_node: ") and word in lines[0], err
+
+
+def test_observation_assembler_groups_by_stamp():
+    from robot_rl.ros.inference_node import ObservationAssembler
+    a = ObservationAssembler(KEYS, max_pending=3)
+    assert a.parts == {"joint_states", "ee_pose", "object_state"}
+    js = {"joint_pos": np.zeros(5), "gripper": np.zeros(1)}
+    assert a.add("joint_states", 10, js) is None
+    assert a.add("ee_pose", 20, {"ee_pos": np.zeros(3), "ee_quat": np.zeros(4)}) is None
+    assert a.add("object_state", 10, {"object_state": np.ones(10)}) is None
+    obs = a.add("ee_pose", 10, {"ee_pos": np.ones(3), "ee_quat": np.zeros(4)})
+    assert obs is not None and set(obs) == set(KEYS) and obs["ee_pos"][0] == 1  # only the policy's keys
+    assert a.add("joint_states", 5, js) is None and a.counts["late_dropped"] == 1  # older than the last one
+    a.add("joint_states", 20, js)
+    assert a.add("object_state", 20, {"object_state": np.ones(10)})["object_state"].shape == (10,)
+    with pytest.raises(ValueError, match="no robot_rl topic"):
+        ObservationAssembler(["joint_pos", "tactile"])
+    assert "image_front" in ObservationAssembler(["joint_pos", "image_front"]).parts
+
+
+def test_deploy_graph():
+    from robot_rl.ros.graphs import GRAPHS
+    nodes = GRAPHS["deploy"].nodes({"checkpoint": "ck", "mode": "rtc", "rate": "30"})
+    robot, inf = nodes
+    assert robot.module == "robot_rl.ros.robot_node" and "realtime" in robot.args
+    assert robot.args[robot.args.index("--cameras") + 1] == "none"
+    assert inf.module == "robot_rl.ros.inference_node" and inf.args[0] == "ck"
+    assert inf.args[inf.args.index("--mode") + 1] == "rtc" and inf.args[inf.args.index("--rate") + 1] == "30"
+    with pytest.raises(KeyError, match="checkpoint"):
+        GRAPHS["deploy"].nodes({})
+
+
+def test_deploy_driver_runs_episodes_through_the_graph(checkpoints, ros_domain, tmp_path):
+    from robot_rl.ros.deploy import format_summary, run_deploy_episodes
+    r = run_deploy_episodes(checkpoints["so101"], "pick_cube", episodes=2, seed=7, timeout_steps=8,
+                            params={"mode": "cold"}, log_dir=tmp_path)
+    assert r["episodes"] == 2 and [o["seed"] for o in r["outcomes"]] == [7, 8]
+    assert all(o["success"] or o["steps"] >= 8 for o in r["outcomes"])  # an untrained policy: timeouts
+    assert 0.0 <= r["success_rate"] <= 1.0
+    assert set(r["latency_ms"]) >= {"p50", "p95", "p99", "max"} and r["queries"] > 0
+    assert r["diagnostics"]["mode"] == "cold" and r["nfe_per_query"] == 4.0  # the tiny policy's 4 DDIM steps
+    assert "[inference]" in (tmp_path / "deploy.log").read_text() and (tmp_path / "deploy.json").exists()
+    assert "success" in format_summary(r)
