@@ -11,10 +11,14 @@ Stage 4: a state-based diffusion policy is trained on those demonstrations
 (``robot-rl train``, a few minutes of CPU) and evaluated in the twin on held-out seeds
 (``robot-rl eval``): success rate with a 95% interval, a PNG report and videos.
 
-Later stages (deploy through the inference node, improve online) append here.
+Stage 5: the trained policy is deployed through the inference node on the realtime twin
+(robot node at the spec's rate, wall-clock time): RTI warm-started sampling, an
+asynchronous chunk queue; success rate and query-latency percentiles are printed.
+
+Later stages (improve online) append here.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
-                            [--train-minutes 4] [--eval-episodes 50] [--skip-train]
+                            [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
 re-runs itself through scripts/isolated.sh.
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="show every node's log lines")
     ap.add_argument("--train-minutes", type=float, default=4.0, help="training budget of the diffusion policy")
     ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--deploy-episodes", type=int, default=20, help="episodes through the inference node (0: skip)")
     ap.add_argument("--skip-train", action="store_true", help="stop after recording and rendering")
     args = ap.parse_args(argv)
     ensure_isolated()
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/4 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    stage(f"1/5 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
     nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
                                             "episodes": str(args.episodes), "out": str(store_path),
                                             "bag": str(bag_path)})
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
           f"(two 96x96 cameras); rosbag2: {bag_path}")
 
-    stage("2/4 rosbag2 (mcap) -> episode store, compared with the live recording")
+    stage("2/5 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
     import numpy as np
@@ -121,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
                    f"max abs diff {worst:g} where shapes agree)")
     print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; {verdict}")
 
-    stage("3/4 render an episode")
+    stage("3/5 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
         print(f"wrote {f}")
 
     if not args.skip_train:
-        stage(f"4/4 train a state-based diffusion policy on the {args.episodes} demos "
+        stage(f"4/5 train a state-based diffusion policy on the {args.episodes} demos "
               f"({args.train_minutes:g} min of CPU), evaluate it in the twin")
         from robot_rl.cli.main import main as cli
         run_dir = out / f"diffusion_{args.task}"
@@ -150,6 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffusion policy on {args.task}: success {100 * res['success_rate']:.1f}% "
               f"[{100 * res['ci95'][0]:.1f}, {100 * res['ci95'][1]:.1f}] over {res['episodes']} held-out seeds; "
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
+
+        if args.deploy_episodes > 0:
+            stage(f"5/5 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
+                  "RTI warm start, async chunk queue")
+            from robot_rl.ros.deploy import DeployError, format_summary, run_deploy_episodes
+            print(f"  python -m robot_rl.ros.deploy {ck} --task {args.task} --episodes {args.deploy_episodes} "
+                  "--mode warm")
+            try:
+                dep = run_deploy_episodes(ck, args.task, robot=args.robot, episodes=args.deploy_episodes,
+                                          mode="warm", log_dir=out / "deploy", verbose=args.verbose)
+            except DeployError as e:
+                print(f"demo: deploy failed: {e}", file=sys.stderr)
+                return 1
+            print(format_summary(dep))
 
     stage("done")
     print(f"demo finished in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")

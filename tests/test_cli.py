@@ -113,9 +113,9 @@ def test_view_of_missing_episode(recorded):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes
+    # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes, 2 deployed episodes
     r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path),
-                        "--train-minutes", "0.08", "--eval-episodes", "3"],
+                        "--train-minutes", "0.08", "--eval-episodes", "3", "--deploy-episodes", "2"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0, r.stderr
     assert "demo finished" in r.stdout
@@ -127,3 +127,6 @@ def test_demo_runs_end_to_end(tmp_path):
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["episodes"] == 3 and (run / "checkpoints" / "last" / "model.safetensors").exists()
     assert (run / "training.png").exists() and (run / "eval" / "eval.png").exists()
+    dep = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
+    assert dep["episodes"] == 2 and len(dep["outcomes"]) == 2, dep
+    assert "5/5 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
