@@ -231,9 +231,9 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
         for name, cfg in quality_configs(diffusion).items():
             q[name] = roll(name, cfg, ex, 0)
         if diffusion:
-            q["RTI 2 NFE, carried over episodes, fallback on"] = roll("carry", dict(mode="warm"), ex, 0,
+            q["RTI (default), carried over episodes, fallback on"] = roll("carry", dict(mode="warm"), ex, 0,
                                                                       reset_sampler=False)
-            q["RTI 2 NFE, carried over episodes, fallback off"] = roll(
+            q["RTI (default), carried over episodes, fallback off"] = roll(
                 "carry-nofb", dict(mode="warm", fallback_threshold=float("inf")), ex, 0, reset_sampler=False)
         report["quality"] = q
         rows = [[k, 100 * v["success_rate"], f"[{100 * v['ci95'][0]:.0f}, {100 * v['ci95'][1]:.0f}]",
@@ -259,16 +259,25 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     if "loop" in sections:
         from robot_rl.runtime.rt_bench import measure_control_loop
         lres = {}
+        runs = [("no inference (baseline)", "thread", dict(mode="cold"), True, 50)]
         for kind in ("thread", "process"):
-            for smp_name, smp in (("cold DDIM-10", dict(mode="cold")), ("RTI warm", dict(mode="warm"))):
-                lres[f"{kind} / {smp_name}"] = measure_control_loop(checkpoint, spec, kind, rate_hz=loop_rate,
-                                                                     seconds=loop_seconds, sampler=smp)
+            for smp_name, smp in (("RTI warm", dict(mode="warm")), ("cold DDIM-10", dict(mode="cold"))):
+                runs.append((f"{kind} / {smp_name}", kind, smp, False, 50))
+        runs.append(("process / cold DDIM-10, no SCHED_FIFO", "process", dict(mode="cold"), False, 0))
+        every = dict(replan_every=1)  # stress: a cold query every control step, inference never idle
+        for kind in ("thread", "process"):
+            runs.append((f"{kind} / cold DDIM-10, query every step", kind, dict(mode="cold"), False, 50, every))
+        for name, kind, smp, baseline, prio, *ex in runs:
+            lres[name] = measure_control_loop(checkpoint, spec, kind, rate_hz=loop_rate, seconds=loop_seconds,
+                                              sampler=smp, executor=ex[0] if ex else None, baseline=baseline,
+                                              rt_priority=prio)
         report["loop"] = lres
-        rows = [[k, v.get("period_err_ms_p50"), v.get("period_err_ms_p99"), v.get("period_err_ms_max"),
-                 v.get("queries"), (v.get("latency_ms") or {}).get("p99")] for k, v in lres.items()]
+        rows = [[k, "yes" if v.get("rt_fifo") else "no", v.get("period_err_ms_p50"), v.get("period_err_ms_p99"),
+                 v.get("period_err_ms_max"), v.get("missed_deadlines"), v.get("queries"),
+                 v.get("query_latency_ms_p99")] for k, v in lres.items()]
         print(_table(f"\ncontrol loop at {loop_rate:g} Hz while inference runs ({loop_seconds:g} s each)",
-                     ["worker / sampler", "period err p50 ms", "p99 ms", "max ms", "queries", "latency p99 ms"],
-                     rows), flush=True)
+                     ["worker / sampler", "FIFO", "period err p50 ms", "p99 ms", "max ms", "missed", "queries",
+                      "latency p99 ms"], rows), flush=True)
     path = out / "inference.json"
     path.write_text(json.dumps(report, indent=2, default=float))
     files = [path] + plot_report(report, out)
