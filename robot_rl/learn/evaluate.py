@@ -123,6 +123,14 @@ class _EnvList:
             e.close()
 
 
+def push_history(hist: dict[str, np.ndarray], keys, i: int, obs) -> None:
+    """Append env i's newest observation to its (n_envs, T, ...) histories, dropping the oldest."""
+    for k in keys:
+        h = hist[k][i]
+        h[:-1] = h[1:].copy()
+        h[-1] = obs[k]
+
+
 # -- videos -------------------------------------------------------------------------
 def _label(frame: np.ndarray, text: str, color: tuple[int, int, int] | None = None) -> np.ndarray:
     from PIL import Image, ImageDraw
@@ -312,10 +320,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
                     if next_ep < episodes:
                         start(i)
                     continue
-                for k in keys:
-                    h = hist[k][i]
-                    h[:-1] = h[1:].copy()
-                    h[-1] = obs[k]
+                push_history(hist, keys, i, obs)
     finally:
         wall = time.perf_counter() - t0
         bar.close()

@@ -24,10 +24,12 @@ Executions (:class:`ExecutorSettings`.execution):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
+
+from robot_rl.runtime.settings import SettingsBase
 
 EXECUTIONS = ("sync", "async", "ensemble")
 
@@ -37,7 +39,9 @@ class ExecutorError(ValueError):
 
 
 @dataclass
-class ExecutorSettings:
+class ExecutorSettings(SettingsBase):
+    error = ExecutorError  # (class attributes, not fields)
+    what = "executor settings"
     execution: str = "async"
     n_action_steps: int = 8  # sync: actions per chunk before the next query
     replan_every: int = 4  # async: control steps between query starts
@@ -54,17 +58,6 @@ class ExecutorSettings:
         if self.low_water < 0:
             raise ExecutorError(f"low_water must be >= 0, got {self.low_water}")
         return self
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ExecutorSettings":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ExecutorError(f"unknown executor settings {sorted(bad)}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ChunkExecutor:

@@ -44,11 +44,13 @@ All samplers are batched: ``query`` takes (B, n_obs_steps, ...) observation hist
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from robot_rl.runtime.settings import SettingsBase
 
 MODES = ("cold", "warm", "rtc")
 DISCRETE = ("none", "scale", "snap", "scale_snap")
@@ -59,7 +61,9 @@ class SamplerError(ValueError):
 
 
 @dataclass
-class SamplerSettings:
+class SamplerSettings(SettingsBase):
+    error = SamplerError  # (class attributes, not fields)
+    what = "sampler settings"
     mode: str = "warm"
     # cold sampling (and every fallback): the diffusers scheduler and its step count
     scheduler: str | None = None  # ddpm | ddim (None: the policy's)
@@ -103,17 +107,6 @@ class SamplerSettings:
                 if self.scheduler not in (None, "ddpm", "ddim"):
                     raise SamplerError(f"scheduler must be 'ddpm' or 'ddim', got {self.scheduler!r}")
         return self
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamplerSettings":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise SamplerError(f"unknown sampler settings {sorted(bad)}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -95,7 +95,7 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
     previous one -- the situation the warm sampler's fallback check exists for."""
     from tqdm import tqdm
 
-    from robot_rl.learn.evaluate import _EnvList, wilson_interval
+    from robot_rl.learn.evaluate import _EnvList, push_history, wilson_interval
     if isinstance(sampler, dict):
         sampler = SamplerSettings.from_dict(sampler)
     if isinstance(executor, dict):
@@ -233,10 +233,7 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
                     if next_ep < episodes:
                         start(i)
                     continue
-                for k in keys:
-                    h = hist[k][i]
-                    h[:-1] = h[1:].copy()
-                    h[-1] = obs[k]
+                push_history(hist, keys, i, obs)
     finally:
         wall = time.perf_counter() - t0
         bar.close()
