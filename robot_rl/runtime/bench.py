@@ -322,6 +322,10 @@ def plot_report(report: dict, out: Path) -> list[Path]:
         y = np.arange(len(names))
         for key, off, c in (("p50_ms", -0.25, "#1f77b4"), ("p99_ms", 0.0, "#ff7f0e"), ("max_ms", 0.25, "#d62728")):
             ax.barh(y + off, [lat[n][key] for n in names], height=0.25, color=c, label=key.replace("_ms", ""))
+        st = [(i, lat[n]["steady"]["p99_ms"]) for i, n in enumerate(names) if "steady" in lat[n]]
+        if st:
+            ax.plot([v for _, v in st], [i for i, _ in st], "kD", ms=6,
+                    label="p99 of warm queries (without each episode's first, cold, query)")
         period = 1e3 / float(report["control_hz"])
         ax.axvline(period, color="grey", ls="--", lw=1, label=f"control period {period:.0f} ms")
         ax.set_yticks(y, names, fontsize=8)
