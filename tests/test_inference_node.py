@@ -151,7 +151,7 @@ def in_limits(msg) -> bool:
             and 0.0 - 1e-6 <= a[6] <= 1.0 + 1e-6)
 
 
-def test_inference_node_drives_the_twin_params_pause_and_stale_hold(checkpoints, client):
+def test_inference_node_drives_the_twin_params_pause_stale_and_nan_holds(checkpoints, client):
     with proc("robot_rl.ros.robot_node", "--robot", "so101", "--task", "pick_cube", "--mode", "realtime",
               "--cameras", "none", "--rt-priority", "0", "--diag-hz", "0") as robot, \
          proc("robot_rl.ros.inference_node", str(checkpoints["so101"]), "--robot", "so101",
@@ -212,6 +212,33 @@ def test_inference_node_drives_the_twin_params_pause_and_stale_hold(checkpoints,
         held = [m for t, m in client.actions if t > t_stale]
         assert len(held) >= 5
         assert all(np.all(np.asarray(m.data[:6]) == 0) for m in held)
+        # NaN in an observation (here /object_state, published by this test in the robot node's
+        # place): the observation is rejected, the node holds with the arm still
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float32MultiArray
+        from robot_rl.ros import msgs as rmsgs
+        from robot_rl.spec import load_spec
+        spec = load_spec("so101")
+        rq = topics.reliable_qos(10)
+        pubs = (client.node.create_publisher(JointState, topics.JOINT_STATES, rq),
+                client.node.create_publisher(PoseStamped, topics.EE_POSE, rq),
+                client.node.create_publisher(Float32MultiArray, topics.OBJECT_STATE, rq))
+        t_nan = time.monotonic()
+        for _ in range(40):
+            now = time.time()
+            pubs[0].publish(rmsgs.joint_state(spec.joint_names + ["gripper"], np.zeros(spec.dof + 1),
+                                              np.zeros(spec.dof + 1), now))
+            pubs[1].publish(rmsgs.pose_stamped(np.array([0.2, 0.0, 0.1]), np.array([1.0, 0, 0, 0]), now))
+            pubs[2].publish(rmsgs.stamped_float_array(np.full(10, np.nan), "object_state", now))
+            client.spin(0.05)
+            if client.diag and client.diag[-1]["reason"] == "bad_observation":
+                break
+        assert client.diag[-1]["reason"] == "bad_observation" and client.diag[-1]["held"] == "true", client.diag[-1]
+        assert int(client.diag[-1]["rejected_obs"]) >= 1
+        client.spin(0.3)
+        held = [m for t, m in client.actions if t > t_nan]
+        assert held and all(np.all(np.asarray(m.data[:6]) == 0) for m in held)
         # (e) every action published, running or holding, is finite and inside the limits
         assert all(in_limits(m) for _, m in client.actions)
         assert inf.poll() is None
