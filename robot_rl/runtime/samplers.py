@@ -20,8 +20,8 @@ Modes (:class:`SamplerSettings`.mode):
   next one toward "open" even after the observation says "close". ``discrete`` handles
   them: ``scale`` multiplies the discrete dimensions of the warm start (normalised, so 0 is
   the middle of the range) by ``discrete_scale`` so the network decides them afresh;
-  ``snap`` rounds them to the nearest end of the range (-1 / +1, i.e. open / closed) in
-  every returned chunk; ``scale_snap`` does both; ``none`` neither.
+  ``snap`` rounds them to the nearer end of the data's range (open / closed) in every
+  chunk the warm and rtc modes return; ``scale_snap`` does both; ``none`` neither.
   Fallback: the first network evaluation already yields an estimate x0 of the clean
   chunk. When its RMS distance (normalised units, the future rows that are not held, the
   continuous dimensions) to the warm start exceeds ``fallback_threshold``, the network
@@ -262,9 +262,8 @@ class ChunkSampler:
                 x[r] = p.sample(cond[r], scheduler=sched, generator=generator)
                 nfe[rc] += n
             cold = todo_cold
-            if self.discrete_dims and st.discrete in ("snap", "scale_snap"):
-                dd = self.discrete_dims
-                x[..., dd] = torch.where(x[..., dd] >= 0, 1.0, -1.0)
+            if self.discrete_dims and st.discrete in ("snap", "scale_snap") and st.mode != "cold":
+                x = self._snap(x)  # (cold mode stays the policy's own sampling)
             xn = x.float().cpu().numpy()
             self._store(idx, steps, xn)
             out = p.unnormalize_actions(x)[:, self.offset:].float().cpu().numpy()
@@ -276,6 +275,24 @@ class ChunkSampler:
         c["fallbacks"] += int(fallback.sum())
         c["nfe"] += int(nfe.sum())
         return QueryResult(out.astype(np.float32), nfe, fallback, cold, dist)
+
+    def _snap(self, x: torch.Tensor) -> torch.Tensor:
+        """Round the discrete dimensions to the nearer end of their range, in robot units: the
+        data's min or max, within the gripper's command range [0, 1]. (A dimension that never
+        varied in the data normalises to 0 and stays at its value: snapping there in
+        normalised units would move it to value +- 1.)"""
+        p, dd = self.policy, self.discrete_dims
+        pts = torch.tensor([[-1.0] * self.A, [1.0] * self.A, [0.0] * self.A], device=x.device)
+        lo, hi, mid = p.unnormalize_actions(pts)[:, dd]
+        # a [0, 1] command spans at most 1: a wider "range" is the normaliser's constant case
+        const = (hi - lo) > 1.0 + 1e-4
+        lo, hi = torch.where(const, mid, lo.clamp(0.0, 1.0)), torch.where(const, mid, hi.clamp(0.0, 1.0))
+        xr = p.unnormalize_actions(x)
+        v = xr[..., dd]
+        xr[..., dd] = torch.where((v - lo).abs() <= (v - hi).abs(), lo, hi)
+        out = x.clone()
+        out[..., dd] = p.normalize_actions(xr)[..., dd]
+        return out
 
     def _store(self, idx: np.ndarray, steps: np.ndarray, chunks: np.ndarray) -> None:
         self._prev[idx] = chunks
