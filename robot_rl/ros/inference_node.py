@@ -187,8 +187,9 @@ class InferenceNode:
 
     def __init__(self, controller, spec, keys: list[str], *, action_mode: str = "ee_delta", rate: float | None = None,
                  output: str = "action", phase: float = 0.25, lookahead: bool = True, diag_hz: float = 2.0,
-                 node_name: str = "inference_node", settings: dict[str, Any] | None = None):
+                 node_name: str = "inference_node", settings: dict[str, Any] | None = None, rt_priority: int = 0):
         _import_ros()
+        self.rt_priority = int(rt_priority)
         if output not in ("action", "trajectory"):
             raise ValueError(f"output must be 'action' or 'trajectory', got {output!r}")
         if output == "trajectory" and action_mode != "joint_pos":
@@ -437,6 +438,15 @@ class InferenceNode:
         return nxt
 
     def _loop(self) -> None:
+        if self.rt_priority > 0:  # the control thread only; inference stays at normal priority
+            import os
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
+                self.log.info(f"control thread runs SCHED_FIFO priority {self.rt_priority}")
+            except (PermissionError, OSError, AttributeError) as e:
+                self.log.warning(f"--rt-priority {self.rt_priority}: cannot set SCHED_FIFO ({e}); the control thread "
+                                 "runs with normal priority (allow it with `ulimit -r 99`, an rtprio entry in "
+                                 "/etc/security/limits.conf, or CAP_SYS_NICE; --rt-priority 0 silences this)")
         deadline = time.monotonic() + self.period
         while not self._stop.is_set():
             rest = deadline - time.monotonic()
@@ -621,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", type=float, default=0.25,
                    help="tick this fraction of a period after each observation's stamp (phase-locked to the "
                         "robot); negative: free-running")
+    p.add_argument("--rt-priority", type=int, default=50,
+                   help="SCHED_FIFO priority of the control thread where the OS allows it (0: off)")
     p.add_argument("--no-lookahead", dest="lookahead", action="store_false",
                    help="ask the controller for the action at the tick's time instead of at the robot's next "
                         "control step (when the published action takes effect)")
@@ -688,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = InferenceNode(ctl, spec, keys, action_mode=action_mode, rate=args.rate, output=args.output,
                              phase=args.phase, lookahead=args.lookahead, diag_hz=args.diag_hz, node_name=args.name,
-                             settings=ctl.params())
+                             settings=ctl.params(), rt_priority=args.rt_priority)
         sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         cur = ctl.params()
         node.log.info(f"{Path(args.checkpoint)} on {spec.name}: {action_mode} actions at {node.rate:g} Hz, "
