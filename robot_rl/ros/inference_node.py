@@ -439,14 +439,8 @@ class InferenceNode:
 
     def _loop(self) -> None:
         if self.rt_priority > 0:  # the control thread only; inference stays at normal priority
-            import os
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
-                self.log.info(f"control thread runs SCHED_FIFO priority {self.rt_priority}")
-            except (PermissionError, OSError, AttributeError) as e:
-                self.log.warning(f"--rt-priority {self.rt_priority}: cannot set SCHED_FIFO ({e}); the control thread "
-                                 "runs with normal priority (allow it with `ulimit -r 99`, an rtprio entry in "
-                                 "/etc/security/limits.conf, or CAP_SYS_NICE; --rt-priority 0 silences this)")
+            from robot_rl.runtime.realtime import fifo_for_control_thread
+            fifo_for_control_thread(self.rt_priority, self.log)
         deadline = time.monotonic() + self.period
         while not self._stop.is_set():
             rest = deadline - time.monotonic()

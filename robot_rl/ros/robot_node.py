@@ -302,13 +302,8 @@ class RobotNode:
             self._render_thread = threading.Thread(target=self._render_loop, name="robot_cameras", daemon=True)
             self._render_thread.start()
         if self.rt_priority > 0 and self.mode == "realtime":
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
-                self.log.info(f"control thread runs SCHED_FIFO priority {self.rt_priority}")
-            except (PermissionError, OSError, AttributeError) as e:
-                self.log.warning(f"--rt-priority {self.rt_priority}: cannot set SCHED_FIFO ({e}); the control thread "
-                                 "runs with normal priority (allow it with `ulimit -r 99`, an rtprio entry in "
-                                 "/etc/security/limits.conf, or CAP_SYS_NICE; --rt-priority 0 silences this)")
+            from robot_rl.runtime.realtime import fifo_for_control_thread
+            fifo_for_control_thread(self.rt_priority, self.log)
         if self.mode == "fast":
             while not self._stop.is_set():
                 self._tick()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import threading
 import time
@@ -71,6 +70,7 @@ def measure_control_loop(checkpoint: str | Path, spec: RobotSpec | str | None = 
                          switch_interval_s: float = 2e-4, nice: int | None = 5, rt_priority: int = 0) -> dict[str, Any]:
     """Run the loop for ``warmup_s + seconds`` and return its timing (see the module docstring)."""
     from robot_rl.runtime.controller import DeployController
+    from robot_rl.runtime.realtime import make_fifo
     spec = load_spec(spec) if spec is not None else _spec_from_checkpoint(checkpoint)
     if not rate_hz > 0 or not seconds > 0:
         raise ValueError(f"rate_hz and seconds must be > 0, got {rate_hz}, {seconds}")
@@ -105,11 +105,7 @@ def measure_control_loop(checkpoint: str | Path, spec: RobotSpec | str | None = 
 
     def control() -> None:
         if rt_priority > 0:  # as robot_node --rt-priority: best effort (needs root, CAP_SYS_NICE or rtprio)
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(rt_priority)))
-                rt[0] = True
-            except (AttributeError, OSError):
-                pass
+            rt[0] = make_fifo(rt_priority) is None
         try:
             deadline = time.monotonic() + period
             while not stop.is_set():
