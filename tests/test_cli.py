@@ -130,3 +130,14 @@ def test_demo_runs_end_to_end(tmp_path):
     dep = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
     assert dep["episodes"] == 2 and len(dep["outcomes"]) == 2, dep
     assert "5/5 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
+
+
+def test_bench_inference_bad_input_is_one_line(tmp_path):
+    r = cli("bench", "inference")
+    assert r.returncode == 2 and "usage: robot-rl bench inference CHECKPOINT" in r.stderr
+    r = cli("bench", "inference", str(tmp_path / "nothing"), "sections=[latency,speed]")
+    assert r.returncode == 2 and "unknown sections ['speed']" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("bench", "inference", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no checkpoint at" in r.stderr and "Traceback" not in r.stderr
+    r = cli("bench", "inference", str(tmp_path / "nothing"), "episodez=3")
+    assert r.returncode == 2 and "unknown setting 'episodez'" in r.stderr
