@@ -123,6 +123,16 @@ class _EnvList:
             e.close()
 
 
+def start_history(hist: dict[str, np.ndarray], keys, i: int, obs, n_envs: int, T: int) -> None:
+    """Env i's history after a reset: T copies of its first observation (arrays allocated
+    as (n_envs, T, ...) on first use)."""
+    for k in keys:
+        x = np.asarray(obs[k])
+        if k not in hist:
+            hist[k] = np.zeros((n_envs, T) + x.shape, x.dtype)
+        hist[k][i] = x
+
+
 def push_history(hist: dict[str, np.ndarray], keys, i: int, obs) -> None:
     """Append env i's newest observation to its (n_envs, T, ...) histories, dropping the oldest."""
     for k in keys:
@@ -246,11 +256,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
         next_ep += 1
         slot_ep[i] = ep
         obs = pool.reset(i, seed + ep)
-        for k in keys:
-            x = np.asarray(obs[k])
-            if k not in hist:
-                hist[k] = np.zeros((n_envs, T) + x.shape, x.dtype)
-            hist[k][i] = x  # the history starts as copies of the first observation
+        start_history(hist, keys, i, obs, n_envs, T)
         pos[i] = n_exec  # query on the first step
         if ens is not None:
             m = np.zeros(n_envs, bool)

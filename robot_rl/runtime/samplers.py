@@ -163,6 +163,7 @@ class ChunkSampler:
         self._prev_step = np.zeros(self.batch, np.int64)
         self._has_prev = np.zeros(self.batch, bool)
         self._scheds: dict = {}
+        self._snap_ends: torch.Tensor | None = None  # discrete dims' (lo, hi) in robot units
         self.counts = {"queries": 0, "chunks": 0, "warm": 0, "cold": 0, "fallbacks": 0, "nfe": 0, "vjp": 0}
 
     # -- state ------------------------------------------------------------------------------
@@ -282,11 +283,14 @@ class ChunkSampler:
         varied in the data normalises to 0 and stays at its value: snapping there in
         normalised units would move it to value +- 1.)"""
         p, dd = self.policy, self.discrete_dims
-        pts = torch.tensor([[-1.0] * self.A, [1.0] * self.A, [0.0] * self.A], device=x.device)
-        lo, hi, mid = p.unnormalize_actions(pts)[:, dd]
-        # a [0, 1] command spans at most 1: a wider "range" is the normaliser's constant case
-        const = (hi - lo) > 1.0 + 1e-4
-        lo, hi = torch.where(const, mid, lo.clamp(0.0, 1.0)), torch.where(const, mid, hi.clamp(0.0, 1.0))
+        if self._snap_ends is None or self._snap_ends.device != x.device:  # fixed per policy: once
+            pts = torch.tensor([[-1.0] * self.A, [1.0] * self.A, [0.0] * self.A], device=x.device)
+            lo, hi, mid = p.unnormalize_actions(pts)[:, dd]
+            # a [0, 1] command spans at most 1: a wider "range" is the normaliser's constant case
+            const = (hi - lo) > 1.0 + 1e-4
+            self._snap_ends = torch.stack([torch.where(const, mid, lo.clamp(0.0, 1.0)),
+                                           torch.where(const, mid, hi.clamp(0.0, 1.0))])
+        lo, hi = self._snap_ends
         xr = p.unnormalize_actions(x)
         v = xr[..., dd]
         xr[..., dd] = torch.where((v - lo).abs() <= (v - hi).abs(), lo, hi)

@@ -95,7 +95,7 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
     previous one -- the situation the warm sampler's fallback check exists for."""
     from tqdm import tqdm
 
-    from robot_rl.learn.evaluate import _EnvList, push_history, wilson_interval
+    from robot_rl.learn.evaluate import _EnvList, push_history, start_history, wilson_interval
     if isinstance(sampler, dict):
         sampler = SamplerSettings.from_dict(sampler)
     if isinstance(executor, dict):
@@ -133,7 +133,7 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
     successes = [False] * episodes
     lengths = [0] * episodes
     traces: list[tuple[np.ndarray, np.ndarray]] = []
-    tot = dict(queries=0, nfe=0, executed=0, holds=0, underruns=0, fallbacks=0, cold=0)
+    tot = dict(queries=0, nfe=0, executed=0, holds=0, fallbacks=0, cold=0)
     next_ep = 0
 
     def start(i: int) -> None:
@@ -142,17 +142,11 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
         next_ep += 1
         slot_ep[i] = ep
         obs = pool.reset(i, seed + ep)
-        for k in keys:
-            x = np.asarray(obs[k])
-            if k not in hist:
-                hist[k] = np.zeros((n_envs, T) + x.shape, x.dtype)
-            hist[k][i] = x
+        start_history(hist, keys, i, obs, n_envs, T)
         base[i] = base[i] + step[i] if not reset_sampler else 0
         step[i] = 0
         pending[i].clear()
-        tot["underruns"] += exs[i].counts["underruns"]
-        exs[i].counts["underruns"] = 0
-        exs[i].reset()
+        exs[i].reset()  # (its counts run on over episodes)
         if reset_sampler:
             smp.reset([i])
         last_grip[i] = float(obs["gripper"][0]) if "gripper" in obs else 0.0
@@ -240,13 +234,13 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
         pool.close()
         torch.set_num_threads(threads)
         policy.train(was_training)
-    tot["underruns"] += sum(e.counts["underruns"] for e in exs)
+    underruns = sum(e.counts["underruns"] for e in exs)
     stale = sum(e.counts["stale_dropped"] for e in exs)
     succ_steps = [n for n, s in zip(lengths, successes) if s]
     return DelayRun(
         label=label, delay=d, episodes=episodes, successes=successes, success_rate=n_succ / episodes,
         ci95=wilson_interval(n_succ, episodes), mean_success_steps=float(np.mean(succ_steps)) if succ_steps else None,
         queries=tot["queries"], nfe=tot["nfe"], executed=tot["executed"], holds=tot["holds"],
-        underruns=tot["underruns"], stale_dropped=stale, fallbacks=tot["fallbacks"], cold_queries=tot["cold"],
+        underruns=underruns, stale_dropped=stale, fallbacks=tot["fallbacks"], cold_queries=tot["cold"],
         nfe_per_query=tot["nfe"] / max(1, tot["queries"]), nfe_per_action=tot["nfe"] / max(1, tot["executed"]),
         jerk=_jerk_stats(traces, cont), wall_s=wall, sampler=sampler.to_dict(), executor=executor.to_dict())
