@@ -148,3 +148,15 @@ def test_a_faster_control_loop_interpolates_from_the_row_just_passed():
     assert ex.submit(chunk(5), t_obs=0.0, now=0.03) == 0
     assert ex.action_at(0.03)[0] == pytest.approx(0.6)
     assert ex.submit(chunk(5, start=10), t_obs=0.0, now=0.07) == 1, "row 0 lies a whole period back: stale"
+
+
+def test_latest_chunk_is_the_newest_chunks_queued_rows():
+    ex = ChunkExecutor(3, DT, ExecutorSettings())
+    assert ex.latest_chunk() is None
+    ex.submit(chunk(6, start=100), 0.0, 0.0)
+    ex.submit(chunk(6, start=200), 2 * DT, 3 * DT)  # rows 1.. of the new chunk are fresh
+    times, acts = ex.latest_chunk()
+    np.testing.assert_allclose(times, (3 + np.arange(5)) * DT)
+    np.testing.assert_allclose(acts[:, 0], 201 + np.arange(5))
+    acts[:] = -1  # a copy: the queue is untouched
+    assert ex.action_at(3 * DT)[0] == 201

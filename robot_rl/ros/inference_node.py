@@ -513,14 +513,11 @@ class InferenceNode:
         if n == self._traj_chunk:
             return None
         self._traj_chunk = n
-        if not ex.boundaries:
+        got = ex.latest_chunk()
+        if got is None:
             return None
-        times = np.asarray(ex._times, float)
-        sel = times >= ex.boundaries[-1] - ex.tol
-        if not sel.any():
-            return None
-        rows = np.clip(np.asarray(ex._acts, np.float32)[sel], self.ctl.low, self.ctl.high)
-        return times[sel], rows
+        times, rows = got
+        return times, np.clip(rows, self.ctl.low, self.ctl.high)
 
     def _publish_trajectory(self, res, a: np.ndarray, chunk) -> None:
         from builtin_interfaces.msg import Duration

@@ -151,6 +151,16 @@ class ChunkExecutor:
         self._acts = np.concatenate([self._acts[keep], c])
         return dropped
 
+    def latest_chunk(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(target times, actions) queued from the newest chunk's first fresh row on (copies),
+        or None before any chunk (async and sync executions: what a trajectory output sends)."""
+        if not self.boundaries or self.settings.execution == "ensemble":
+            return None
+        sel = self._times >= self.boundaries[-1] - self.tol
+        if not sel.any():
+            return None
+        return self._times[sel].astype(float), self._acts[sel].copy()
+
     # -- the control side -----------------------------------------------------------------------
     def remaining(self, t: float) -> int:
         """Queued actions with a target time at or after t."""
