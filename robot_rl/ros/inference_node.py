@@ -157,11 +157,11 @@ class ObservationAssembler:
 
 
 def _import_ros():
-    global rclpy, DiagnosticArray, DiagnosticStatus, KeyValue, PoseStamped, JointState, Image
+    global rclpy, DiagnosticArray, DiagnosticStatus, PoseStamped, JointState, Image
     global Float32MultiArray, String, SetBool, Trigger, JointTrajectory, JointTrajectoryPoint
     global SetParametersResult, ParameterDescriptor, Parameter
     import rclpy  # noqa: F811
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: F811
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: F811
     from geometry_msgs.msg import PoseStamped  # noqa: F811
     from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: F811
     from rclpy.parameter import Parameter  # noqa: F811
@@ -591,16 +591,9 @@ class InferenceNode:
 
     def publish_diagnostics(self) -> None:
         level, msg, vals = self.status()
-        s = DiagnosticStatus(name=f"{self.node.get_name()}: {DIAG_SUFFIX}", hardware_id=self.spec.name,
-                             level=level, message=msg)
-        s.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.node.get_clock().now().to_msg()
-        arr.status = [s]
-        try:
-            self.pub_diag.publish(arr)
-        except Exception:  # noqa: BLE001 - shutting down
-            pass
+        from robot_rl.ros.msgs import diagnostic_status, publish_diagnostics
+        publish_diagnostics(self.node, self.pub_diag, [diagnostic_status(
+            f"{self.node.get_name()}: {DIAG_SUFFIX}", self.spec.name, level, msg, vals)])
 
     def destroy(self) -> None:
         self.stop()

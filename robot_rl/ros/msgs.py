@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
@@ -133,3 +134,20 @@ def float_array_stamp(msg: Float32MultiArray) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def diagnostic_status(name: str, hardware_id: str, level, message: str, values: dict[str, str]) -> DiagnosticStatus:
+    s = DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message)
+    s.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+    return s
+
+
+def publish_diagnostics(node, pub, statuses: Sequence[DiagnosticStatus]) -> None:
+    """One DiagnosticArray stamped now; a publisher already gone at shutdown is not an error."""
+    arr = DiagnosticArray()
+    arr.header.stamp = node.get_clock().now().to_msg()
+    arr.status = list(statuses)
+    try:
+        pub.publish(arr)
+    except Exception:  # noqa: BLE001 - shutting down
+        pass

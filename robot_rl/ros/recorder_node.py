@@ -337,7 +337,9 @@ class RecorderNode:
         return d
 
     def publish_diagnostics(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        from robot_rl.ros.msgs import diagnostic_status, publish_diagnostics
         st = self.status()
         vals: dict[str, str] = {}
         for k, v in st.items():
@@ -361,17 +363,10 @@ class RecorderNode:
         if st.get("last"):
             vals["last/kind"] = str(st["last"].get("kind"))
             vals["last/success"] = str(st["last"].get("success")).lower()
-        s = DiagnosticStatus(name=DIAG_NAME, hardware_id=self.bound.spec.name, level=level)
-        s.message = ("recording" if st.get("recording") else "idle") + (
+        message = ("recording" if st.get("recording") else "idle") + (
             "" if st["ready"] else ", waiting for publishers")
-        s.values = [KeyValue(key=k, value=v) for k, v in vals.items()]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.node.get_clock().now().to_msg()
-        arr.status = [s]
-        try:
-            self.pub_diag.publish(arr)
-        except Exception:  # noqa: BLE001 - shutting down
-            pass
+        publish_diagnostics(self.node, self.pub_diag,
+                            [diagnostic_status(DIAG_NAME, self.bound.spec.name, level, message, vals)])
 
     def close(self) -> None:
         if self.mode == "lockstep":
