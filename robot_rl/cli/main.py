@@ -25,6 +25,8 @@ commands:
   train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
   eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
   bench inference CHECKPOINT   samplers and execution modes: latency, success vs delay, jitter
+  rl task=T [demos=PATH ...]   online RL (SAC/RLPD) on the twin: demos, simulated human, offline-to-online,
+                               noise-space fine-tuning of a diffusion checkpoint (steer.checkpoint=...)
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -33,6 +35,7 @@ examples:
   robot-rl train policy=diffusion dataset=data/pick.zarr max_minutes=15 out=runs/pick_dp
   robot-rl eval runs/pick_dp/checkpoints/last episodes=200 videos=4
   robot-rl bench inference runs/pick_dp/checkpoints/last task=pick_cube
+  robot-rl rl task=pick_cube demos=data/pick.zarr hil=true env_steps=30000 out=runs/rl_pick
 """
 
 
@@ -165,6 +168,11 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_rl(args: list[str]) -> int:
+    from robot_rl.cli.rl import cmd_rl as run
+    return run(args)
+
+
 def cmd_bench(args: list[str]) -> int:
     if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
         raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
@@ -184,7 +192,7 @@ def cmd_bench(args: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
-                                                   "eval": cmd_eval}
+                                                   "eval": cmd_eval, "rl": cmd_rl}
 
 
 def main(argv: list[str] | None = None) -> int:

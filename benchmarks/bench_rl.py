@@ -1,0 +1,255 @@
+"""Online RL benchmark on the twin (issue 6). Every configuration runs in its own process,
+two at a time (2 cores), 3 seeds each:
+
+  pick      ours: IQL pretraining on 20 demos, then online fine-tuning with RLPD sampling
+  pick_hil  the same with the simulated human (intervention budget 10%)
+  sb3       Stable-Baselines3 SAC on the same env, no demonstrations (the usual baseline)
+  steer     noise-space RL fine-tuning of an under-trained diffusion policy (DSRL)
+  speed     learner gradient updates/s at batch 256, state and 96x96 image
+
+    cd benchmarks && ../scripts/isolated.sh ../.venv/bin/python bench_rl.py [--only pick,sb3] [--seeds 3]
+
+Prints tables, writes results/rl.json and results/rl_*.png (mean curves). The under-trained
+diffusion checkpoint comes from ``robot-rl train`` (see docs/benchmarks.md) at
+../runs/bench/diffusion_pick_cube_under/checkpoints/last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import RESULTS, print_table, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "bench_rl"
+DEMOS = ROOT / "data" / "bench" / "so101_pick_cube.zarr"
+UNDER = ROOT / "runs" / "bench" / "diffusion_pick_cube_under" / "checkpoints" / "last"
+TARGET = 0.9
+
+OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 10_000, "eval_every": 1000,
+        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql"},
+        "sac": {"n_critics": 2, "utd": 1}}
+CONFIGS = {
+    "pick": OURS,
+    "pick_hil": {**OURS, "hil": True, "human": {"budget": 0.1}},
+    "steer": {"task": "pick_cube", "env_steps": 20_000, "eval_every": 2000, "eval_episodes": 30, "learning_starts": 200,
+              "steer": {"checkpoint": str(UNDER)},
+              "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05}},
+}
+SB3_STEPS = 10_000
+
+
+def child_rl(cfg: dict) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from robot_rl.rl.loop import RLConfig, run_online
+
+    run_online(RLConfig.from_dict({**cfg, "progress": False}))
+
+
+def child_sb3(cfg: dict) -> None:
+    """SB3 SAC (its defaults) on the flattened state observation, sparse reward."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from robot_rl.rl.curves import CurveLog
+    from robot_rl.rl.loop import DEFAULT_KEYS, evaluate_policy
+    from robot_rl.sim import make_env
+
+    torch.set_num_threads(1)
+
+    class Flat(gym.ObservationWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            n = sum(int(np.prod(env.observation_space[k].shape)) for k in DEFAULT_KEYS)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (n,), np.float32)
+
+        def observation(self, obs):
+            return np.concatenate([np.asarray(obs[k], np.float32).ravel() for k in DEFAULT_KEYS])
+
+        def make_expert(self, seed=None):
+            return self.env.make_expert(seed)
+
+    env, eval_env = Flat(make_env("pick_cube", "so101", reward_type="sparse")), \
+        Flat(make_env("pick_cube", "so101", reward_type="sparse"))
+    out = Path(cfg["out"])
+    log = CurveLog(out / "curve.csv")
+    model = SAC("MlpPolicy", env, seed=cfg["seed"], verbose=0, device="cpu")
+    t0 = time.monotonic()
+
+    def evaluate(step: int) -> None:
+        r = evaluate_policy(eval_env, lambda o: model.predict(o, deterministic=True)[0], cfg["eval_episodes"],
+                            1_000_000)
+        log.add({"env_steps": step, "wall_s": time.monotonic() - t0, "updates": step, **r, "intervention_rate": 0.0})
+
+    class Eval(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % cfg["eval_every"] == 0:
+                evaluate(self.num_timesteps)
+            return True
+
+    evaluate(0)
+    model.learn(total_timesteps=cfg["env_steps"], callback=Eval())
+    rows = log.rows
+    (out / "summary.json").write_text(json.dumps({"final_success": rows[-1]["success"], "env_steps": cfg["env_steps"],
+                                                  "steps_to_90": next((int(r["env_steps"]) for r in rows
+                                                                       if r["success"] >= TARGET), None)}))
+
+
+def child_speed(out: str) -> None:
+    """Critic updates (+ the actor update every utd) per second at batch 256."""
+    import torch
+
+    from robot_rl.rl.replay import ReplayBuffer
+    from robot_rl.rl.sac import SACConfig, SACLearner
+
+    res = {}
+    rng = np.random.default_rng(0)
+    for name, spec, kw in [
+        ("state (E=2, UTD=1, default)", {"x": ((29,), np.float32)}, {}),
+        ("state (E=10, UTD=20, RLPD paper)", {"x": ((29,), np.float32)}, {"n_critics": 10, "utd": 20}),
+        ("image 96x96 + state (E=2)", {"image_front": ((96, 96, 3), np.uint8), "x": ((7,), np.float32)}, {}),
+    ]:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            buf = ReplayBuffer(spec, 7, 3000)
+            for t in range(2000):
+                o = {k: (rng.integers(0, 255, s, dtype=np.uint8) if d == np.uint8 else
+                         rng.normal(size=s).astype(np.float32)) for k, (s, d) in spec.items()}
+                buf.add(o, rng.uniform(-1, 1, 7), 0.0, o, False, t % 50 == 49)
+            cfg = SACConfig(**{"n_critics": 2, "utd": 1, **kw})
+            L = SACLearner(spec, -np.ones(7, np.float32), np.ones(7, np.float32), cfg)
+            L.update(buf, buf)
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < (6 if "image" not in name else 15):
+                L.update(buf, buf)
+                n += cfg.utd
+            res[f"{name}, {threads} thread(s)"] = n / (time.perf_counter() - t0)
+    Path(out).write_text(json.dumps(res))
+
+
+def spawn(kind: str, cfg: dict) -> subprocess.Popen:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_rl; "
+            f"bench_rl.child_{kind}(json.loads(sys.argv[1]))")
+    Path(cfg["out"] if isinstance(cfg, dict) else cfg).parent.mkdir(parents=True, exist_ok=True)
+    log = open(str(cfg["out"] if isinstance(cfg, dict) else cfg) + ".log", "w")
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT)
+
+
+def run_all(jobs: list[tuple[str, dict | str]], parallel: int = 2) -> None:
+    running: list[tuple[subprocess.Popen, str]] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="rl runs")
+    queue = list(jobs)
+    while queue or running:
+        while queue and len(running) < parallel:
+            kind, cfg = queue.pop(0)
+            running.append((spawn(kind, cfg), cfg["out"] if isinstance(cfg, dict) else cfg))
+        time.sleep(2)
+        for p, out in list(running):
+            if p.poll() is not None:
+                running.remove((p, out))
+                bar.update(1)
+                if p.returncode:
+                    print(f"run {out} failed (exit {p.returncode}); see {out}.log", file=sys.stderr)
+    bar.close()
+
+
+def load_runs(name: str, seeds: int) -> list[dict]:
+    from robot_rl.rl.curves import read_curve
+
+    out = []
+    for s in range(seeds):
+        d = RUNS / f"{name}_s{s}"
+        if (d / "summary.json").exists():
+            out.append({"summary": json.loads((d / "summary.json").read_text()), "curve": read_curve(d / "curve.csv")})
+    return out
+
+
+def mean_curve(runs: list[dict]) -> list[dict]:
+    n = min(len(r["curve"]) for r in runs)
+    return [{k: float(np.mean([r["curve"][i].get(k, 0.0) for r in runs])) for k in runs[0]["curve"][i]}
+            for i in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="speed,pick,pick_hil,sb3,steer")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--report", action="store_true", help="only aggregate existing runs")
+    args = ap.parse_args()
+    only = args.only.split(",")
+    jobs: list[tuple[str, dict | str]] = []
+    for name in ("pick", "pick_hil", "steer"):
+        if name in only:
+            for s in range(args.seeds):
+                jobs.append(("rl", {**CONFIGS[name], "seed": s, "out": str(RUNS / f"{name}_s{s}")}))
+    if "sb3" in only:
+        for s in range(args.seeds):
+            jobs.append(("sb3", {"seed": s, "env_steps": SB3_STEPS, "eval_every": 1000, "eval_episodes": 30,
+                                 "out": str(RUNS / f"sb3_s{s}")}))
+    t0 = time.time()
+    if not args.report:
+        if "speed" in only:
+            RUNS.mkdir(parents=True, exist_ok=True)
+            run_all([("speed", str(RUNS / "speed.json"))], parallel=1)
+        run_all(jobs)
+    res: dict = {"wall_s": time.time() - t0, "target": TARGET, "methods": {}}
+    if (RUNS / "speed.json").exists():
+        speed = json.loads((RUNS / "speed.json").read_text())
+        res["updates_per_s"] = speed
+        print_table([{"config": k, "updates/s": round(v, 1)} for k, v in speed.items()], ["config", "updates/s"],
+                    "learner gradient updates/s, batch 256 (this CPU)")
+    rows, curves = [], {}
+    from robot_rl.rl.curves import plot_curves
+
+    for name in ("pick", "pick_hil", "sb3", "steer"):
+        runs = load_runs(name, args.seeds)
+        if not runs:
+            continue
+        to90 = [r["summary"].get("steps_to_90") for r in runs]
+        final = [r["summary"]["final_success"] for r in runs]
+        first = [r["curve"][0]["success"] for r in runs]
+        early = [min(x["success"] for x in r["curve"] if x["env_steps"] <= 5000) for r in runs]
+        interv = [r["summary"].get("intervention_rate", 0.0) for r in runs]
+        base = [r["summary"].get("base_success") for r in runs]
+        m = {"seeds": len(runs), "steps_to_90": to90, "final_success": final, "start_success": first,
+             "min_first_5000": early, "intervention_rate": interv, "base_success": base,
+             "final_env_steps": [r["summary"]["env_steps"] for r in runs]}
+        res["methods"][name] = m
+        curves[name] = mean_curve(runs)
+        reached = [x for x in to90 if x is not None]
+        rows.append({"method": name, "seeds": len(runs),
+                     "start": f"{100 * np.mean(first):.0f}" if name != "steer" else
+                     f"{100 * np.mean([b for b in base if b is not None]):.0f} (base policy)",
+                     "min first 5k": f"{100 * np.mean(early):.0f}", "final": f"{100 * np.mean(final):.0f}",
+                     "env steps to 90%": f"{np.mean(reached):.0f} ({len(reached)}/{len(runs)})" if reached
+                     else "not reached",
+                     "intervened %": f"{100 * np.mean(interv):.1f}"})
+    if rows:
+        print_table(rows, ["method", "seeds", "start", "min first 5k", "final", "env steps to 90%", "intervened %"],
+                    "online RL, pick_cube (mean of seeds; success in % over 30 held-out episodes)")
+        plot_curves({k: v for k, v in curves.items() if k != "steer"}, RESULTS / "rl_pick_cube.png",
+                    title="pick_cube, state, sparse reward: mean of 3 seeds", target=TARGET)
+        if "steer" in curves:
+            plot_curves({"steer (DSRL)": curves["steer"]}, RESULTS / "rl_steer.png",
+                        title="noise-space fine-tuning of an under-trained diffusion policy", target=TARGET)
+        res["curves"] = curves
+    write_json("rl", res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Single-process online RL: one env, one learner, optional demonstrations and a simulated
+human, evaluation and learning curves, checkpoints that resume.
+
+    from robot_rl.rl.loop import RLConfig, run_online
+    run_online(RLConfig(task="pick_cube", demos="data/demos.zarr", demo_episodes=20))
+
+The actor/learner split over ROS 2 (robot_rl.ros.rl_nodes) runs the same learner and
+buffers in two processes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from robot_rl.rl.curves import CurveLog, plot_curves
+from robot_rl.rl.human import HumanConfig, SimulatedHuman
+from robot_rl.rl.offline import OfflineConfig, pretrain_iql
+from robot_rl.rl.replay import ReplayBuffer
+from robot_rl.rl.sac import SACConfig, SACLearner
+
+DEFAULT_KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
+
+
+@dataclass
+class SteerConfig:
+    """RL fine-tuning of a diffusion checkpoint by steering its initial noise (see steer.py)."""
+    checkpoint: str | None = None
+    noise_bound: float = 1.5
+    n_exec: int | None = None  # executed actions per chunk (default: the policy's n_action_steps)
+    num_inference_steps: int | None = None
+
+
+@dataclass
+class RLConfig:
+    task: str = "pick_cube"
+    robot: str = "so101"
+    seed: int = 0
+    env_steps: int = 30_000
+    keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
+    cameras: list[str] = field(default_factory=list)
+    image_size: int = 96
+    demos: str | None = None  # an episode store
+    demo_episodes: int | None = 20
+    learning_starts: int = 500
+    random_steps: int = 0  # uniform random actions at the start (0 with demos)
+    eval_every: int = 2500
+    eval_episodes: int = 20
+    eval_seed: int = 1_000_000
+    stop_at: float | None = None  # stop when evaluation success reaches this (None: run all steps)
+    hil: bool = False
+    human: HumanConfig = field(default_factory=HumanConfig)
+    intervention_penalty: float = 0.0  # RLIF: reward -= penalty on steps a human took
+    interventions_to_demos: bool = True  # HIL-SERL: intervened steps also go to the demo buffer
+    capacity: int = 200_000
+    checkpoint_every: int = 5000
+    out: str = "runs/rl"
+    resume: bool = False
+    progress: bool = True
+    sac: SACConfig = field(default_factory=SACConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RLConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown rl setting(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "sac" in d:
+            d["sac"] = SACConfig.from_dict(d["sac"] or {})
+        if "steer" in d:
+            d["steer"] = _sub(SteerConfig, d["steer"], "steer")
+        if "offline" in d:
+            d["offline"] = _sub(OfflineConfig, d["offline"], "offline")
+        if "human" in d:
+            d["human"] = _sub(HumanConfig, d["human"], "human")
+        for k in ("keys", "cameras"):
+            if k in d and d[k] is not None:
+                d[k] = list(d[k])
+        return cls(**d)
+
+
+def _sub(cls, d: Mapping[str, Any] | None, what: str):
+    names = {f.name for f in fields(cls)}
+    bad = sorted(set(d or {}) - names)
+    if bad:
+        raise ValueError(f"unknown {what} setting(s) {bad}; known: {sorted(names)}")
+    return cls(**(d or {}))
+
+
+def make_rl_env(cfg: RLConfig):
+    from robot_rl.sim import make_env
+
+    kw: dict[str, Any] = {"reward_type": "sparse"}
+    if cfg.cameras:
+        kw.update(cameras=list(cfg.cameras), image_size=cfg.image_size)
+    return make_env(cfg.task, cfg.robot, **kw)
+
+
+def obs_keys(cfg: RLConfig) -> list[str]:
+    return list(cfg.keys) + [f"image_{c}" for c in cfg.cameras]
+
+
+def env_obs_spec(env, keys: list[str]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    sp = env.observation_space.spaces
+    missing = [k for k in keys if k not in sp]
+    if missing:
+        raise ValueError(f"the env has no observation keys {missing}; it has {sorted(sp)}")
+    return {k: (tuple(sp[k].shape), sp[k].dtype) for k in keys}
+
+
+def evaluate_policy(env, act: Callable[[dict], np.ndarray], episodes: int, seed: int) -> dict[str, float]:
+    """Success rate, mean return and length over ``episodes`` seeded episodes."""
+    from robot_rl.learn.evaluate import wilson_interval
+
+    succ, rets, lens = [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done, n, info = 0.0, False, 0, {"success": False}
+        while not done:
+            obs, r, term, trunc, info = env.step(act(obs))
+            total += r
+            n += 1
+            done = term or trunc
+        succ.append(bool(info["success"]))
+        rets.append(total)
+        lens.append(n)
+    k = int(sum(succ))
+    lo, hi = wilson_interval(k, episodes)
+    return {"success": k / episodes, "success_lo": lo, "success_hi": hi, "return": float(np.mean(rets)),
+            "episode_length": float(np.mean(lens))}
+
+
+def _pick(obs: Mapping[str, np.ndarray], keys: list[str]) -> dict[str, np.ndarray]:
+    return {k: obs[k] for k in keys}
+
+
+def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train; returns the summary (also written to ``out/summary.json``)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    keys = obs_keys(cfg)
+    env, eval_env = make_rl_env(cfg), make_rl_env(cfg)
+    human = SimulatedHuman(env, cfg.human) if cfg.hil else None
+    steer = cfg.steer.checkpoint is not None
+    if steer:  # the learner acts in the diffusion policy's noise space; the human in action space
+        from robot_rl.rl.steer import NoiseSteeringEnv, load_diffusion
+
+        base = load_diffusion(cfg.steer.checkpoint)
+        kw = dict(noise_bound=cfg.steer.noise_bound, n_exec=cfg.steer.n_exec,
+                  num_inference_steps=cfg.steer.num_inference_steps)
+        env = NoiseSteeringEnv(env, base, keys, human=human, **kw)
+        eval_env = NoiseSteeringEnv(eval_env, base, keys, **kw)
+        if cfg.demos:
+            raise ValueError("demos= cannot be used with steer.checkpoint (the learner acts in noise space)")
+    spec = env_obs_spec(env, keys)
+    low, high = env.action_space.low, env.action_space.high
+    ckpt, buf_file, demo_file = out / "learner.safetensors", out / "online.safetensors", out / "demos.safetensors"
+    t_start = time.monotonic()
+    step0, wall0 = 0, 0.0
+    summary: dict[str, Any] = {"reached": None}
+    warmup = cfg.learning_starts
+    online_iql = None
+    if cfg.resume and ckpt.exists():
+        learner, extra = SACLearner.load(ckpt)
+        online = ReplayBuffer.load(buf_file, capacity=cfg.capacity, seed=cfg.seed)
+        demos = ReplayBuffer.load(demo_file, seed=cfg.seed + 1) if demo_file.exists() else None
+        step0, wall0 = int(extra["env_steps"]), float(extra["wall_s"])
+    else:
+        learner = SACLearner(spec, low, high, cfg.sac, seed=cfg.seed)
+        online = ReplayBuffer(spec, len(low), cfg.capacity, seed=cfg.seed)
+        demos = None
+        if cfg.demos:
+            demos = ReplayBuffer.from_store(cfg.demos, keys, max_episodes=cfg.demo_episodes, seed=cfg.seed + 1,
+                                            capacity=cfg.capacity,
+                                            successful_only=cfg.offline.successful_only or not cfg.offline.steps)
+            learner.set_obs_stats(demos)
+            if cfg.sac.bc_pretrain_steps:
+                learner.pretrain_bc(demos, cfg.sac.bc_pretrain_steps, progress=cfg.progress)
+            if cfg.offline.steps:
+                iql = pretrain_iql(learner, demos, cfg.offline, progress=cfg.progress)
+                summary["offline"] = iql.info
+                if cfg.offline.online == "iql":
+                    online_iql = iql
+                if cfg.offline.wsrl:  # WSRL: warm up online with the pretrained policy, keep no offline data
+                    demos = None
+                    warmup = cfg.offline.warmup
+    if cfg.hil and demos is None and cfg.interventions_to_demos and not steer:
+        demos = ReplayBuffer(spec, len(low), cfg.capacity, seed=cfg.seed + 1)
+    log = CurveLog(out / "curve.csv", append=cfg.resume and step0 > 0)
+    loop_human = None if steer else human  # with steering the env runs the human itself
+    rng = np.random.default_rng(cfg.seed)
+    ep_seed = cfg.seed * 100_000 + step0
+    obs, _ = env.reset(seed=ep_seed)
+    if loop_human:
+        loop_human.reset(ep_seed)
+    train_succ: list[bool] = []
+    stats_set = demos is not None and demos.size > 0
+    pbar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        pbar = tqdm(total=cfg.env_steps, initial=step0, desc=f"rl {cfg.task}", unit="step", leave=False)
+    last_info: dict[str, float] = {}
+
+    def evaluate(step: int) -> dict[str, Any]:
+        res = evaluate_policy(eval_env, lambda o: learner.policy.act(_pick(o, keys), deterministic=True),
+                              cfg.eval_episodes, cfg.eval_seed)
+        row = {"env_steps": step, "wall_s": wall0 + time.monotonic() - t_start, "updates": learner.updates,
+               **res, "intervention_rate": human.rate if human else 0.0,
+               "train_success": float(np.mean(train_succ[-20:])) if train_succ else 0.0}
+        log.add(row)
+        if on_eval:
+            on_eval(row)
+        return row
+
+    if step0 == 0:
+        if steer:  # the base policy as trained: plain Gaussian noise
+            b = cfg.steer.noise_bound
+            base_res = evaluate_policy(eval_env, lambda o: np.clip(rng.standard_normal(env.action_space.shape), -b, b),
+                                       cfg.eval_episodes, cfg.eval_seed)
+            summary["base_success"] = base_res["success"]
+        evaluate(0)
+    step = step0
+    while step < cfg.env_steps:
+        o = _pick(obs, keys)
+        if step < cfg.random_steps:
+            a = rng.uniform(low, high).astype(np.float32)
+        else:
+            a = learner.policy.act(o, rng=rng)
+        intervened = False
+        if loop_human:
+            a, intervened = loop_human.step(obs, a)
+        nobs, r, term, trunc, info = env.step(a)
+        prev = step
+        step += int(info.get("env_steps", 1))
+        intervened = intervened or bool(info.get("intervened", False))
+        no = _pick(nobs, keys)
+        online.add(o, a, r, no, term, trunc, intervened)
+        if intervened and demos is not None and cfg.interventions_to_demos:
+            demos.add(o, a, r, no, term, trunc or not loop_human.left, True)
+        obs = nobs
+        if term or trunc:
+            train_succ.append(bool(info["success"]))
+            ep_seed += 1
+            obs, _ = env.reset(seed=ep_seed)
+            if loop_human:
+                loop_human.reset(ep_seed)
+            if demos is not None:
+                demos.end_episode()
+        if not stats_set and step >= warmup:
+            learner.set_obs_stats(online)
+            stats_set = True
+        if step >= warmup:
+            if online_iql is not None:
+                for _ in range(cfg.sac.utd):
+                    last_info = online_iql.step(learner.sample(online, demos))
+            else:
+                last_info = learner.update(online, demos, intervention_penalty=cfg.intervention_penalty)
+        if pbar:
+            pbar.update(step - prev)
+            if step // 100 > prev // 100:
+                pbar.set_postfix(q=f"{last_info.get('q', 0):.2f}", alpha=f"{last_info.get('alpha', 0):.3f}",
+                                 ok=f"{np.mean(train_succ[-20:]) if train_succ else 0:.2f}")
+        if step // cfg.eval_every > prev // cfg.eval_every or step >= cfg.env_steps:
+            row = evaluate(step)
+            if cfg.stop_at is not None and row["success"] >= cfg.stop_at and summary["reached"] is None:
+                summary["reached"] = step
+                break
+        if step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
+            save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start)
+    if pbar:
+        pbar.close()
+    save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start)
+    env.close()
+    eval_env.close()
+    rows = log.rows
+    plot_curves({cfg.task: rows}, out / "curve.png", title=f"online RL {cfg.task} (seed {cfg.seed})")
+    reached = next((int(r["env_steps"]) for r in rows if r["success"] >= 0.9), None)
+    summary.update(env_steps=step, final_success=rows[-1]["success"], steps_to_90=reached,
+                   wall_s=rows[-1]["wall_s"], updates=learner.updates,
+                   intervention_rate=human.rate if human else 0.0,
+                   interventions=human.interventions if human else 0, out=str(out))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def save_state(learner: SACLearner, online: ReplayBuffer, demos: ReplayBuffer | None, out: Path,
+               step: int, wall_s: float) -> None:
+    """Learner checkpoint + buffers, each written atomically; resume with ``resume=true``."""
+    online.save(out / "online.safetensors")
+    if demos is not None:
+        demos.save(out / "demos.safetensors")
+    learner.save(out / "learner.safetensors", {"env_steps": step, "wall_s": wall_s})
