@@ -27,6 +27,8 @@ commands:
   bench inference CHECKPOINT   samplers and execution modes: latency, success vs delay, jitter
   rl task=T [demos=PATH ...]   online RL (SAC/RLPD) on the twin: demos, simulated human, offline-to-online,
                                noise-space fine-tuning of a diffusion checkpoint (steer.checkpoint=...)
+  reward-classifier train store=PATH cameras=[front] out=DIR
+                               train an image success classifier (a learned reward) on an episode store
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -173,6 +175,11 @@ def cmd_rl(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_reward_classifier(args: list[str]) -> int:
+    from robot_rl.cli.reward_classifier import cmd_reward_classifier as run
+    return run(args)
+
+
 def cmd_bench(args: list[str]) -> int:
     if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
         raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
@@ -192,7 +199,8 @@ def cmd_bench(args: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
-                                                   "eval": cmd_eval, "rl": cmd_rl}
+                                                   "eval": cmd_eval, "rl": cmd_rl,
+                                                   "reward-classifier": cmd_reward_classifier}
 
 
 def main(argv: list[str] | None = None) -> int:
