@@ -323,8 +323,12 @@ class ReplayLog:
         """Add every logged batch to ``buffer``; returns the highest ``source_seq`` per source
         (what the learner has acknowledged to each actor)."""
         acked: dict[str, int] = {}
+        last: tuple[str, int] | None = None
         for batch, meta in self.replay():
+            src, seq = meta.get("source", ""), int(meta.get("source_seq", -1))
+            if last != (src, seq - 1):  # not the direct successor of the previous batch: no chaining
+                buffer.end_episode()
             buffer.add_batch(batch)
-            src = meta.get("source", "")
-            acked[src] = max(acked.get(src, -1), int(meta.get("source_seq", -1)))
+            last = (src, seq)
+            acked[src] = max(acked.get(src, -1), seq)
         return acked

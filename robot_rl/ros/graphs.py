@@ -150,3 +150,33 @@ GRAPHS["deploy"] = Graph(
     {**_COMMON, "cameras": "none", "checkpoint": "", "mode": "warm", "execution": "async", "worker": "thread",
      "output": "action", "action_mode": "", "stale_after": "", "params": "", "seed": "0"},
     _deploy)
+
+
+def _rl(p: dict[str, str]) -> list[NodeDef]:
+    """Online RL over ROS 2: one learner + ``actors`` actor processes on the twin."""
+    try:
+        n = int(p["actors"])
+    except ValueError:
+        raise KeyError(f"graph 'rl': actors must be an integer, got {p['actors']!r}") from None
+    if n < 1:
+        raise KeyError("graph 'rl': actors must be >= 1")
+    obs = ["--task", p["task"], "--robot", p["robot"], "--cameras", p["cameras"], "--image-size", p["image_size"]]
+    learner = ["learner", "--out", p["out"], *obs]
+    if p["demos"]:
+        learner += ["--demos", p["demos"]]
+    nodes = [NodeDef("learner", "robot_rl.ros.rl_nodes", tuple(learner))]
+    for i in range(n):
+        actor = ["actor", "--id", f"a{i}", *obs, "--human", p["human"]]
+        if p.get("rate"):
+            actor += ["--rate", p["rate"]]
+        # actors come and go (respawned when they die); the learner ending ends the graph
+        nodes.append(NodeDef(f"actor{i}", "robot_rl.ros.rl_nodes", tuple(actor), required=False, respawn=True,
+                             start_delay_s=1.0))
+    return nodes
+
+
+GRAPHS["rl"] = Graph(
+    "rl", "online RL split over ROS 2: a learner (replay log, SAC, weights) + N actors streaming twin transitions "
+    "(docs/rl_distributed.md)",
+    {**_COMMON, "cameras": "none", "out": "runs/rl_dist", "actors": "1", "human": "none", "demos": ""},
+    _rl)

@@ -30,6 +30,10 @@ Standard messages only. Conventions (also in docs/ros.md):
   ``/recorder/success``, ``/recorder/failure``, ``/recorder/discard`` ``std_srvs/Trigger``.
 - ``/diagnostics`` ``diagnostic_msgs/DiagnosticArray``: cadence and safety telemetry.
 - ``/clock`` ``rosgraph_msgs/Clock`` when the twin runs on sim time.
+- Online RL (robot_rl.ros.rl_nodes, docs/rl_distributed.md): ``/rl/transitions`` and
+  ``/rl/weights`` ``std_msgs/UInt8MultiArray`` (safetensors bytes, robot_rl.rl.wire);
+  ``/rl/ack`` ``std_msgs/String`` ``"<source> <seq> ok|rejected"``. Weights use
+  ``latched_qos`` (reliable, transient local, depth 1): a (re)started actor gets the latest.
 """
 from __future__ import annotations
 
@@ -96,6 +100,18 @@ def reliable_qos(depth: int = 50):
     return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE,
                       history=QoSHistoryPolicy.KEEP_LAST, depth=depth)
 
+
+def latched_qos(depth: int = 1):
+    """Reliable, transient local, keep-last: late joiners get the last ``depth`` messages."""
+    from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+    return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+                      history=QoSHistoryPolicy.KEEP_LAST, depth=depth)
+
+
+# online RL (robot_rl.ros.rl_nodes)
+RL_TRANSITIONS = "/rl/transitions"
+RL_ACK = "/rl/ack"
+RL_WEIGHTS = "/rl/weights"
 
 # inference node (robot_rl.ros.inference_node): std_srvs/Trigger (new episode) and
 # std_srvs/SetBool (true: hold)
