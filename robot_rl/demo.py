@@ -15,10 +15,15 @@ Stage 5: the trained policy is deployed through the inference node on the realti
 (robot node at the spec's rate, wall-clock time): RTI warm-started sampling, an
 asynchronous chunk queue; success rate and query-latency percentiles are printed.
 
-Later stages (improve online) append here.
+Stage 6: online RL with simulated interventions improves the deployed policy without
+retraining it: an off-policy actor learns to choose the diffusion policy's initial noise
+(noise-space steering, DSRL) while the scripted expert, as a simulated human with a 10%
+budget, takes over when the arm drifts from it (intervened steps are penalised, RLIF).
+Success before (the policy's own Gaussian noise) and after is printed, with the curves.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
-                            [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--skip-train]
+                            [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--rl-steps 2000]
+                            [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
 re-runs itself through scripts/isolated.sh.
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-minutes", type=float, default=4.0, help="training budget of the diffusion policy")
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--deploy-episodes", type=int, default=20, help="episodes through the inference node (0: skip)")
+    ap.add_argument("--rl-steps", type=int, default=2000, help="env steps of online RL fine-tuning (0: skip)")
+    ap.add_argument("--rl-eval-episodes", type=int, default=30)
     ap.add_argument("--skip-train", action="store_true", help="stop after recording and rendering")
     args = ap.parse_args(argv)
     ensure_isolated()
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/5 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    stage(f"1/6 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
     nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
                                             "episodes": str(args.episodes), "out": str(store_path),
                                             "bag": str(bag_path)})
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
           f"(two 96x96 cameras); rosbag2: {bag_path}")
 
-    stage("2/5 rosbag2 (mcap) -> episode store, compared with the live recording")
+    stage("2/6 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
     import numpy as np
@@ -126,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                    f"max abs diff {worst:g} where shapes agree)")
     print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; {verdict}")
 
-    stage("3/5 render an episode")
+    stage("3/6 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
         print(f"wrote {f}")
 
     if not args.skip_train:
-        stage(f"4/5 train a state-based diffusion policy on the {args.episodes} demos "
+        stage(f"4/6 train a state-based diffusion policy on the {args.episodes} demos "
               f"({args.train_minutes:g} min of CPU), evaluate it in the twin")
         from robot_rl.cli.main import main as cli
         run_dir = out / f"diffusion_{args.task}"
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
 
         if args.deploy_episodes > 0:
-            stage(f"5/5 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
+            stage(f"5/6 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
                   "RTI warm start, async chunk queue")
             from robot_rl.ros.deploy import DeployError, format_summary, run_deploy_episodes
             print(f"  python -m robot_rl.ros.deploy {ck} --task {args.task} --episodes {args.deploy_episodes} "
@@ -169,6 +176,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"demo: deploy failed: {e}", file=sys.stderr)
                 return 1
             print(format_summary(dep))
+
+        if args.rl_steps > 0:
+            stage(f"6/6 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
+            rl_dir = out / f"rl_steer_{args.task}"
+            if rl_dir.exists():
+                shutil.rmtree(rl_dir)
+            rl_args = ["rl", f"task={args.task}", f"robot={args.robot}", f"steer.checkpoint={ck}", "hil=true",
+                       "intervention_penalty=0.1", f"env_steps={args.rl_steps}", f"eval_every={args.rl_steps}",
+                       f"eval_episodes={args.rl_eval_episodes}", "learning_starts=200", "sac.utd=2",
+                       "sac.gamma=0.9", "sac.bc_weight=0.0", "sac.init_temperature=0.05", f"out={rl_dir}"]
+            print("  robot-rl " + " ".join(rl_args))
+            if cli(rl_args) != 0:
+                print("demo: online RL failed", file=sys.stderr)
+                return 1
+            rl = json.loads((rl_dir / "summary.json").read_text())
+            print(f"deployed policy on {args.task}: success before online RL {100 * rl['base_success']:.0f}%, "
+                  f"after {100 * rl['final_success']:.0f}% ({rl['env_steps']} env steps, "
+                  f"{100 * rl['intervention_rate']:.1f}% of them intervened); curves {rl_dir / 'curve.png'}")
 
     stage("done")
     print(f"demo finished in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")

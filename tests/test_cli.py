@@ -113,9 +113,11 @@ def test_view_of_missing_episode(recorded):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes, 2 deployed episodes
+    # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes, 2 deployed episodes,
+    # 300 env steps of online RL
     r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path),
-                        "--train-minutes", "0.08", "--eval-episodes", "3", "--deploy-episodes", "2"],
+                        "--train-minutes", "0.08", "--eval-episodes", "3", "--deploy-episodes", "2",
+                        "--rl-steps", "300", "--rl-eval-episodes", "2"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0, r.stderr
     assert "demo finished" in r.stdout
@@ -129,7 +131,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (run / "training.png").exists() and (run / "eval" / "eval.png").exists()
     dep = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
     assert dep["episodes"] == 2 and len(dep["outcomes"]) == 2, dep
-    assert "5/5 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
+    assert "5/6 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
+    rl = json.loads((tmp_path / "rl_steer_pick_cube" / "summary.json").read_text())
+    assert rl["env_steps"] >= 300 and rl["updates"] > 0 and 0 <= rl["base_success"] <= 1
+    assert "success before online RL" in r.stdout and (tmp_path / "rl_steer_pick_cube" / "curve.png").exists()
 
 
 def test_bench_inference_bad_input_is_one_line(tmp_path):

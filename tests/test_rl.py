@@ -249,3 +249,22 @@ def test_rl_config_errors_are_one_line():
         RLConfig.from_dict({"sac": {"critic_loss": "huber"}})
     with pytest.raises(ValueError, match="unknown human setting"):
         RLConfig.from_dict({"human": {"patiense": 3}})
+
+
+def test_rl_cli_trains_and_reports(tmp_path):
+    import subprocess
+    import sys
+
+    store = record_expert_store(tmp_path / "d.zarr", "reach", episodes=2)
+    base = [sys.executable, "-m", "robot_rl.cli.main", "rl"]
+    r = subprocess.run(base + ["task=reach", "robot=so101", f"demos={store}", "env_steps=120", "eval_every=120",
+                               "eval_episodes=1", "learning_starts=60", "offline.steps=10", "sac.hidden=[16,16]",
+                               "sac.batch_size=16", f"out={tmp_path / 'run'}", "progress=false"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "rl reach: 120 env steps" in r.stdout
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["env_steps"] == 120
+    r = subprocess.run(base + ["sac.n_critic=3"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown setting 'sac.n_critic'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + [f"demos={tmp_path / 'none.zarr'}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "demos: no such path" in r.stderr

@@ -13,6 +13,7 @@ def cmd_rl(args: list[str]) -> int:
     if bad:
         raise CLIError(f"expected key=value, got {bad[0]!r}")
     d = cfg_to_dict(compose("rl", args))
+    d["robot"] = d["robot"]["name"]  # the robot config group: the twin is built from the spec's name
     if d["out"] is None:
         d["out"] = f"runs/rl_{d['task']}"
     for what, path in (("demos", d["demos"]), ("steer.checkpoint", d["steer"]["checkpoint"])):
