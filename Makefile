@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
 
 BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_bags.py bench_ros_record.py \
-           bench_data_loading.py bench_policies.py bench_inference.py
+           bench_data_loading.py bench_policies.py bench_inference.py bench_reward_classifier.py bench_rl_transport.py
 bench: $(STAMP)
 	cd benchmarks && for b in $(BENCHES); do ../$(RUN) ../$(PY) $$b || exit 1; done
 

@@ -190,23 +190,29 @@ def main() -> None:
     ap.add_argument("--only", default="speed,pick,pick_hil,sb3,steer")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--report", action="store_true", help="only aggregate existing runs")
+    ap.add_argument("--steps", default="", help="env-step budgets per method, e.g. pick_hil=6000,sb3=6000")
+    ap.add_argument("--seed-from", type=int, default=0, help="first seed to run (earlier seeds already ran)")
+    ap.add_argument("--parallel", type=int, default=2)
     args = ap.parse_args()
     only = args.only.split(",")
+    budget = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",") if kv)}
     jobs: list[tuple[str, dict | str]] = []
     for name in ("pick", "pick_hil", "steer"):
         if name in only:
-            for s in range(args.seeds):
-                jobs.append(("rl", {**CONFIGS[name], "seed": s, "out": str(RUNS / f"{name}_s{s}")}))
+            for s in range(args.seed_from, args.seeds):
+                cfg = {**CONFIGS[name], "seed": s, "out": str(RUNS / f"{name}_s{s}")}
+                cfg["env_steps"] = budget.get(name, cfg["env_steps"])
+                jobs.append(("rl", cfg))
     if "sb3" in only:
-        for s in range(args.seeds):
-            jobs.append(("sb3", {"seed": s, "env_steps": SB3_STEPS, "eval_every": 1000, "eval_episodes": 30,
-                                 "out": str(RUNS / f"sb3_s{s}")}))
+        for s in range(args.seed_from, args.seeds):
+            jobs.append(("sb3", {"seed": s, "env_steps": budget.get("sb3", SB3_STEPS), "eval_every": 1000,
+                                 "eval_episodes": 30, "out": str(RUNS / f"sb3_s{s}")}))
     t0 = time.time()
     if not args.report:
         if "speed" in only:
             RUNS.mkdir(parents=True, exist_ok=True)
             run_all([("speed", str(RUNS / "speed.json"))], parallel=1)
-        run_all(jobs)
+        run_all(jobs, args.parallel)
     res: dict = {"wall_s": time.time() - t0, "target": TARGET, "methods": {}}
     if (RUNS / "speed.json").exists():
         speed = json.loads((RUNS / "speed.json").read_text())

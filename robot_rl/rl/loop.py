@@ -226,6 +226,9 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
             base_res = evaluate_policy(eval_env, lambda o: np.clip(rng.standard_normal(env.action_space.shape), -b, b),
                                        cfg.eval_episodes, cfg.eval_seed)
             summary["base_success"] = base_res["success"]
+            zero = np.zeros(env.action_space.shape, np.float32)  # the sampler's mode: a fixed noise of 0
+            summary["base_zero_noise_success"] = evaluate_policy(eval_env, lambda o: zero, cfg.eval_episodes,
+                                                                 cfg.eval_seed)["success"]
         evaluate(0)
     step = step0
     while step < cfg.env_steps:
