@@ -33,8 +33,8 @@ DEMOS = ROOT / "data" / "bench" / "so101_pick_cube.zarr"
 UNDER = ROOT / "runs" / "bench" / "diffusion_pick_cube_under" / "checkpoints" / "last"
 TARGET = 0.9
 
-OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 10_000, "eval_every": 1000,
-        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql"},
+OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 20_000, "eval_every": 2000,
+        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql", "temperature": 10.0},
         "sac": {"n_critics": 2, "utd": 1}}
 CONFIGS = {
     "pick": OURS,
@@ -43,7 +43,7 @@ CONFIGS = {
               "steer": {"checkpoint": str(UNDER)},
               "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05}},
 }
-SB3_STEPS = 10_000
+SB3_STEPS = 30_000
 
 
 def child_rl(cfg: dict) -> None:
@@ -205,7 +205,7 @@ def main() -> None:
                 jobs.append(("rl", cfg))
     if "sb3" in only:
         for s in range(args.seed_from, args.seeds):
-            jobs.append(("sb3", {"seed": s, "env_steps": budget.get("sb3", SB3_STEPS), "eval_every": 1000,
+            jobs.append(("sb3", {"seed": s, "env_steps": budget.get("sb3", SB3_STEPS), "eval_every": 2500,
                                  "eval_episodes": 30, "out": str(RUNS / f"sb3_s{s}")}))
     t0 = time.time()
     if not args.report:
@@ -230,9 +230,10 @@ def main() -> None:
         final = [r["summary"]["final_success"] for r in runs]
         first = [r["curve"][0]["success"] for r in runs]
         early = [min(x["success"] for x in r["curve"] if x["env_steps"] <= 5000) for r in runs]
+        best = [max(x["success"] for x in r["curve"]) for r in runs]
         interv = [r["summary"].get("intervention_rate", 0.0) for r in runs]
         base = [r["summary"].get("base_success") for r in runs]
-        m = {"seeds": len(runs), "steps_to_90": to90, "final_success": final, "start_success": first,
+        m = {"seeds": len(runs), "steps_to_90": to90, "best_success": best, "final_success": final, "start_success": first,
              "min_first_5000": early, "intervention_rate": interv, "base_success": base,
              "final_env_steps": [r["summary"]["env_steps"] for r in runs]}
         res["methods"][name] = m

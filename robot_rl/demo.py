@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             rl_args = ["rl", f"task={args.task}", f"robot={args.robot}", f"steer.checkpoint={ck}", "hil=true",
                        "intervention_penalty=0.1", f"env_steps={args.rl_steps}", f"eval_every={args.rl_steps}",
                        f"eval_episodes={args.rl_eval_episodes}", "learning_starts=200", "sac.utd=2",
-                       "sac.gamma=0.9", "sac.bc_weight=0.0", "sac.init_temperature=0.05", f"out={rl_dir}"]
+                       "sac.gamma=0.9", "sac.bc_weight=0.0", "sac.init_temperature=0.05", "sac.actor_l2=1.0",
+                       "offline.steps=0", f"out={rl_dir}"]
             print("  robot-rl " + " ".join(rl_args))
             if cli(rl_args) != 0:
                 print("demo: online RL failed", file=sys.stderr)

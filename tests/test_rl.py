@@ -119,7 +119,8 @@ def _filled(n=200) -> ReplayBuffer:
 
 
 @pytest.mark.parametrize("kw", [{}, {"discrete_gripper": True}, {"critic_loss": "hl_gauss"},
-                                {"n_critics": 5, "critic_subset": 2, "bc_weight": 1.0}])
+                                {"n_critics": 5, "critic_subset": 2, "bc_weight": 1.0},
+                                {"actor_delay": 50, "backup_entropy": True}, {"actor_l2": 0.01}])
 def test_sac_learns_a_one_step_bandit(kw):
     """reward 1 when action[0] > 0.5 (episode ends): the actor must move its mean there."""
     torch.manual_seed(0)
@@ -268,3 +269,44 @@ def test_rl_cli_trains_and_reports(tmp_path):
     assert r.returncode == 2 and "unknown setting 'sac.n_critic'" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(base + [f"demos={tmp_path / 'none.zarr'}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "demos: no such path" in r.stderr
+
+
+def test_noise_steering_env_maps_noise_to_the_policys_chunks(tmp_path):
+    """Same noise -> same chunk (deterministic DDIM); a step executes n_exec actions and
+    reports them; a drifting policy gets taken over and the decision is tagged."""
+    from robot_rl.data import EpisodeStore
+    from robot_rl.policies.common.normalizer import Normalizer
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_rl.rl.human import HumanConfig, SimulatedHuman
+    from robot_rl.rl.steer import NoiseSteeringEnv
+    from robot_rl.sim import make_env
+
+    store = record_expert_store(tmp_path / "d.zarr", "pick_cube", episodes=2)
+    with EpisodeStore.open(store) as st:
+        norm = Normalizer.from_store(st, KEYS + ["action"])
+        dims = {k: st.schema[k].shape[0] for k in KEYS}
+    torch.manual_seed(0)
+    pol = DiffusionPolicy(DiffusionConfig(state_keys=KEYS, state_dims=dims, action_dim=7, n_obs_steps=2, horizon=8,
+                                          n_action_steps=4, down_dims=[16, 32], feature_dim=16, step_embed_dim=16,
+                                          num_train_timesteps=20, num_inference_steps=4), norm)
+    env = make_env("pick_cube", "so101", reward_type="sparse")
+    human = SimulatedHuman(env, HumanConfig(threshold=0.0, patience=1, takeover_steps=6, budget=1.0))
+    senv = NoiseSteeringEnv(env, pol, KEYS, noise_bound=1.5, human=None)
+    try:
+        assert senv.action_space.shape == (8 * 7,)
+        obs, _ = senv.reset(seed=3)
+        assert sorted(obs) == sorted(KEYS)
+        w = np.random.default_rng(0).standard_normal(56).astype(np.float32)
+        c1, c2 = senv.chunk(w), senv.chunk(w)
+        assert c1.shape == (pol.chunk_len, 7) and np.array_equal(c1, c2)
+        assert not np.allclose(senv.chunk(-w), c1)
+        obs, r, term, trunc, info = senv.step(w)
+        assert info["env_steps"] == 4 and not info["intervened"]
+        senv.human = human  # threshold 0: the expert takes over at once, for 6 steps
+        senv.reset(seed=4)
+        _, _, _, _, info = senv.step(w)
+        assert info["intervened"] and info["env_steps"] == 6 and human.interventions == 1
+    finally:
+        senv.close()
+    with pytest.raises(ValueError, match="needs a diffusion policy"):
+        NoiseSteeringEnv(make_env("reach", "so101"), torch.nn.Linear(2, 2), KEYS)

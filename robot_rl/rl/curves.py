@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 COLUMNS = ["env_steps", "wall_s", "updates", "success", "success_lo", "success_hi", "return",
-           "episode_length", "intervention_rate", "train_success"]
+           "episode_length", "intervention_rate", "train_success", "q", "alpha"]
 
 
 class CurveLog:

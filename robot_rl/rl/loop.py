@@ -214,16 +214,16 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
                               cfg.eval_episodes, cfg.eval_seed)
         row = {"env_steps": step, "wall_s": wall0 + time.monotonic() - t_start, "updates": learner.updates,
                **res, "intervention_rate": human.rate if human else 0.0,
-               "train_success": float(np.mean(train_succ[-20:])) if train_succ else 0.0}
+               "train_success": float(np.mean(train_succ[-20:])) if train_succ else 0.0,
+               "q": last_info.get("q", float("nan")), "alpha": last_info.get("alpha", float("nan"))}
         log.add(row)
         if on_eval:
             on_eval(row)
         return row
 
     if step0 == 0:
-        if steer:  # the base policy as trained: plain Gaussian noise
-            b = cfg.steer.noise_bound
-            base_res = evaluate_policy(eval_env, lambda o: np.clip(rng.standard_normal(env.action_space.shape), -b, b),
+        if steer:  # the base policy as deployed: plain (unclipped) Gaussian noise
+            base_res = evaluate_policy(eval_env, lambda o: rng.standard_normal(env.action_space.shape).astype(np.float32),
                                        cfg.eval_episodes, cfg.eval_seed)
             summary["base_success"] = base_res["success"]
             zero = np.zeros(env.action_space.shape, np.float32)  # the sampler's mode: a fixed noise of 0

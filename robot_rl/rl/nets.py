@@ -142,6 +142,12 @@ class TanhGaussianActor(nn.Module):
             logp = (normal - 2 * (math.log(2) - u - F.softplus(-2 * u)) - torch.log(self.scale)).sum(-1)
         return self.loc + self.scale * a, logp
 
+    def bc_error(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Per-sample squared error of the mean action to ``action`` (after the tanh: measured
+        before it, saturated targets such as a gripper at 0 or 1 fit much worse)."""
+        mean, _ = self(z, deterministic=True, with_log_prob=False)
+        return ((mean - action) ** 2).mean(-1)
+
     def log_prob(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """log pi(action | z) (for advantage-weighted regression and BC terms)."""
         mu, log_std = self.head(self.trunk(z)).chunk(2, dim=-1)

@@ -24,7 +24,7 @@ from robot_rl.rl.sac import SACLearner
 class OfflineConfig:
     steps: int = 0  # IQL gradient steps before going online (0: no offline phase)
     expectile: float = 0.8
-    temperature: float = 3.0  # AWR inverse temperature
+    temperature: float = 10.0  # AWR inverse temperature
     max_weight: float = 100.0
     successful_only: bool = False  # offline data: every episode of the store, failures included
     online: str = "sac"  # online updates: sac | iql (keep fine-tuning with IQL)
@@ -77,8 +77,7 @@ class IQL:
         with torch.no_grad():
             adv = q_t - v.detach()
             w = torch.exp(cfg.temperature * adv).clamp(max=cfg.max_weight)
-        mean, _ = actor(zd, deterministic=True, with_log_prob=False)
-        pi_loss = (w * ((mean - a) ** 2).mean(-1)).mean()
+        pi_loss = (w * actor.bc_error(zd, a)).mean()
         self.pi_opt.zero_grad(set_to_none=True)
         pi_loss.backward()
         self.pi_opt.step()

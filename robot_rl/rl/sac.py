@@ -36,9 +36,9 @@ from robot_rl.rl.replay import ReplayBuffer, ReplayError
 @dataclass
 class SACConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])
-    n_critics: int = 4
+    n_critics: int = 2
     critic_subset: int = 2
-    utd: int = 2
+    utd: int = 1
     batch_size: int = 256
     demo_fraction: float = 0.5
     gamma: float = 0.97
@@ -46,9 +46,9 @@ class SACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     temp_lr: float = 3e-4
-    init_temperature: float = 0.1
+    init_temperature: float = 0.01
     target_entropy: float | None = None  # default: -action_dim / 2
-    backup_entropy: bool = True
+    backup_entropy: bool = False
     critic_loss: str = "mse"  # or "hl_gauss" (classification critic)
     n_bins: int = 51
     v_min: float = -1.0
@@ -57,6 +57,8 @@ class SACConfig:
     grip_epsilon: float = 0.1  # exploration of the discrete gripper
     bc_weight: float = 0.0  # BC term (mean-action squared error) on demonstration rows of the actor loss
     bc_pretrain_steps: int = 0  # behaviour-cloning warm start of the actor on the demonstrations
+    actor_delay: int = 0  # critic-only updates first (lets a fresh critic catch up with a pretrained actor)
+    actor_l2: float = 0.0  # penalty on the squared mean action (in noise space: a pull towards the mode)
     image_feat: int = 64
     augment: bool = True
     device: str = "auto"
@@ -223,7 +225,8 @@ class SACLearner:
             if intervention_penalty:
                 batch["reward"] = batch["reward"] - intervention_penalty * batch["intervened"]
             info.update(self.critic_step(batch))
-        info.update(self.actor_step(batch))
+        if self.updates > self.cfg.actor_delay:
+            info.update(self.actor_step(batch))
         return info
 
     def critic_step(self, b: Mapping[str, Any]) -> dict[str, float]:
@@ -285,6 +288,9 @@ class SACLearner:
         q = self.q_values(self.critic, z, a).mean(0)
         loss = (self.alpha.detach() * logp - q).mean()
         info = {}
+        if cfg.actor_l2 > 0:
+            mean, _ = pol.actor(z, deterministic=True, with_log_prob=False)
+            loss = loss + cfg.actor_l2 * (((mean - pol.actor.loc) / pol.actor.scale) ** 2).mean()
         if cfg.bc_weight > 0 and bool((b["is_demo"] > 0).any()):
             demo = b["is_demo"] > 0
             bc = self.bc_loss(z[demo], b["action"][demo])
@@ -302,8 +308,7 @@ class SACLearner:
 
     def bc_loss(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Squared error of the actor's mean action to the demonstrated one (TD3+BC style)."""
-        mean, _ = self.policy.actor(z, deterministic=True, with_log_prob=False)
-        return ((mean - action[:, : self.n_cont]) ** 2).mean()
+        return self.policy.actor.bc_error(z, action[:, : self.n_cont]).mean()
 
     def pretrain_bc(self, demos: ReplayBuffer, steps: int, progress: bool = False) -> float:
         """Warm-start the actor (and image encoders) by behaviour cloning on ``demos``."""
