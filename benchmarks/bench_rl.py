@@ -4,7 +4,8 @@ two at a time (2 cores), 3 seeds each:
   pick      ours: IQL pretraining on 20 demos, then online fine-tuning with RLPD sampling
   pick_hil  the same with the simulated human (intervention budget 10%)
   sb3       Stable-Baselines3 SAC on the same env, no demonstrations (the usual baseline)
-  steer     noise-space RL fine-tuning of an under-trained diffusion policy (DSRL)
+  steer     noise-space RL fine-tuning (DSRL) of a diffusion policy trained 600 steps
+  steer3    the same from a policy trained 400 steps (15% with Gaussian noise, 60% at zero noise)
   speed     learner gradient updates/s at batch 256, state and 96x96 image
 
     cd benchmarks && ../scripts/isolated.sh ../.venv/bin/python bench_rl.py [--only pick,sb3] [--seeds 3]
@@ -30,20 +31,26 @@ from _common import RESULTS, print_table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "bench_rl"
 DEMOS = ROOT / "data" / "bench" / "so101_pick_cube.zarr"
-UNDER = ROOT / "runs" / "bench" / "diffusion_pick_cube_under" / "checkpoints" / "last"
+UNDER = ROOT / "runs" / "bench" / "diffusion_pick_cube_under" / "checkpoints" / "last"  # 600 training steps
+UNDER3 = ROOT / "runs" / "bench" / "diffusion_pick_cube_under3" / "checkpoints" / "last"  # 400 training steps
 TARGET = 0.9
 
-OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 20_000, "eval_every": 2000,
-        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql", "temperature": 10.0},
+OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 10_000, "eval_every": 1000,
+        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql", "temperature": 3.0},
         "sac": {"n_critics": 2, "utd": 1}}
 CONFIGS = {
     "pick": OURS,
     "pick_hil": {**OURS, "hil": True, "human": {"budget": 0.1}},
-    "steer": {"task": "pick_cube", "env_steps": 20_000, "eval_every": 2000, "eval_episodes": 30, "learning_starts": 200,
+    "steer": {"task": "pick_cube", "env_steps": 8000, "eval_every": 2000, "eval_episodes": 30, "learning_starts": 200,
               "steer": {"checkpoint": str(UNDER)},
-              "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05}},
+              "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05,
+                      "actor_l2": 1.0}},
+    "steer3": {"task": "pick_cube", "env_steps": 20_000, "eval_every": 2000, "eval_episodes": 30,
+               "learning_starts": 200, "steer": {"checkpoint": str(UNDER3)},
+               "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05,
+                       "actor_l2": 0.3}},
 }
-SB3_STEPS = 30_000
+SB3_STEPS = 6_000
 
 
 def child_rl(cfg: dict) -> None:
@@ -197,7 +204,7 @@ def main() -> None:
     only = args.only.split(",")
     budget = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",") if kv)}
     jobs: list[tuple[str, dict | str]] = []
-    for name in ("pick", "pick_hil", "steer"):
+    for name in ("pick", "pick_hil", "steer", "steer3"):
         if name in only:
             for s in range(args.seed_from, args.seeds):
                 cfg = {**CONFIGS[name], "seed": s, "out": str(RUNS / f"{name}_s{s}")}
@@ -205,7 +212,7 @@ def main() -> None:
                 jobs.append(("rl", cfg))
     if "sb3" in only:
         for s in range(args.seed_from, args.seeds):
-            jobs.append(("sb3", {"seed": s, "env_steps": budget.get("sb3", SB3_STEPS), "eval_every": 2500,
+            jobs.append(("sb3", {"seed": s, "env_steps": budget.get("sb3", SB3_STEPS), "eval_every": 1000,
                                  "eval_episodes": 30, "out": str(RUNS / f"sb3_s{s}")}))
     t0 = time.time()
     if not args.report:
@@ -222,7 +229,7 @@ def main() -> None:
     rows, curves = [], {}
     from robot_rl.rl.curves import plot_curves
 
-    for name in ("pick", "pick_hil", "sb3", "steer"):
+    for name in ("pick", "pick_hil", "sb3", "steer", "steer3"):
         runs = load_runs(name, args.seeds)
         if not runs:
             continue
@@ -240,7 +247,7 @@ def main() -> None:
         curves[name] = mean_curve(runs)
         reached = [x for x in to90 if x is not None]
         rows.append({"method": name, "seeds": len(runs),
-                     "start": f"{100 * np.mean(first):.0f}" if name != "steer" else
+                     "start": f"{100 * np.mean(first):.0f}" if not name.startswith("steer") else
                      f"{100 * np.mean([b for b in base if b is not None]):.0f} (base policy)",
                      "min first 5k": f"{100 * np.mean(early):.0f}", "final": f"{100 * np.mean(final):.0f}",
                      "env steps to 90%": f"{np.mean(reached):.0f} ({len(reached)}/{len(runs)})" if reached
@@ -249,11 +256,13 @@ def main() -> None:
     if rows:
         print_table(rows, ["method", "seeds", "start", "min first 5k", "final", "env steps to 90%", "intervened %"],
                     "online RL, pick_cube (mean of seeds; success in % over 30 held-out episodes)")
-        plot_curves({k: v for k, v in curves.items() if k != "steer"}, RESULTS / "rl_pick_cube.png",
+        plot_curves({k: v for k, v in curves.items() if not k.startswith("steer")}, RESULTS / "rl_pick_cube.png",
                     title="pick_cube, state, sparse reward: mean of 3 seeds", target=TARGET)
-        if "steer" in curves:
-            plot_curves({"steer (DSRL)": curves["steer"]}, RESULTS / "rl_steer.png",
-                        title="noise-space fine-tuning of an under-trained diffusion policy", target=TARGET)
+        steer = {f"{k} ({'400' if k == 'steer3' else '600'} BC steps)": v for k, v in curves.items()
+                 if k.startswith("steer")}
+        if steer:
+            plot_curves(steer, RESULTS / "rl_steer.png",
+                        title="noise-space fine-tuning of under-trained diffusion policies", target=TARGET)
         res["curves"] = curves
     write_json("rl", res)
 

@@ -310,3 +310,16 @@ def test_noise_steering_env_maps_noise_to_the_policys_chunks(tmp_path):
         senv.close()
     with pytest.raises(ValueError, match="needs a diffusion policy"):
         NoiseSteeringEnv(make_env("reach", "so101"), torch.nn.Linear(2, 2), KEYS)
+
+
+def test_zero_mean_actor_starts_steering_at_the_samplers_mode():
+    from robot_rl.rl.nets import TanhGaussianActor
+
+    actor = TanhGaussianActor(5, -1.5 * torch.ones(4), 1.5 * torch.ones(4), hidden=[16])
+    z = torch.randn(32, 5)
+    assert actor(z, deterministic=True, with_log_prob=False)[0].abs().max() > 0
+    actor.zero_mean_()
+    mean, _ = actor(z, deterministic=True, with_log_prob=False)
+    assert torch.equal(mean, torch.zeros_like(mean))
+    sample, _ = actor(z)
+    assert sample.std() > 0.05  # exploration noise is kept

@@ -175,6 +175,8 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         step0, wall0 = int(extra["env_steps"]), float(extra["wall_s"])
     else:
         learner = SACLearner(spec, low, high, cfg.sac, seed=cfg.seed)
+        if steer:  # start at the sampler's mode: a zero mean noise whatever the observation
+            learner.policy.actor.zero_mean_()
         online = ReplayBuffer(spec, len(low), cfg.capacity, seed=cfg.seed)
         demos = None
         if cfg.demos:

@@ -142,6 +142,14 @@ class TanhGaussianActor(nn.Module):
             logp = (normal - 2 * (math.log(2) - u - F.softplus(-2 * u)) - torch.log(self.scale)).sum(-1)
         return self.loc + self.scale * a, logp
 
+    @torch.no_grad()
+    def zero_mean_(self) -> None:
+        """Make the mean action the centre of the box for every input (the standard
+        deviation keeps its initialisation)."""
+        n = self.act_dim
+        self.head.weight[:n].zero_()
+        self.head.bias[:n].zero_()
+
     def bc_error(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Per-sample squared error of the mean action to ``action`` (after the tanh: measured
         before it, saturated targets such as a gripper at 0 or 1 fit much worse)."""

@@ -24,7 +24,7 @@ from robot_rl.rl.sac import SACLearner
 class OfflineConfig:
     steps: int = 0  # IQL gradient steps before going online (0: no offline phase)
     expectile: float = 0.8
-    temperature: float = 10.0  # AWR inverse temperature
+    temperature: float = 3.0  # AWR inverse temperature
     max_weight: float = 100.0
     successful_only: bool = False  # offline data: every episode of the store, failures included
     online: str = "sac"  # online updates: sac | iql (keep fine-tuning with IQL)
