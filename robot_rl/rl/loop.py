@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,7 +21,7 @@ from robot_rl.rl.curves import CurveLog, plot_curves
 from robot_rl.rl.human import HumanConfig, SimulatedHuman
 from robot_rl.rl.offline import OfflineConfig, pretrain_iql
 from robot_rl.rl.replay import ReplayBuffer
-from robot_rl.rl.sac import SACConfig, SACLearner
+from robot_rl.rl.sac import SACConfig, SACLearner, check_fields
 
 DEFAULT_KEYS = ["joint_pos", "gripper", "ee_pos", "object_state"]
 
@@ -67,10 +67,7 @@ class RLConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RLConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown rl setting(s) {unknown}; known: {sorted(names)}")
+        check_fields(cls, d, "rl")
         d = dict(d)
         if "sac" in d:
             d["sac"] = SACConfig.from_dict(d["sac"] or {})
@@ -87,10 +84,7 @@ class RLConfig:
 
 
 def _sub(cls, d: Mapping[str, Any] | None, what: str):
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(d or {}) - names)
-    if bad:
-        raise ValueError(f"unknown {what} setting(s) {bad}; known: {sorted(names)}")
+    check_fields(cls, d or {}, what)
     return cls(**(d or {}))
 
 

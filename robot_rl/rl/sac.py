@@ -33,6 +33,14 @@ from robot_rl.rl.nets import EnsembleCritic, ObsEncoder, TanhGaussianActor, hl_g
 from robot_rl.rl.replay import ReplayBuffer, ReplayError
 
 
+def check_fields(cls, d: Mapping[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass ``cls`` (one line, with the known ones)."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(names)}")
+
+
 @dataclass
 class SACConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])
@@ -65,10 +73,7 @@ class SACConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SACConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown SAC setting(s) {unknown}; known: {sorted(names)}")
+        check_fields(cls, d, "SAC")
         cfg = cls(**{k: (list(v) if k == "hidden" else v) for k, v in d.items()})
         if cfg.critic_loss not in ("mse", "hl_gauss"):
             raise ValueError(f"critic_loss must be 'mse' or 'hl_gauss', got {cfg.critic_loss!r}")
