@@ -445,8 +445,8 @@ def test_status_is_json_friendly(tmp_path):
     L = make_learner(tmp_path, a)
     for b in run_actor(a, 12):
         L.receive(b)
-    json.dumps(L.status())
-    json.dumps(a.status())
+    ls, acs = json.loads(json.dumps(L.status())), json.loads(json.dumps(a.status()))
+    assert ls["transitions"] == 12 and acs["steps"] == 12, (ls, acs)
 
 
 def test_rl_graph():
