@@ -36,7 +36,8 @@ UNDER3 = ROOT / "runs" / "bench" / "diffusion_pick_cube_under3" / "checkpoints" 
 TARGET = 0.9
 
 OURS = {"task": "pick_cube", "demos": str(DEMOS), "demo_episodes": 20, "env_steps": 10_000, "eval_every": 1000,
-        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql", "temperature": 3.0},
+        "eval_episodes": 30, "offline": {"steps": 2000, "wsrl": False, "online": "iql", "temperature": 3.0,
+                                       "online_actor_lr": 3e-5},
         "sac": {"n_critics": 2, "utd": 1}}
 CONFIGS = {
     "pick": OURS,

@@ -323,3 +323,27 @@ def test_zero_mean_actor_starts_steering_at_the_samplers_mode():
     assert torch.equal(mean, torch.zeros_like(mean))
     sample, _ = actor(z)
     assert sample.std() > 0.05  # exploration noise is kept
+
+
+def test_offline_to_online_with_iql_updates(tmp_path, monkeypatch):
+    """offline.online=iql keeps IQL running online at the online actor learning rate."""
+    from robot_rl.rl import offline as off
+    from robot_rl.rl.loop import RLConfig, run_online
+
+    seen = {}
+    orig = off.IQL.step
+
+    def step(self, b):
+        seen["lr"] = self.pi_opt.param_groups[0]["lr"]
+        seen["n"] = seen.get("n", 0) + 1
+        return orig(self, b)
+
+    monkeypatch.setattr(off.IQL, "step", step)
+    store = record_expert_store(tmp_path / "d.zarr", "reach", episodes=2)
+    s = run_online(RLConfig.from_dict({
+        "task": "reach", "demos": str(store), "env_steps": 150, "eval_every": 150, "eval_episodes": 1,
+        "learning_starts": 50, "out": str(tmp_path / "run"), "progress": False,
+        "offline": {"steps": 30, "wsrl": False, "online": "iql", "online_actor_lr": 1e-5},
+        "sac": {"hidden": [16, 16], "batch_size": 16}}))
+    assert seen["n"] == 30 + 101 and seen["lr"] == 1e-5
+    assert s["updates"] == 101 and "offline" in s

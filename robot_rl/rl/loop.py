@@ -185,6 +185,9 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
                 summary["offline"] = iql.info
                 if cfg.offline.online == "iql":
                     online_iql = iql
+                    if cfg.offline.online_actor_lr is not None:
+                        for g in iql.pi_opt.param_groups:
+                            g["lr"] = cfg.offline.online_actor_lr
                 if cfg.offline.wsrl:  # WSRL: warm up online with the pretrained policy, keep no offline data
                     demos = None
                     warmup = cfg.offline.warmup

@@ -28,6 +28,7 @@ class OfflineConfig:
     max_weight: float = 100.0
     successful_only: bool = False  # offline data: every episode of the store, failures included
     online: str = "sac"  # online updates: sac | iql (keep fine-tuning with IQL)
+    online_actor_lr: float | None = None  # IQL online: the actor's learning rate after pretraining
     wsrl: bool = True  # online: no offline data retained after the warm-up
     warmup: int = 1000  # WSRL warm-up: online steps collected with the pretrained policy, no updates
 
