@@ -363,7 +363,11 @@ def test_fast_mode_runs_on_sim_time_with_clock(client_factory):
         st = np.array([msgs.from_time(j.header.stamp) for j in c.js])
         bad = np.nonzero(np.diff(st) <= 0)[0]
         assert not bad.size, [st[max(0, i - 2):i + 3] for i in bad[:3]]
-        assert np.allclose(np.diff(st)[-20:], 1.0 / SPEC.control_hz, atol=1e-6)  # one sim step apart
+        # stamps sit on the sim-step grid; a loaded subscriber may miss a sample (the publisher
+        # keeps the last 10 and fast mode outruns wall time), but most arrive one step apart
+        d, dt = np.diff(st)[-40:], 1.0 / SPEC.control_hz
+        assert np.allclose(np.round(d / dt) * dt, d, atol=1e-6), d
+        assert np.mean(np.isclose(d, dt, atol=1e-6)) >= 0.75, d
         assert st[-1] - st[0] > 1.5 * wall  # faster than real time
         assert abs(msgs.from_time(clock[-1].clock) - st[-1]) < 1.0
         assert c.node.get_node_names().count("robot_fast") == 1  # --ros-args remapping applied
