@@ -149,19 +149,25 @@ def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, me
     return p
 
 
+def read_checkpoint_dir(path: str | os.PathLike, error: type[Exception], label: str) -> tuple[Path, Any]:
+    """(directory, parsed config.json) of a ``config.json`` + ``model.safetensors`` checkpoint
+    directory; a missing file or broken JSON is one ``error`` naming ``label``."""
+    p = Path(path)
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        raise error(f"no {label} at {p} (needs config.json and model.safetensors)")
+    try:
+        return p, json.loads((p / "config.json").read_text())
+    except ValueError as e:
+        raise error(f"{label} {p}: config.json is not valid JSON ({e})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, spec: RobotSpec | None = None, device: str | None = None) -> tuple[Policy, dict]:
     """(policy in eval mode, config dict). Refuses a missing or corrupt checkpoint, an unknown
     policy type, or one trained for a different robot spec than `spec` -- one clear error each."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    p = Path(path)
-    cj, wf = p / "config.json", p / "model.safetensors"
-    if not cj.is_file() or not wf.is_file():
-        raise CheckpointError(f"no checkpoint at {p} (needs config.json and model.safetensors)")
-    try:
-        cfg = json.loads(cj.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {p}: config.json is not valid JSON ({e})") from None
+    p, cfg = read_checkpoint_dir(path, CheckpointError, "checkpoint")
+    wf = p / "model.safetensors"
     if cfg.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {p}: format {cfg.get('format')!r}, this robot_rl reads {CHECKPOINT_FORMAT}")
     kind = cfg.get("policy")

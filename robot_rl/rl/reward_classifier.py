@@ -431,14 +431,9 @@ def load_reward_classifier(path: str | os.PathLike, device: str | torch.device |
     corrupt checkpoint is one RewardClassifierError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-    p = Path(path)
-    cj, wf = p / "config.json", p / "model.safetensors"
-    if not cj.is_file() or not wf.is_file():
-        raise RewardClassifierError(f"no reward classifier at {p} (needs config.json and model.safetensors)")
-    try:
-        cfg = json.loads(cj.read_text())
-    except ValueError as e:
-        raise RewardClassifierError(f"reward classifier {p}: config.json is not valid JSON ({e})") from None
+    from robot_rl.policies.base import read_checkpoint_dir
+    p, cfg = read_checkpoint_dir(path, RewardClassifierError, "reward classifier")
+    wf = p / "model.safetensors"
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         fmt = cfg.get("format") if isinstance(cfg, dict) else None
         raise RewardClassifierError(f"reward classifier {p}: format {fmt!r}, expected {FORMAT!r}")
