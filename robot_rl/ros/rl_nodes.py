@@ -377,6 +377,27 @@ def _signals():
     return stop
 
 
+def _init_ros(argv):
+    """rclpy up without its own signal handlers; returns the flag our handlers set."""
+    _import_ros()
+    from rclpy.signals import SignalHandlerOptions
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    return _signals()
+
+
+def _ignore_signals() -> None:
+    """While shutting down (final checkpoint, last log lines) a second Ctrl-C is ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _executor(node):
+    from rclpy.executors import SingleThreadedExecutor
+    ex = SingleThreadedExecutor()
+    ex.add_node(node.node)
+    return ex
+
+
 def _spin(ex, node, stop, until=None) -> None:
     while stop["sig"] is None and rclpy.ok() and not node.stopped and not (until and until()):
         ex.spin_once(timeout_sec=0.1)
@@ -400,11 +421,7 @@ def main_learner(args, argv) -> int:
     except (ValueError, KeyError, OSError) as e:  # ReplayError, CheckpointError, SpecError: one line
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    _import_ros()
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = _signals()
+    stop = _init_ros(argv)
     node = None
     rc = 0
     try:
@@ -415,15 +432,13 @@ def main_learner(args, argv) -> int:
                       f"{s['resumed_transitions']} transitions from the replay log, {s['updates']} updates; observation "
                       f"keys {list(core.obs_spec)}")
         node.start()
-        ex = SingleThreadedExecutor()
-        ex.add_node(node.node)
+        ex = _executor(node)
         _spin(ex, node, stop)
     except Exception as e:  # noqa: BLE001
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         rc = 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_signals()
         if node is not None:
             node.stop()
             if node.failed:
@@ -461,11 +476,7 @@ def main_actor(args, argv) -> int:
     except (ValueError, KeyError, OSError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    _import_ros()
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.signals import SignalHandlerOptions
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = _signals()
+    stop = _init_ros(argv)
     node = None
     rc = 0
     try:
@@ -475,8 +486,7 @@ def main_actor(args, argv) -> int:
                       f"human {args.human}, {args.batch} transitions per message, keys {core.keys}")
         sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         node.start()
-        ex = SingleThreadedExecutor()
-        ex.add_node(node.node)
+        ex = _executor(node)
         _spin(ex, node, stop, until=node.done.is_set)
         if node.done.is_set() and stop["sig"] is None:  # --max-steps: let the learner acknowledge the rest
             end = time.monotonic() + args.drain
@@ -485,8 +495,7 @@ def main_actor(args, argv) -> int:
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         rc = 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_signals()
         if node is not None:
             node.stop()
             if node.failed:
