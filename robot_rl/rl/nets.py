@@ -11,17 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def random_shift(img: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """DrQ augmentation: replicate-pad by ``pad`` and crop back at a random offset per
-    sample. ``img``: (B, C, H, W) float."""
-    b, _, h, w = img.shape
-    x = F.pad(img, (pad, pad, pad, pad), mode="replicate")
-    eps = 1.0 / (h + 2 * pad)
-    ar = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * pad, device=img.device)[:h]
-    ar_w = torch.linspace(-1.0 + eps, 1.0 - eps, w + 2 * pad, device=img.device)[:w]
-    base = torch.stack(torch.meshgrid(ar_w, ar, indexing="xy"), dim=-1)  # (H, W, 2): x, y
-    shift = torch.randint(0, 2 * pad + 1, (b, 1, 1, 2), device=img.device).float() * (2.0 / (h + 2 * pad))
-    return F.grid_sample(x, base.unsqueeze(0) + shift, padding_mode="zeros", align_corners=False)
+def random_shift(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """DrQ augmentation: replicate-pad (B, C, H, W) images by ``pad`` px and crop each back
+    to H x W at a random integer offset."""
+    b, c, h, w = x.shape
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    top = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    left = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
+    rows = (top + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (left + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return x[batch, chan, rows, cols]
 
 
 class ImageTrunk(nn.Module):
@@ -155,16 +156,6 @@ class TanhGaussianActor(nn.Module):
         before it, saturated targets such as a gripper at 0 or 1 fit much worse)."""
         mean, _ = self(z, deterministic=True, with_log_prob=False)
         return ((mean - action) ** 2).mean(-1)
-
-    def log_prob(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi(action | z) (for advantage-weighted regression and BC terms)."""
-        mu, log_std = self.head(self.trunk(z)).chunk(2, dim=-1)
-        lo, hi = self.log_std_range
-        log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1)
-        a = ((action - self.loc) / self.scale).clamp(-0.999, 0.999)
-        u = torch.atanh(a)
-        normal = -0.5 * (((u - mu) / log_std.exp()) ** 2) - log_std - 0.5 * math.log(2 * math.pi)
-        return (normal - 2 * (math.log(2) - u - F.softplus(-2 * u)) - torch.log(self.scale)).sum(-1)
 
 
 def hl_gauss_target(target: torch.Tensor, centers: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -46,6 +46,7 @@ class IQL:
         self.q_opt = torch.optim.Adam(list(learner.critic.parameters()) + list(enc.parameters()), lr=sac.critic_lr)
         self.pi_opt = torch.optim.Adam(learner.policy.actor.parameters(), lr=sac.actor_lr)
         self.target = copy.deepcopy(learner.critic).requires_grad_(False)
+        self.info: dict[str, float] = {}  # the last step's losses
 
     def step(self, b) -> dict[str, float]:
         learner, cfg, sac = self.learner, self.cfg, self.learner.cfg

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robot_rl.data.store import EpisodeStore
+from robot_rl.rl.nets import random_shift
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,6 @@ def frame_labels(store: EpisodeStore, rule: LabelRule = LabelRule(),
 # ---------------------------------------------------------------------------------------
 # the network
 # ---------------------------------------------------------------------------------------
-def random_shift(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Replicate-pad (B, C, H, W) images by ``pad`` px and crop each back to H x W at a
-    random integer offset (DrQ's augmentation)."""
-    b, c, h, w = x.shape
-    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    top = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
-    left = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
-    rows = (top + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (left + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return x[batch, chan, rows, cols]
-
-
 class RewardClassifier(nn.Module):
     """uint8 images ``{camera: (B, H, W, C)}`` -> success logits ``(B,)``.
 
