@@ -98,6 +98,13 @@ class Client:
         self.spin_until(lambda: self.sub_js.get_publisher_count() > 0
                         and all(p.get_subscription_count() > 0 for p in pubs), timeout, "robot_node to come up")
 
+    def wait_streaming(self, n: int = 5, timeout: float = 20.0):
+        """wait_ready, then until at least n joint states and n ee poses have arrived: a matched
+        publisher does not mean data is here yet (a loaded CI machine showed both lists empty
+        0.2 s after matching)."""
+        self.wait_ready(timeout)
+        self.spin_until(lambda: len(self.js) >= n and len(self.ee) >= n, timeout, f"{n} joint states and ee poses")
+
     def q(self) -> np.ndarray:
         return np.array(self.js[-1].position)
 
@@ -192,8 +199,7 @@ def test_joint_states_joint_command_and_trajectory(client_factory):
 def test_bad_commands_never_reach_the_twin(client_factory):
     with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50") as proc:
         c = client_factory(proc)
-        c.wait_ready()
-        c.spin(0.2)
+        c.wait_streaming()
         from robot_rl.ros import msgs
         nan_cmds = [
             lambda: c.joint_command({"shoulder_pan": float("nan"), "elbow_flex": 1.0}),
@@ -235,8 +241,7 @@ def test_watchdog_holds_when_commands_stop(client_factory):
     from geometry_msgs.msg import TwistStamped
     with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50", "--timeout", "0.25") as proc:
         c = client_factory(proc)
-        c.wait_ready()
-        c.spin(0.2)
+        c.wait_streaming()
         tw = TwistStamped()
         tw.twist.linear.z = 0.2  # 20 cm/s up (the servo lags: ee_delta is relative to the measured pose)
         z0 = c.ee[-1].pose.position.z
@@ -256,8 +261,7 @@ def test_estop_latches_and_releases(client_factory):
     from std_srvs.srv import SetBool
     with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50") as proc:
         c = client_factory(proc)
-        c.wait_ready()
-        c.spin(0.2)
+        c.wait_streaming()
         r = c.call(SetBool, "/robot/estop", data=True)
         assert r.success
         q0 = c.q()
