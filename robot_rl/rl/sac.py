@@ -333,6 +333,10 @@ class SACLearner:
         return float(loss.detach())
 
     # -- weights and checkpoints -----------------------------------------------------------
+    def init_kw(self) -> dict[str, Any]:
+        """Constructor arguments a subclass needs beyond (spec, low, high, cfg), for :meth:`load`."""
+        return {}
+
     def actor_state(self) -> dict[str, torch.Tensor]:
         """The weights an actor needs (encoder, actor, gripper critic), on CPU."""
         return {k: v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
@@ -349,31 +353,14 @@ class SACLearner:
 
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
         """Networks, optimiser moments, temperature and counters in one safetensors file."""
-        from safetensors.torch import save_file
-
-        tensors: dict[str, torch.Tensor] = {}
-        for name, mod in self.modules().items():
-            for k, v in mod.state_dict().items():
-                tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
-        opt_meta = {}
-        for name, opt in self.optimizers().items():
-            sd = opt.state_dict()
-            for pid, st in sd["state"].items():
-                for k, v in st.items():
-                    tensors[f"{name}.state.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-            opt_meta[name] = sd["param_groups"]
+        tensors, opt_meta = pack_state(self.modules(), self.optimizers())
         tensors["log_alpha"] = self.log_alpha.detach().cpu().reshape(1)
         meta = {"kind": "robot_rl.sac", "config": json.dumps(asdict(self.cfg)),
                 "obs_spec": json.dumps(self.policy.obs_spec), "updates": str(self.updates),
                 "low": json.dumps(self.policy.action_low.tolist()), "high": json.dumps(self.policy.action_high.tolist()),
-                "param_groups": json.dumps(opt_meta), "extra": json.dumps(dict(extra or {}))}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+                "param_groups": json.dumps(opt_meta), "extra": json.dumps(dict(extra or {})),
+                "init_kw": json.dumps(self.init_kw())}
+        write_safetensors_atomic(tensors, meta, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> tuple["SACLearner", dict[str, Any]]:
@@ -383,30 +370,66 @@ class SACLearner:
         if device:
             cfg.device = device
         spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in json.loads(meta["obs_spec"]).items()}
-        self = cls(spec, np.array(json.loads(meta["low"]), np.float32), np.array(json.loads(meta["high"]), np.float32), cfg)
-        for name, mod in self.modules().items():
-            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            mod.load_state_dict(sd)
-        groups = json.loads(meta["param_groups"])
-        for name, opt in self.optimizers().items():
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            pre = f"{name}.state."
-            for k, v in tensors.items():
-                if k.startswith(pre):
-                    pid, key = k[len(pre):].split(".", 1)
-                    state.setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
-            opt.load_state_dict({"state": state, "param_groups": groups[name]})
+        self = cls(spec, np.array(json.loads(meta["low"]), np.float32), np.array(json.loads(meta["high"]), np.float32), cfg,
+                   **json.loads(meta.get("init_kw", "{}")))
+        unpack_state(tensors, json.loads(meta["param_groups"]), self.modules(), self.optimizers(), self.device)
         with torch.no_grad():
             self.log_alpha.copy_(tensors["log_alpha"][0])
         self.updates = int(meta["updates"])
         return self, json.loads(meta.get("extra", "{}"))
 
 
+def pack_state(modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Module weights and optimiser moments as flat CPU tensors (``name.key``), plus the
+    optimisers' param groups (JSON-able)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, mod in modules.items():
+        for k, v in mod.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
+    groups = {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"{name}.state.{pid}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        groups[name] = sd["param_groups"]
+    return tensors, groups
+
+
+def unpack_state(tensors: Mapping[str, torch.Tensor], groups: Mapping[str, Any], modules: Mapping[str, nn.Module],
+                 optimizers: Mapping[str, torch.optim.Optimizer], device: torch.device) -> None:
+    """The inverse of :func:`pack_state`, into existing modules and optimisers."""
+    for name, mod in modules.items():
+        mod.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+    for name, opt in optimizers.items():
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        pre = f"{name}.state."
+        for k, v in tensors.items():
+            if k.startswith(pre):
+                pid, key = k[len(pre):].split(".", 1)
+                state.setdefault(int(pid), {})[key] = v.to(device) if key != "step" else v
+        opt.load_state_dict({"state": state, "param_groups": groups[name]})
+
+
+def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], path: str | Path) -> None:
+    """Write to a temporary name, fsync, rename: a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(dict(tensors), str(tmp), metadata=dict(meta))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 class CheckpointError(ValueError):
     """A learner or policy checkpoint that cannot be read (one line)."""
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(path: str | Path, kind: str = "robot_rl.sac") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors.torch import load_file
     from safetensors import safe_open
 
@@ -419,8 +442,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         tensors = load_file(str(p))
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{p}: not a safetensors checkpoint ({type(e).__name__}: {e})") from None
-    if meta.get("kind") != "robot_rl.sac":
-        raise CheckpointError(f"{p}: not an RL learner checkpoint (kind {meta.get('kind')!r})")
+    if meta.get("kind") != kind:
+        what = "an RL learner checkpoint" if kind == "robot_rl.sac" else f"a {kind} checkpoint"
+        raise CheckpointError(f"{p}: not {what} (kind {meta.get('kind')!r})")
     return tensors, meta
 
 
