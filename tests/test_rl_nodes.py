@@ -274,6 +274,8 @@ def test_cli_errors_are_one_line(ros_domain, tmp_path, capsys):
     from robot_rl.ros.rl_nodes import main
     cases = [(["learner", "--out", str(tmp_path / "l"), "--keys", "joint_pos,nope"], "no observation keys ['nope']"),
              (["learner", "--out", str(tmp_path / "l"), "--sac", "hiden=[3]"], "unknown SAC setting(s) ['hiden']"),
+             (["learner", "--out", str(tmp_path / "l"), "--offline", "stepz=1"], "unknown offline setting(s) ['stepz']"),
+             (["learner", "--out", str(tmp_path / "l2"), "--offline", "steps=5"], "offline.steps > 0 needs --demos"),
              (["actor", "--id", "a 0"], "actor id 'a 0'")]
     for args, msg in cases:
         assert main(["rl_nodes", *args]) == 2

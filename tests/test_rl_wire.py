@@ -427,6 +427,42 @@ def test_learner_trains_at_the_update_to_data_ratio_and_versions_never_go_back(t
     assert L3.counts["checkpoints"] == L3.updates // 5 >= 1
 
 
+def test_learner_pretrains_with_iql_once_and_resumes_online_iql(tmp_path, monkeypatch):
+    """The single-process recipe in the learner node: IQL on the demos at first start, then
+    online IQL at the online actor step; a restart neither pretrains again nor falls back to SAC."""
+    from robot_rl.rl import distributed
+    from robot_rl.rl.offline import OfflineConfig
+    from tests.policy_helpers import record_expert_store
+
+    store = record_expert_store(tmp_path / "d.zarr", "reach", episodes=2)
+    calls = {"pretrain": 0}
+    orig = distributed.pretrain_iql
+
+    def counting(*a, **k):
+        calls["pretrain"] += 1
+        return orig(*a, **k)
+
+    monkeypatch.setattr(distributed, "pretrain_iql", counting)
+    a = make_actor(batch_size=8, length=12, success_at=10)
+    off = OfflineConfig(steps=20, online="iql", online_actor_lr=1e-5, wsrl=False)
+    kw = dict(learning_starts=8, checkpoint_every=0, demos=str(store), offline=off)
+    L = make_learner(tmp_path, a, **kw)
+    assert calls["pretrain"] == 1 and L.iql is not None and L.counts["checkpoints"] == 1
+    assert L.updates == 0 and L.iql.pi_opt.param_groups[0]["lr"] == 1e-5
+    feed(a, L, 16)
+    assert L.train(5) == 5 and L.updates == 5 * SAC.utd and "v_loss" in L.last_info  # IQL steps, not SAC
+    L.checkpoint()
+    value = {k: v.clone() for k, v in L.iql.value.state_dict().items()}
+    L2 = make_learner(tmp_path, a, **kw)
+    assert calls["pretrain"] == 1 and L2.iql is not None and L2.updates == L.updates
+    assert all(torch.equal(value[k], v) for k, v in L2.iql.value.state_dict().items())
+    assert L2.iql.pi_opt.param_groups[0]["lr"] == 1e-5
+    with pytest.raises(ValueError, match="needs --demos"):
+        make_learner(tmp_path / "nodemos", a, offline=OfflineConfig(steps=5, online="iql", wsrl=False))
+    with pytest.raises(ValueError, match="single-process only"):
+        make_learner(tmp_path / "wsrl", a, demos=str(store), offline=OfflineConfig(steps=5, wsrl=True))
+
+
 def test_interventions_go_to_the_demo_buffer(tmp_path):
     a = make_actor(batch_size=5, length=100)
     L = make_learner(tmp_path, a)

@@ -40,6 +40,7 @@ import numpy as np
 
 from robot_rl.rl.human import HumanConfig, SimulatedHuman
 from robot_rl.rl.loop import DEFAULT_KEYS, RLConfig, env_obs_spec, make_rl_env
+from robot_rl.rl.offline import IQL, OfflineConfig, pretrain_iql
 from robot_rl.rl.replay import ReplayBuffer, ReplayLog, transitions_to_batch
 from robot_rl.rl.sac import PolicyNet, SACConfig, SACLearner
 from robot_rl.rl.wire import (WireError, pack_transitions, pack_weights, state_spec, unpack_transitions,
@@ -402,6 +403,9 @@ class LearnerConfig:
     checkpoint_every: int = 2000  # critic updates between checkpoints
     keep_segments: int | None = None  # replay log segments kept (None: all)
     sac: SACConfig = field(default_factory=SACConfig)
+    # IQL pretraining on the demos at first start (steps > 0), and online IQL updates instead
+    # of SAC (online='iql'), as in the single-process recipe; WSRL is single-process only
+    offline: OfflineConfig = field(default_factory=lambda: OfflineConfig(steps=0, online="sac", wsrl=False))
 
     def rl_config(self) -> RLConfig:
         return RLConfig(task=self.task, robot=self.robot, keys=list(self.keys), cameras=list(self.cameras),
@@ -525,6 +529,32 @@ class LearnerCore:
         self._next_ckpt = (self.learner.updates // cfg.checkpoint_every + 1) * cfg.checkpoint_every \
             if cfg.checkpoint_every > 0 else math.inf
         self._online_view = _Locked(self.online, self.buf_lock)
+        self.iql: IQL | None = None
+        self._start_iql(ckpt.exists())
+
+    def _start_iql(self, resumed: bool) -> None:
+        off = self.cfg.offline
+        if off.wsrl:
+            raise ValueError("offline.wsrl is single-process only (robot-rl rl); the learner node keeps its demos")
+        if off.online not in ("sac", "iql"):
+            raise ValueError(f"offline.online must be 'sac' or 'iql', got {off.online!r}")
+        iql_file = self.out / "iql.safetensors"
+        if resumed:  # the pretraining happened before the first checkpoint; online IQL resumes
+            if off.online == "iql" and iql_file.exists():
+                self.iql = IQL(self.learner, off).load(iql_file)
+            return
+        if off.steps > 0:
+            if self.demos is None:
+                raise ValueError("offline.steps > 0 needs --demos (IQL pretrains on them)")
+            iql = pretrain_iql(self.learner, self.demos, off)
+            if off.online == "iql":
+                self.iql = iql
+                if off.online_actor_lr is not None:
+                    for g in iql.pi_opt.param_groups:
+                        g["lr"] = off.online_actor_lr
+            self.checkpoint()  # a restart does not pretrain again
+        elif off.online == "iql":
+            self.iql = IQL(self.learner, off)  # online IQL from scratch
 
     # -- ingest ------------------------------------------------------------------------------
     def receive(self, data: bytes) -> Ack | None:
@@ -604,8 +634,15 @@ class LearnerCore:
                 self.stats_set = True
             demos = _Locked(self.demos, self.buf_lock) if self.demos is not None else None
             with self.train_lock:
-                self.last_info = self.learner.update(self._online_view, demos,
-                                                     intervention_penalty=self.cfg.intervention_penalty)
+                if self.iql is not None:
+                    for _ in range(self.learner.cfg.utd):
+                        b = self.learner.sample(self._online_view, demos)
+                        if self.cfg.intervention_penalty:
+                            b["reward"] = b["reward"] - self.cfg.intervention_penalty * b["intervened"]
+                        self.last_info = self.iql.step(b)
+                else:
+                    self.last_info = self.learner.update(self._online_view, demos,
+                                                         intervention_penalty=self.cfg.intervention_penalty)
             self.update_calls += 1
             done += 1
             if self.learner.updates >= self._next_ckpt:
@@ -637,6 +674,8 @@ class LearnerCore:
         """Learner networks, optimisers and counters (the replay log is durable already)."""
         path = self.out / self.CKPT
         with self.train_lock:
+            if self.iql is not None:  # first: a learner checkpoint always has its IQL state beside it
+                self.iql.save(self.out / "iql.safetensors")
             self.learner.save(path, {"update_calls": self.update_calls, "stats_set": self.stats_set,
                                      "published": self.published, "transitions": self.online.transitions})
             self._next_ckpt = self.learner.updates + self.cfg.checkpoint_every if self.cfg.checkpoint_every > 0 \

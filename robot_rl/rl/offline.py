@@ -11,13 +11,14 @@ pretrained policy and then keeps no offline data.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 
 import torch
 
 from robot_rl.rl.nets import EnsembleCritic
 from robot_rl.rl.replay import ReplayBuffer
-from robot_rl.rl.sac import SACLearner
+from robot_rl.rl.sac import SACLearner, pack_state, read_checkpoint, unpack_state, write_safetensors_atomic
 
 
 @dataclass
@@ -86,6 +87,23 @@ class IQL:
         learner.updates += 1
         return {"v_loss": float(v_loss.detach()), "q_loss": float(q_loss.detach()),
                 "pi_loss": float(pi_loss.detach()), "q": float(q_t.mean())}
+
+    def save(self, path) -> None:
+        """The IQL-only state (value network, critic target, optimisers) next to the learner's
+        checkpoint, so that online IQL resumes as it was."""
+        tensors, groups = pack_state(self.modules(), self.optimizers())
+        write_safetensors_atomic(tensors, {"kind": "robot_rl.iql", "param_groups": json.dumps(groups)}, path)
+
+    def load(self, path) -> "IQL":
+        tensors, meta = read_checkpoint(path, kind="robot_rl.iql")
+        unpack_state(tensors, json.loads(meta["param_groups"]), self.modules(), self.optimizers(), self.learner.device)
+        return self
+
+    def modules(self):
+        return {"value": self.value, "target": self.target}
+
+    def optimizers(self):
+        return {"v_opt": self.v_opt, "q_opt": self.q_opt, "pi_opt": self.pi_opt}
 
     def sync_targets(self) -> None:
         """Start SAC from the pretrained critics: copy them into the learner's targets."""

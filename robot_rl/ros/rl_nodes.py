@@ -294,19 +294,34 @@ def _list(s: str) -> list[str]:
     return [x for x in (w.strip() for w in s.split(",")) if x and x != "none"]
 
 
-def _sac(pairs: list[str]):
-    """``--sac hidden=[64,64] --sac utd=4`` -> SACConfig."""
-    from robot_rl.rl.sac import SACConfig
+def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (values parsed as JSON when they are) -> dict."""
     d: dict[str, Any] = {}
     for kv in pairs:
         k, sep, v = kv.partition("=")
         if not sep or not k:
-            raise ValueError(f"--sac expects key=value, got {kv!r}")
+            raise ValueError(f"{flag} expects key=value, got {kv!r}")
         try:
             d[k] = json.loads(v)
         except ValueError:
             d[k] = v
-    return SACConfig.from_dict(d)
+    return d
+
+
+def _sac(pairs: list[str]):
+    """``--sac hidden=[64,64] --sac utd=4`` -> SACConfig."""
+    from robot_rl.rl.sac import SACConfig
+    return SACConfig.from_dict(_pairs(pairs, "--sac"))
+
+
+def _offline(pairs: list[str]):
+    """``--offline steps=2000 --offline online=iql`` -> OfflineConfig (learner defaults: no
+    pretraining, SAC online, no WSRL)."""
+    from robot_rl.rl.offline import OfflineConfig
+    from robot_rl.rl.sac import check_fields
+    d = {"steps": 0, "online": "sac", "wsrl": False, **_pairs(pairs, "--offline")}
+    check_fields(OfflineConfig, d, "offline")
+    return OfflineConfig(**d)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -342,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--keep-segments", type=int, default=None, help="replay log segments kept (default: all)")
     lp.add_argument("--intervention-penalty", type=float, default=0.0)
     lp.add_argument("--no-interventions-to-demos", dest="interventions_to_demos", action="store_false")
+    lp.add_argument("--offline", action="append", default=[], metavar="KEY=VALUE",
+                    help="IQL: --offline steps=2000 (pretrain on --demos at first start) --offline online=iql "
+                         "--offline online_actor_lr=3e-5 (the single-process recipe)")
     lp.add_argument("--device", default=None, help="torch device (default: cuda when present)")
     lp.add_argument("--no-train", dest="train", action="store_false",
                     help="only receive and log (transport benchmarks)")
@@ -416,7 +434,7 @@ def main_learner(args, argv) -> int:
                             learning_starts=args.learning_starts, updates_per_transition=args.updates_per_transition,
                             interventions_to_demos=args.interventions_to_demos,
                             intervention_penalty=args.intervention_penalty, checkpoint_every=args.checkpoint_every,
-                            keep_segments=args.keep_segments, sac=sac)
+                            keep_segments=args.keep_segments, sac=sac, offline=_offline(args.offline))
         core = LearnerCore(cfg)
     except (ValueError, KeyError, OSError) as e:  # ReplayError, CheckpointError, SpecError: one line
         print(f"{prog}: {e}", file=sys.stderr)
