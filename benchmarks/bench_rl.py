@@ -5,7 +5,9 @@ two at a time (2 cores), 3 seeds each:
   pick_hil  the same with the simulated human (intervention budget 10%)
   sb3       Stable-Baselines3 SAC on the same env, no demonstrations (the usual baseline)
   steer     noise-space RL fine-tuning (DSRL) of a diffusion policy trained 600 steps
-  steer3    the same from a policy trained 400 steps (15% with Gaussian noise, 60% at zero noise)
+  steer3    the same from a policy trained 400 steps (10% with Gaussian noise, 47% at zero noise)
+  steer_na  steer3's policy with noise aliasing (DSRL-NA): a critic over executed chunks that also
+            learns from the 20 demos teaches the noise critic; exploration std 0.05
   speed     learner gradient updates/s at batch 256, state and 96x96 image
 
     cd benchmarks && ../scripts/isolated.sh ../.venv/bin/python bench_rl.py [--only pick,sb3] [--seeds 3]
@@ -50,6 +52,11 @@ CONFIGS = {
                "learning_starts": 200, "steer": {"checkpoint": str(UNDER3)},
                "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05,
                        "actor_l2": 0.3}},
+    "steer_na": {"task": "pick_cube", "env_steps": 20_000, "eval_every": 2000, "eval_episodes": 30,
+                 "learning_starts": 200, "demos": str(DEMOS), "demo_episodes": 20,
+                 "steer": {"checkpoint": str(UNDER3), "aliased": True, "bank": 16, "explore_std": 0.05},
+                 "sac": {"n_critics": 2, "utd": 2, "gamma": 0.9, "bc_weight": 0.0, "init_temperature": 0.05,
+                         "actor_l2": 0.0}},
 }
 SB3_STEPS = 6_000
 
@@ -187,6 +194,10 @@ def load_runs(name: str, seeds: int) -> list[dict]:
     return out
 
 
+def pct(x) -> str:
+    return "" if x is None else f"{100 * x:.0f}"
+
+
 def mean_curve(runs: list[dict]) -> list[dict]:
     n = min(len(r["curve"]) for r in runs)
     return [{k: float(np.mean([r["curve"][i].get(k, 0.0) for r in runs])) for k in runs[0]["curve"][i]}
@@ -205,7 +216,7 @@ def main() -> None:
     only = args.only.split(",")
     budget = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",") if kv)}
     jobs: list[tuple[str, dict | str]] = []
-    for name in ("pick", "pick_hil", "steer", "steer3"):
+    for name in ("pick", "pick_hil", "steer", "steer3", "steer_na"):
         if name in only:
             for s in range(args.seed_from, args.seeds):
                 cfg = {**CONFIGS[name], "seed": s, "out": str(RUNS / f"{name}_s{s}")}
@@ -227,10 +238,10 @@ def main() -> None:
         res["updates_per_s"] = speed
         print_table([{"config": k, "updates/s": round(v, 1)} for k, v in speed.items()], ["config", "updates/s"],
                     "learner gradient updates/s, batch 256 (this CPU)")
-    rows, curves = [], {}
+    rows, curves, steer_rows = [], {}, []
     from robot_rl.rl.curves import plot_curves
 
-    for name in ("pick", "pick_hil", "sb3", "steer", "steer3"):
+    for name in ("pick", "pick_hil", "sb3", "steer", "steer3", "steer_na"):
         runs = load_runs(name, args.seeds)
         if not runs:
             continue
@@ -243,7 +254,13 @@ def main() -> None:
         base = [r["summary"].get("base_success") for r in runs]
         m = {"seeds": len(runs), "steps_to_90": to90, "best_success": best, "final_success": final, "start_success": first,
              "min_first_5000": early, "intervention_rate": interv, "base_success": base,
+             "base_zero_noise_success": [r["summary"].get("base_zero_noise_success") for r in runs],
              "final_env_steps": [r["summary"]["env_steps"] for r in runs]}
+        if name.startswith("steer"):
+            steer_rows += [{"method": name, "seed": i, "Gaussian noise": pct(r["summary"].get("base_success")),
+                            "zero noise": pct(r["summary"].get("base_zero_noise_success")),
+                            **{f"{x['env_steps'] // 1000}k": pct(x["success"]) for x in r["curve"]},
+                            "to 90%": r["summary"].get("steps_to_90")} for i, r in enumerate(runs)]
         res["methods"][name] = m
         curves[name] = mean_curve(runs)
         reached = [x for x in to90 if x is not None]
@@ -254,13 +271,17 @@ def main() -> None:
                      "env steps to 90%": f"{np.mean(reached):.0f} ({len(reached)}/{len(runs)})" if reached
                      else "not reached",
                      "intervened %": f"{100 * np.mean(interv):.1f}"})
+    if steer_rows:
+        cols = list(dict.fromkeys(k for r in steer_rows for k in r))
+        print_table(steer_rows, cols, "noise-space fine-tuning: base policy and steered success (%) per seed")
     if rows:
         print_table(rows, ["method", "seeds", "start", "min first 5k", "final", "env steps to 90%", "intervened %"],
                     "online RL, pick_cube (mean of seeds; success in % over 30 held-out episodes)")
         plot_curves({k: v for k, v in curves.items() if not k.startswith("steer")}, RESULTS / "rl_pick_cube.png",
                     title="pick_cube, state, sparse reward: mean of 3 seeds", target=TARGET)
-        steer = {f"{k} ({'400' if k == 'steer3' else '600'} BC steps)": v for k, v in curves.items()
-                 if k.startswith("steer")}
+        label = {"steer": "DSRL, 600 BC steps", "steer3": "DSRL, 400 BC steps",
+                 "steer_na": "DSRL-NA + demos, 400 BC steps"}
+        steer = {label[k]: v for k, v in curves.items() if k.startswith("steer")}
         if steer:
             plot_curves(steer, RESULTS / "rl_steer.png",
                         title="noise-space fine-tuning of under-trained diffusion policies", target=TARGET)

@@ -17,8 +17,10 @@ asynchronous chunk queue; success rate and query-latency percentiles are printed
 
 Stage 6: online RL with simulated interventions improves the deployed policy without
 retraining it: an off-policy actor learns to choose the diffusion policy's initial noise
-(noise-space steering, DSRL) while the scripted expert, as a simulated human with a 10%
-budget, takes over when the arm drifts from it (intervened steps are penalised, RLIF).
+(noise-space steering with noise aliasing, DSRL-NA: a critic over executed chunks, which
+also learns from the stage-1 demonstrations, teaches the noise critic) while the scripted
+expert, as a simulated human with a 10% budget, takes over when the arm drifts from it
+(intervened steps are penalised, RLIF).
 Success before (the policy's own Gaussian noise) and after is printed, with the curves.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
@@ -182,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             rl_dir = out / f"rl_steer_{args.task}"
             if rl_dir.exists():
                 shutil.rmtree(rl_dir)
-            rl_args = ["rl", f"task={args.task}", f"robot={args.robot}", f"steer.checkpoint={ck}", "hil=true",
+            # DSRL-NA: the critic over chunks also learns from the demonstrations recorded in stage 1
+            rl_args = ["rl", f"task={args.task}", f"robot={args.robot}", f"steer.checkpoint={ck}", "steer.aliased=true",
+                       "steer.explore_std=0.05", f"demos={store_path}", "hil=true",
                        "intervention_penalty=0.1", f"env_steps={args.rl_steps}", f"eval_every={args.rl_steps}",
                        f"eval_episodes={args.rl_eval_episodes}", "learning_starts=200", "sac.utd=2",
-                       "sac.gamma=0.9", "sac.bc_weight=0.0", "sac.init_temperature=0.05", "sac.actor_l2=1.0",
+                       "sac.gamma=0.9", "sac.bc_weight=0.0", "sac.init_temperature=0.05", "sac.actor_l2=0.0",
                        "offline.steps=0", f"out={rl_dir}"]
             print("  robot-rl " + " ".join(rl_args))
             if cli(rl_args) != 0:

@@ -46,3 +46,20 @@ def actions_in_fresh_process(checkpoint: Path, obs: dict, seed: int | None = Non
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return np.array(json.loads(r.stdout))
+
+
+def tiny_diffusion(store: Path, seed: int = 0):
+    """An untrained, small diffusion policy normalised on `store` (horizon 8, 4 actions
+    executed, 4 DDIM steps): fast enough for steering tests."""
+    import torch
+
+    from robot_rl.policies.common.normalizer import Normalizer
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+
+    with EpisodeStore.open(store) as st:
+        norm = Normalizer.from_store(st, KEYS + ["action"])
+        dims = {k: st.schema[k].shape[0] for k in KEYS}
+    torch.manual_seed(seed)
+    return DiffusionPolicy(DiffusionConfig(state_keys=KEYS, state_dims=dims, action_dim=7, n_obs_steps=2, horizon=8,
+                                           n_action_steps=4, down_dims=[16, 32], feature_dim=16, step_embed_dim=16,
+                                           num_train_timesteps=20, num_inference_steps=4), norm)

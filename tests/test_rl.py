@@ -11,7 +11,7 @@ import torch
 
 from robot_rl.rl.replay import ReplayBuffer, ReplayError, ReplayLog, transitions_to_batch
 from robot_rl.rl.sac import CheckpointError, SACConfig, SACLearner, policy_from_checkpoint
-from tests.policy_helpers import KEYS, record_expert_store
+from tests.policy_helpers import KEYS, record_expert_store, tiny_diffusion
 
 SPEC = {"x": ((3,), np.float32), "image_front": ((8, 8, 3), np.uint8)}
 
@@ -274,21 +274,11 @@ def test_rl_cli_trains_and_reports(tmp_path):
 def test_noise_steering_env_maps_noise_to_the_policys_chunks(tmp_path):
     """Same noise -> same chunk (deterministic DDIM); a step executes n_exec actions and
     reports them; a drifting policy gets taken over and the decision is tagged."""
-    from robot_rl.data import EpisodeStore
-    from robot_rl.policies.common.normalizer import Normalizer
-    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
     from robot_rl.rl.human import HumanConfig, SimulatedHuman
     from robot_rl.rl.steer import NoiseSteeringEnv
     from robot_rl.sim import make_env
 
-    store = record_expert_store(tmp_path / "d.zarr", "pick_cube", episodes=2)
-    with EpisodeStore.open(store) as st:
-        norm = Normalizer.from_store(st, KEYS + ["action"])
-        dims = {k: st.schema[k].shape[0] for k in KEYS}
-    torch.manual_seed(0)
-    pol = DiffusionPolicy(DiffusionConfig(state_keys=KEYS, state_dims=dims, action_dim=7, n_obs_steps=2, horizon=8,
-                                          n_action_steps=4, down_dims=[16, 32], feature_dim=16, step_embed_dim=16,
-                                          num_train_timesteps=20, num_inference_steps=4), norm)
+    pol = tiny_diffusion(record_expert_store(tmp_path / "d.zarr", "pick_cube", episodes=2))
     env = make_env("pick_cube", "so101", reward_type="sparse")
     human = SimulatedHuman(env, HumanConfig(threshold=0.0, patience=1, takeover_steps=6, budget=1.0))
     senv = NoiseSteeringEnv(env, pol, KEYS, noise_bound=1.5, human=None)
@@ -340,10 +330,21 @@ def test_offline_to_online_with_iql_updates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(off.IQL, "step", step)
     store = record_expert_store(tmp_path / "d.zarr", "reach", episodes=2)
-    s = run_online(RLConfig.from_dict({
-        "task": "reach", "demos": str(store), "env_steps": 150, "eval_every": 150, "eval_episodes": 1,
-        "learning_starts": 50, "out": str(tmp_path / "run"), "progress": False,
-        "offline": {"steps": 30, "wsrl": False, "online": "iql", "online_actor_lr": 1e-5},
-        "sac": {"hidden": [16, 16], "batch_size": 16}}))
+    d = {"task": "reach", "demos": str(store), "env_steps": 150, "eval_every": 150, "eval_episodes": 1,
+         "learning_starts": 50, "out": str(tmp_path / "run"), "progress": False,
+         "offline": {"steps": 30, "wsrl": False, "online": "iql", "online_actor_lr": 1e-5},
+         "sac": {"hidden": [16, 16], "batch_size": 16}}
+    s = run_online(RLConfig.from_dict(d))
     assert seen["n"] == 30 + 101 and seen["lr"] == 1e-5
     assert s["updates"] == 101 and "offline" in s
+    # resume: online IQL goes on with its own value net and optimisers (not SAC updates)
+    saved = off.IQL(SACLearner.load(tmp_path / "run" / "learner.safetensors")[0], off.OfflineConfig())
+    saved.load(tmp_path / "run" / "iql.safetensors")
+    s2 = run_online(RLConfig.from_dict({**d, "env_steps": 200, "resume": True}))
+    assert seen["n"] == 30 + 101 + 50 and seen["lr"] == 1e-5 and s2["updates"] == 151
+    after = off.IQL(SACLearner.load(tmp_path / "run" / "learner.safetensors")[0], off.OfflineConfig())
+    after.load(tmp_path / "run" / "iql.safetensors")
+    v0, v1 = saved.value.state_dict(), after.value.state_dict()
+    assert any(not torch.equal(v0[k], v1[k]) for k in v0)  # the value net kept training from where it was
+    with pytest.raises(CheckpointError, match="not a robot_rl.iql checkpoint"):
+        saved.load(tmp_path / "run" / "learner.safetensors")

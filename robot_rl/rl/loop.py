@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from robot_rl.rl.curves import CurveLog, plot_curves
 from robot_rl.rl.human import HumanConfig, SimulatedHuman
-from robot_rl.rl.offline import OfflineConfig, pretrain_iql
+from robot_rl.rl.offline import IQL, OfflineConfig, pretrain_iql
 from robot_rl.rl.replay import ReplayBuffer
 from robot_rl.rl.sac import SACConfig, SACLearner, check_fields
 
@@ -33,6 +33,10 @@ class SteerConfig:
     noise_bound: float = 1.5
     n_exec: int | None = None  # executed actions per chunk (default: the policy's n_action_steps)
     num_inference_steps: int | None = None
+    explore_std: float | None = None  # start (and keep, via the entropy target) this exploration std per noise entry
+    aliased: bool = False  # DSRL-NA: a critic over executed chunks teaches the noise critic (dsrl.py)
+    bank: int = 16  # with aliased: random noises sampled per decision for the noise critic's targets
+    bank_capacity: int = 200_000
 
 
 @dataclass
@@ -150,30 +154,57 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         base = load_diffusion(cfg.steer.checkpoint)
         kw = dict(noise_bound=cfg.steer.noise_bound, n_exec=cfg.steer.n_exec,
                   num_inference_steps=cfg.steer.num_inference_steps)
-        env = NoiseSteeringEnv(env, base, keys, human=human, **kw)
+        env = NoiseSteeringEnv(env, base, keys, human=human, bank=cfg.steer.bank if cfg.steer.aliased else 0,
+                               seed=cfg.seed, **kw)
         eval_env = NoiseSteeringEnv(eval_env, base, keys, **kw)
-        if cfg.demos:
-            raise ValueError("demos= cannot be used with steer.checkpoint (the learner acts in noise space)")
+        if cfg.demos and not cfg.steer.aliased:
+            raise ValueError("demos= with steer.checkpoint needs steer.aliased=true (the critic over chunks "
+                             "learns from demonstrations; the noise critic cannot)")
     spec = env_obs_spec(env, keys)
     low, high = env.action_space.low, env.action_space.high
     ckpt, buf_file, demo_file = out / "learner.safetensors", out / "online.safetensors", out / "demos.safetensors"
+    aliased = steer and cfg.steer.aliased
+    learner_cls, learner_kw, stored_dim, bank = SACLearner, {}, len(low), None
+    if aliased:  # replay rows hold [noise, executed chunk]; a bank of (noise, chunk) pairs
+        from robot_rl.rl.dsrl import AliasedNoiseLearner, NoiseBank
+
+        learner_cls, learner_kw = AliasedNoiseLearner, {"chunk_dim": env.chunk_dim}
+        stored_dim = len(low) + env.chunk_dim
+        bank_file = out / "bank.safetensors"
     t_start = time.monotonic()
     step0, wall0 = 0, 0.0
     summary: dict[str, Any] = {"reached": None}
     warmup = cfg.learning_starts
-    online_iql = None
+    online_iql: IQL | None = None
     if cfg.resume and ckpt.exists():
-        learner, extra = SACLearner.load(ckpt)
+        learner, extra = learner_cls.load(ckpt)
         online = ReplayBuffer.load(buf_file, capacity=cfg.capacity, seed=cfg.seed)
+        if aliased:
+            bank = NoiseBank.load(bank_file, cfg.steer.bank_capacity, seed=cfg.seed + 2)
+        if (out / "iql.safetensors").exists():  # online IQL continues with its value net and optimisers
+            online_iql = IQL(learner, cfg.offline).load(out / "iql.safetensors")
         demos = ReplayBuffer.load(demo_file, seed=cfg.seed + 1) if demo_file.exists() else None
         step0, wall0 = int(extra["env_steps"]), float(extra["wall_s"])
     else:
-        learner = SACLearner(spec, low, high, cfg.sac, seed=cfg.seed)
+        sac_cfg = cfg.sac
+        if steer and cfg.steer.explore_std is not None and sac_cfg.target_entropy is None:
+            # keep exploring at about explore_std: the entropy of that Gaussian per noise entry
+            sac_cfg = replace(sac_cfg, target_entropy=len(low) * float(
+                np.log(cfg.steer.explore_std) + 0.5 * np.log(2 * np.pi * np.e)))
+        learner = learner_cls(spec, low, high, sac_cfg, seed=cfg.seed, **learner_kw)
         if steer:  # start at the sampler's mode: a zero mean noise whatever the observation
-            learner.policy.actor.zero_mean_()
-        online = ReplayBuffer(spec, len(low), cfg.capacity, seed=cfg.seed)
+            learner.policy.actor.zero_mean_(cfg.steer.explore_std)
+        online = ReplayBuffer(spec, stored_dim, cfg.capacity, seed=cfg.seed)
+        if aliased:
+            bank = NoiseBank(spec, len(low), env.chunk_dim, cfg.steer.bank_capacity, seed=cfg.seed + 2)
         demos = None
-        if cfg.demos:
+        if cfg.demos and aliased:  # demonstrations as decisions for the critic over chunks
+            demos, rows = env.demo_decisions(cfg.demos, cfg.demo_episodes, seed=cfg.seed + 1)
+            for o, w, c in rows:
+                bank.add(o, w, c)
+            summary["demo_decisions"] = demos.transitions
+            learner.set_obs_stats(demos)
+        elif cfg.demos:
             demos = ReplayBuffer.from_store(cfg.demos, keys, max_episodes=cfg.demo_episodes, seed=cfg.seed + 1,
                                             capacity=cfg.capacity,
                                             successful_only=cfg.offline.successful_only or not cfg.offline.steps)
@@ -244,7 +275,11 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         step += int(info.get("env_steps", 1))
         intervened = intervened or bool(info.get("intervened", False))
         no = _pick(nobs, keys)
-        online.add(o, a, r, no, term, trunc, intervened)
+        if bank is not None:
+            bank.add(o, info["bank_noise"], info["bank_chunk"])
+            online.add(o, np.concatenate([a, info["executed_chunk"]]), r, no, term, trunc, intervened)
+        else:
+            online.add(o, a, r, no, term, trunc, intervened)
         if intervened and demos is not None and cfg.interventions_to_demos:
             demos.add(o, a, r, no, term, trunc or not loop_human.left, True)
         obs = nobs
@@ -263,6 +298,8 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
             if online_iql is not None:
                 for _ in range(cfg.sac.utd):
                     last_info = online_iql.step(learner.sample(online, demos))
+            elif bank is not None:
+                last_info = learner.update(online, demos, intervention_penalty=cfg.intervention_penalty, bank=bank)
             else:
                 last_info = learner.update(online, demos, intervention_penalty=cfg.intervention_penalty)
         if pbar:
@@ -276,10 +313,10 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
                 summary["reached"] = step
                 break
         if step // cfg.checkpoint_every > prev // cfg.checkpoint_every:
-            save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start)
+            save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start, bank, online_iql)
     if pbar:
         pbar.close()
-    save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start)
+    save_state(learner, online, demos, out, step, wall0 + time.monotonic() - t_start, bank, online_iql)
     env.close()
     eval_env.close()
     rows = log.rows
@@ -294,9 +331,14 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
 
 
 def save_state(learner: SACLearner, online: ReplayBuffer, demos: ReplayBuffer | None, out: Path,
-               step: int, wall_s: float) -> None:
-    """Learner checkpoint + buffers, each written atomically; resume with ``resume=true``."""
+               step: int, wall_s: float, bank=None, iql: IQL | None = None) -> None:
+    """Learner checkpoint + buffers (+ the noise bank, online IQL's own state), each written
+    atomically; resume with ``resume=true``."""
     online.save(out / "online.safetensors")
+    if iql is not None:
+        iql.save(out / "iql.safetensors")
+    if bank is not None:
+        bank.save(out / "bank.safetensors")
     if demos is not None:
         demos.save(out / "demos.safetensors")
     learner.save(out / "learner.safetensors", {"env_steps": step, "wall_s": wall_s})

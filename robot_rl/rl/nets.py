@@ -144,12 +144,18 @@ class TanhGaussianActor(nn.Module):
         return self.loc + self.scale * a, logp
 
     @torch.no_grad()
-    def zero_mean_(self) -> None:
-        """Make the mean action the centre of the box for every input (the standard
-        deviation keeps its initialisation)."""
+    def zero_mean_(self, std: float | None = None) -> None:
+        """Make the mean action the centre of the box for every input. ``std``: also start
+        the exploration at this standard deviation (in action units, at the centre) for
+        every input; None keeps the initialisation."""
         n = self.act_dim
         self.head.weight[:n].zero_()
         self.head.bias[:n].zero_()
+        if std is not None:
+            lo, hi = self.log_std_range
+            log_std = torch.log(torch.as_tensor(std, dtype=torch.float32) / self.scale).clamp(lo + 1e-3, hi - 1e-3)
+            self.head.weight[n:].zero_()
+            self.head.bias[n:] = torch.atanh(2 * (log_std - lo) / (hi - lo) - 1)
 
     def bc_error(self, z: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Per-sample squared error of the mean action to ``action`` (after the tanh: measured
