@@ -492,8 +492,14 @@ def test_rl_graph():
     assert nodes[0].required and nodes[0].args[:3] == ("learner", "--out", "runs/x")
     assert all(n.respawn and not n.required for n in nodes[1:])
     assert nodes[2].args[:3] == ("actor", "--id", "a1") and "--rate" in nodes[2].args and "sim" in nodes[2].args
+    assert "--offline" not in nodes[0].args  # no demos: plain SAC
+    with_demos = GRAPHS["rl"].nodes({"demos": "data/d.zarr"})[0].args
+    assert "--demos" in with_demos and "online=iql" in with_demos  # demos: the IQL recipe
+    assert "--offline" not in GRAPHS["rl"].nodes({"demos": "data/d.zarr", "iql": "false"})[0].args
     with pytest.raises(KeyError, match="actors"):
         GRAPHS["rl"].nodes({"actors": "two"})
+    with pytest.raises(KeyError, match="iql must be"):
+        GRAPHS["rl"].nodes({"iql": "yes"})
     from robot_rl.ros.rl_nodes import build_parser
-    for n in nodes:  # the arguments the graph passes are the ones the nodes take
+    for n in nodes + GRAPHS["rl"].nodes({"demos": "d.zarr"}):  # the arguments the graph passes are the ones the nodes take
         build_parser().parse_args(list(n.args))

@@ -164,6 +164,11 @@ def _rl(p: dict[str, str]) -> list[NodeDef]:
     learner = ["learner", "--out", p["out"], *obs]
     if p["demos"]:
         learner += ["--demos", p["demos"]]
+    iql = p.get("iql", "auto")
+    if iql not in ("auto", "true", "false"):
+        raise KeyError(f"graph 'rl': iql must be auto, true or false, got {iql!r}")
+    if iql == "true" or (iql == "auto" and p["demos"]):  # the recipe robot-rl rl uses: IQL offline, then online
+        learner += ["--offline", "steps=2000", "--offline", "online=iql", "--offline", "online_actor_lr=3e-5"]
     nodes = [NodeDef("learner", "robot_rl.ros.rl_nodes", tuple(learner))]
     for i in range(n):
         actor = ["actor", "--id", f"a{i}", *obs, "--human", p["human"]]
@@ -178,5 +183,5 @@ def _rl(p: dict[str, str]) -> list[NodeDef]:
 GRAPHS["rl"] = Graph(
     "rl", "online RL split over ROS 2: a learner (replay log, SAC, weights) + N actors streaming twin transitions "
     "(docs/rl_distributed.md)",
-    {**_COMMON, "cameras": "none", "out": "runs/rl_dist", "actors": "1", "human": "none", "demos": ""},
+    {**_COMMON, "cameras": "none", "out": "runs/rl_dist", "actors": "1", "human": "none", "demos": "", "iql": "auto"},
     _rl)
