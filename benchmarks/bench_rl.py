@@ -259,7 +259,7 @@ def main() -> None:
         if name.startswith("steer"):
             steer_rows += [{"method": name, "seed": i, "Gaussian noise": pct(r["summary"].get("base_success")),
                             "zero noise": pct(r["summary"].get("base_zero_noise_success")),
-                            **{f"{x['env_steps'] // 1000}k": pct(x["success"]) for x in r["curve"]},
+                            **{f"{round(x['env_steps'] / 1000)}k": pct(x["success"]) for x in r["curve"]},
                             "to 90%": r["summary"].get("steps_to_90")} for i, r in enumerate(runs)]
         res["methods"][name] = m
         curves[name] = mean_curve(runs)
@@ -272,7 +272,8 @@ def main() -> None:
                      else "not reached",
                      "intervened %": f"{100 * np.mean(interv):.1f}"})
     if steer_rows:
-        cols = list(dict.fromkeys(k for r in steer_rows for k in r))
+        steps = sorted({k for r in steer_rows for k in r if k.endswith("k") and k[:-1].isdigit()}, key=lambda k: int(k[:-1]))
+        cols = ["method", "seed", "Gaussian noise", "zero noise", *steps, "to 90%"]
         print_table(steer_rows, cols, "noise-space fine-tuning: base policy and steered success (%) per seed")
     if rows:
         print_table(rows, ["method", "seeds", "start", "min first 5k", "final", "env steps to 90%", "intervened %"],

@@ -134,6 +134,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "5/6 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
     rl = json.loads((tmp_path / "rl_steer_pick_cube" / "summary.json").read_text())
     assert rl["env_steps"] >= 300 and rl["updates"] > 0 and 0 <= rl["base_success"] <= 1
+    assert rl["demo_decisions"] > 0 and (tmp_path / "rl_steer_pick_cube" / "bank.safetensors").exists()  # DSRL-NA
     assert "success before online RL" in r.stdout and (tmp_path / "rl_steer_pick_cube" / "curve.png").exists()
 
 
