@@ -636,10 +636,8 @@ class LearnerCore:
             with self.train_lock:
                 if self.iql is not None:
                     for _ in range(self.learner.cfg.utd):
-                        b = self.learner.sample(self._online_view, demos)
-                        if self.cfg.intervention_penalty:
-                            b["reward"] = b["reward"] - self.cfg.intervention_penalty * b["intervened"]
-                        self.last_info = self.iql.step(b)
+                        self.last_info = self.iql.step(self.learner.sample_penalised(
+                            self._online_view, demos, self.cfg.intervention_penalty))
                 else:
                     self.last_info = self.learner.update(self._online_view, demos,
                                                          intervention_penalty=self.cfg.intervention_penalty)

@@ -31,7 +31,7 @@ import torch
 
 from robot_rl.rl.nets import EnsembleCritic
 from robot_rl.rl.replay import ReplayBuffer, ReplayError
-from robot_rl.rl.sac import SACConfig, SACLearner, write_safetensors_atomic
+from robot_rl.rl.sac import CheckpointError, SACConfig, SACLearner, read_checkpoint, write_safetensors_atomic
 
 
 class NoiseBank:
@@ -87,17 +87,11 @@ class NoiseBank:
 
     @classmethod
     def load(cls, path: str | Path, capacity: int = 200_000, seed: int = 0) -> "NoiseBank":
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
-
         try:
-            with safe_open(str(path), "np") as f:
-                meta = dict(f.metadata() or {})
-            arrays = load_file(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise ReplayError(f"{path}: not a noise bank ({type(e).__name__}: {e})") from None
-        if meta.get("kind") != "robot_rl.noise_bank":
-            raise ReplayError(f"{path}: not a noise bank (kind {meta.get('kind')!r})")
+            tensors, meta = read_checkpoint(path, kind="robot_rl.noise_bank")
+        except CheckpointError as e:
+            raise ReplayError(f"not a noise bank: {e}") from None
+        arrays = {k: v.numpy() for k, v in tensors.items()}
         spec = {k: (tuple(s), np.dtype(d)) for k, (s, d) in json.loads(meta["obs_spec"]).items()}
         bank = cls(spec, arrays["noise"].shape[1], arrays["chunk"].shape[1], capacity, seed)
         n = len(arrays["noise"])
@@ -137,10 +131,7 @@ class AliasedNoiseLearner(SACLearner):
             raise ReplayError("noise aliasing needs a non-empty noise bank")
         info: dict[str, float] = {}
         for _ in range(n_critic or self.cfg.utd):
-            batch = self.sample(online, demos)
-            if intervention_penalty:
-                batch["reward"] = batch["reward"] - intervention_penalty * batch["intervened"]
-            info.update(self.qa_step(batch))
+            info.update(self.qa_step(self.sample_penalised(online, demos, intervention_penalty)))
             nb = bank.sample(self.cfg.batch_size, self.device)
             info.update(self.distill_step(nb))
         if self.updates > self.cfg.actor_delay:
@@ -152,11 +143,7 @@ class AliasedNoiseLearner(SACLearner):
         cfg, pol = self.cfg, self.policy
         chunk = b["action"][:, self.policy.actor.act_dim:]
         with torch.no_grad():
-            z_next = pol.encoder(b["next_obs"], augment=cfg.augment)
-            w_next, _ = pol.actor(z_next)
-            zt_next = self.target_encoder(b["next_obs"], augment=cfg.augment)
-            subset = torch.randperm(cfg.n_critics, generator=self.gen)[: cfg.critic_subset]
-            q_next = self.q_values(self.target_critic, zt_next, w_next)[subset].min(0).values
+            q_next = self.bootstrap(b)[0]  # the noise critic's target under the noise actor
             target = b["reward"] + cfg.gamma * (1.0 - b["done"]) * q_next
             z = pol.encoder(b["obs"], augment=cfg.augment)
         q = self.qa(z, chunk).squeeze(-1)

@@ -297,7 +297,7 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         if step >= warmup:
             if online_iql is not None:
                 for _ in range(cfg.sac.utd):
-                    last_info = online_iql.step(learner.sample(online, demos))
+                    last_info = online_iql.step(learner.sample_penalised(online, demos, cfg.intervention_penalty))
             elif bank is not None:
                 last_info = learner.update(online, demos, intervention_penalty=cfg.intervention_penalty, bank=bank)
             else:

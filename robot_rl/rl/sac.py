@@ -226,23 +226,37 @@ class SACLearner:
         steps a human took over (RLIF)."""
         info: dict[str, float] = {}
         for _ in range(n_critic or self.cfg.utd):
-            batch = self.sample(online, demos)
-            if intervention_penalty:
-                batch["reward"] = batch["reward"] - intervention_penalty * batch["intervened"]
+            batch = self.sample_penalised(online, demos, intervention_penalty)
             info.update(self.critic_step(batch))
         if self.updates > self.cfg.actor_delay:
             info.update(self.actor_step(batch))
         return info
 
+    def sample_penalised(self, online, demos, intervention_penalty: float = 0.0) -> dict[str, Any]:
+        """:meth:`sample`, with ``intervention_penalty`` subtracted from the reward of steps a
+        human took over (RLIF)."""
+        batch = self.sample(online, demos)
+        if intervention_penalty:
+            batch["reward"] = batch["reward"] - intervention_penalty * batch["intervened"]
+        return batch
+
+    @torch.no_grad()
+    def bootstrap(self, b: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The target critics' value at the next observation under the current actor (min over
+        a random subset): (q_next, logp_next, z_next, zt_next)."""
+        cfg, pol = self.cfg, self.policy
+        z_next = pol.encoder(b["next_obs"], augment=cfg.augment)
+        a_next, logp_next = pol.actor(z_next)
+        zt_next = self.target_encoder(b["next_obs"], augment=cfg.augment)
+        subset = torch.randperm(cfg.n_critics, generator=self.gen)[: cfg.critic_subset]
+        q_next = self.q_values(self.target_critic, zt_next, a_next)[subset].min(0).values
+        return q_next, logp_next, z_next, zt_next
+
     def critic_step(self, b: Mapping[str, Any]) -> dict[str, float]:
         cfg, pol = self.cfg, self.policy
         a_cont = b["action"][:, : self.n_cont]
         with torch.no_grad():
-            z_next = pol.encoder(b["next_obs"], augment=cfg.augment)
-            a_next, logp_next = pol.actor(z_next)
-            zt_next = self.target_encoder(b["next_obs"], augment=cfg.augment)
-            subset = torch.randperm(cfg.n_critics, generator=self.gen)[: cfg.critic_subset]
-            q_next = self.q_values(self.target_critic, zt_next, a_next)[subset].min(0).values
+            q_next, logp_next, z_next, zt_next = self.bootstrap(b)
             if cfg.backup_entropy:
                 q_next = q_next - self.alpha * logp_next
             target = b["reward"] + cfg.gamma * (1.0 - b["done"]) * q_next
