@@ -156,14 +156,17 @@ def test_loop_with_aliased_steering_runs_and_resumes(tmp_path):
     ckpt = save_checkpoint(tiny_diffusion(store), tmp_path / "dp", load_spec("so101"))
     d = {"task": "pick_cube", "env_steps": 120, "eval_every": 120, "eval_episodes": 1, "learning_starts": 40,
          "checkpoint_every": 120, "out": str(tmp_path / "run"), "progress": False, "demos": str(store),
+         "hil": True, "human": {"threshold": 0.0, "patience": 1, "takeover_steps": 4, "budget": 0.3},
          "steer": {"checkpoint": str(ckpt), "aliased": True, "bank": 4, "explore_std": 0.1},
          "sac": {"hidden": [32, 32], "batch_size": 16, "utd": 2}}
     s = run_online(RLConfig.from_dict(d))
     assert s["env_steps"] >= 120 and s["updates"] > 0 and "base_zero_noise_success" in s
-    assert s["demo_decisions"] > 10
+    assert s["demo_decisions"] > 10 and s["interventions"] >= 1
     bank = NoiseBank.load(tmp_path / "run" / "bank.safetensors")
     online = ReplayBuffer.load(tmp_path / "run" / "online.safetensors")
-    assert ReplayBuffer.load(tmp_path / "run" / "demos.safetensors").transitions == s["demo_decisions"]
+    demos = ReplayBuffer.load(tmp_path / "run" / "demos.safetensors")
+    n_interv = int(online.intervened[online.valid].sum())
+    assert n_interv >= 1 and demos.transitions == s["demo_decisions"] + n_interv  # HIL-SERL: taken-over decisions too
     assert online.action_dim == 56 + 28 and bank.size == 5 * online.transitions + 4 * s["demo_decisions"]
     s2 = run_online(RLConfig.from_dict({**d, "env_steps": 200, "resume": True}))
     assert s2["env_steps"] >= 200 and s2["updates"] > s["updates"]

@@ -275,13 +275,15 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         step += int(info.get("env_steps", 1))
         intervened = intervened or bool(info.get("intervened", False))
         no = _pick(nobs, keys)
-        if bank is not None:
+        stored = a
+        if bank is not None:  # the decision's noise and executed chunk (the human's rows where it took over)
             bank.add(o, info["bank_noise"], info["bank_chunk"])
-            online.add(o, np.concatenate([a, info["executed_chunk"]]), r, no, term, trunc, intervened)
-        else:
-            online.add(o, a, r, no, term, trunc, intervened)
+            stored = np.concatenate([a, info["executed_chunk"]])
+        online.add(o, stored, r, no, term, trunc, intervened)
         if intervened and demos is not None and cfg.interventions_to_demos:
-            demos.add(o, a, r, no, term, trunc or not loop_human.left, True)
+            # a takeover segment ends when the human lets go (with steering: within the decision)
+            seg_end = not loop_human.left if loop_human is not None else True
+            demos.add(o, stored, r, no, term, trunc or seg_end, True)
         obs = nobs
         if term or trunc:
             train_succ.append(bool(info["success"]))
