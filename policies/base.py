@@ -131,9 +131,6 @@ class Policy(nn.Module, ABC):
 
 def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``path/model.safetensors`` + ``path/config.json`` atomically (temp files + rename)."""
-    from safetensors.torch import save_file
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
     # clone: modules shared under two names (one CNN for all cameras) would alias memory,
     # which safetensors refuses
     tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in policy.state_dict().items()}
@@ -141,9 +138,18 @@ def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, me
     cfg = {"format": CHECKPOINT_FORMAT, "policy": policy.type_name, "config": asdict(policy.config),
            "normalizer_modes": policy.normalizer.modes, "robot_spec": spec.to_dict(),
            "robot_fingerprint": spec.fingerprint(), "metadata": dict(metadata or {})}
+    return write_checkpoint_dir(path, tensors, cfg)
+
+
+def write_checkpoint_dir(path: str | os.PathLike, tensors: Mapping[str, Any], config: Mapping[str, Any]) -> Path:
+    """``path/model.safetensors`` + ``path/config.json``, each written to a temporary name and
+    renamed (the counterpart of :func:`read_checkpoint_dir`)."""
+    from safetensors.torch import save_file
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = p / "model.safetensors.tmp", p / "config.json.tmp"
-    save_file(tensors, str(tmp_w))
-    tmp_c.write_text(json.dumps(cfg, indent=2, default=str))
+    save_file(dict(tensors), str(tmp_w))
+    tmp_c.write_text(json.dumps(config, indent=2, default=str))
     os.replace(tmp_w, p / "model.safetensors")
     os.replace(tmp_c, p / "config.json")
     return p

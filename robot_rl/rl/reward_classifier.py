@@ -27,7 +27,6 @@ A checkpoint is a folder: ``model.safetensors`` + ``config.json`` (no pickle).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -398,18 +397,12 @@ def train_reward_classifier(store_path: str | os.PathLike, cameras: Sequence[str
 def save_reward_classifier(model: RewardClassifier, out_dir: str | os.PathLike,
                            extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` + ``out_dir/config.json`` (temp files + rename)."""
-    from safetensors.torch import save_file
-    p = Path(out_dir)
-    p.mkdir(parents=True, exist_ok=True)
+    from robot_rl.policies.base import write_checkpoint_dir
+
     cfg = {"threshold": 0.5, **dict(extra or {}), "format": FORMAT, "format_version": FORMAT_VERSION,
            "model": model.config()}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp_w, tmp_c = p / "model.safetensors.tmp", p / "config.json.tmp"
-    save_file(tensors, str(tmp_w))
-    tmp_c.write_text(json.dumps(cfg, indent=2, default=str))
-    os.replace(tmp_w, p / "model.safetensors")
-    os.replace(tmp_c, p / "config.json")
-    return p
+    return write_checkpoint_dir(out_dir, tensors, cfg)
 
 
 def load_reward_classifier(path: str | os.PathLike, device: str | torch.device | None = None,
