@@ -371,11 +371,7 @@ class InferenceNode:
         self.log.info(f"new episode ({why}): controller reset")
 
     def _on_event(self, msg) -> None:
-        try:
-            event, _ = topics.parse_event(msg.data)
-        except ValueError as e:
-            self.log.warning(str(e))
-            return
+        event = topics.event_or_warn(msg.data, self.log)
         if event in ("start", "rerecord"):
             self.reset(f"/teleop/event {msg.data!r}")
 

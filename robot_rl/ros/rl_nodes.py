@@ -250,11 +250,7 @@ class ActorNode(_Threaded):
         self.teleop.on_twist([t.linear.x, t.linear.y, t.linear.z], [t.angular.x, t.angular.y, t.angular.z])
 
     def _on_event(self, msg) -> None:
-        try:
-            event, _ = topics.parse_event(msg.data)
-        except ValueError as e:
-            self.log.warning(str(e))
-            return
+        event = topics.event_or_warn(msg.data, self.log)
         if event in ("success", "failure"):
             self.core.label_episode(event == "success")
             self.log.info(f"episode labelled {event} by /teleop/event")
@@ -409,6 +405,16 @@ def _ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _stop_node(node, rc: int) -> int:
+    """Shutting down: ignore further signals, stop the node's threads; 1 if the node failed."""
+    _ignore_signals()
+    if node is not None:
+        node.stop()
+        if node.failed:
+            return 1
+    return rc
+
+
 def _executor(node):
     from rclpy.executors import SingleThreadedExecutor
     ex = SingleThreadedExecutor()
@@ -456,11 +462,7 @@ def main_learner(args, argv) -> int:
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         rc = 1
     finally:
-        _ignore_signals()
-        if node is not None:
-            node.stop()
-            if node.failed:
-                rc = 1
+        rc = _stop_node(node, rc)
         try:
             path = core.checkpoint()
             print(f"{prog}: checkpoint {path} at {core.updates} updates; {core.counts['transitions']} transitions "
@@ -513,11 +515,8 @@ def main_actor(args, argv) -> int:
         print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
         rc = 1
     finally:
-        _ignore_signals()
+        rc = _stop_node(node, rc)
         if node is not None:
-            node.stop()
-            if node.failed:
-                rc = 1
             s = core.status()
             print(f"{prog}: {s['steps']} steps, {s['acked_transitions']} transitions acknowledged, "
                   f"{s['pending_batches']} batches unacknowledged, weights v{s['weights_version']}", file=sys.stderr)

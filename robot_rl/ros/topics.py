@@ -81,6 +81,16 @@ def parse_event(text: str) -> tuple[str, dict[str, str]]:
     return words[0], args
 
 
+def event_or_warn(text: str, log) -> str | None:
+    """The event name of a ``/teleop/event`` message, or None after logging why it is not one
+    (a node's callback must not raise on bad input)."""
+    try:
+        return parse_event(text)[0]
+    except ValueError as e:
+        log.warning(str(e))
+        return None
+
+
 def format_event(event: str, **args) -> str:
     if event not in EVENTS:
         raise ValueError(f"unknown teleop event {event!r}; events: {list(EVENTS)}")
