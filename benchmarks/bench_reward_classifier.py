@@ -28,25 +28,7 @@ import numpy as np
 
 from _common import print_table, write_json
 
-
-def failure_rollout(env, seed: int, kind: str, on_step, steps: int) -> bool:
-    """``open_gripper``: the expert's motion with the gripper command forced open; ``random``:
-    uniform random actions. Returns whether the episode succeeded (it should not)."""
-    obs, _ = env.reset(seed=seed)
-    expert, rng = env.unwrapped.make_expert(seed), np.random.default_rng(seed)
-    success = False
-    for _ in range(steps):
-        if kind == "open_gripper":
-            action = expert.act(obs).astype(np.float32)
-            action[-1] = 0.0
-        else:
-            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-        nobs, reward, terminated, truncated, info = env.step(action)
-        on_step(obs, action, reward, info)
-        obs, success = nobs, success or bool(info.get("true_success", info["success"]))
-        if terminated or truncated:
-            break
-    return success
+from robot_rl.sim.experts import failure_rollout
 
 
 def record(path: Path, args) -> dict:

@@ -15,7 +15,7 @@ from robot_rl.rl.reward_classifier import (ClassifierReward, ClassifierRewardWra
                                            load_reward_classifier, save_reward_classifier,
                                            train_reward_classifier)
 from robot_rl.sim import make_env
-from robot_rl.sim.experts import rollout_expert
+from robot_rl.sim.experts import failure_rollout, rollout_expert
 
 SIZE = 48  # px: small frames keep the test fast
 HOLD = 8  # steps the expert holds the cube up after success
@@ -25,26 +25,6 @@ FAILURE_STEPS = 60
 
 def make_twin(size: int = SIZE):
     return make_env("pick_cube", "so101", cameras=["front"], image_size=size, terminate_on_success=False)
-
-
-def failure_rollout(env, seed: int, kind: str, on_step, steps: int = FAILURE_STEPS) -> bool:
-    """A failed attempt: ``open_gripper`` (the expert's motion, fingers never close: the arm
-    lifts an empty hand) or ``random`` actions. Returns whether it succeeded (never)."""
-    obs, _ = env.reset(seed=seed)
-    expert, rng = env.make_expert(seed), np.random.default_rng(seed)
-    success = False
-    for _ in range(steps):
-        if kind == "open_gripper":
-            action = expert.act(obs).astype(np.float32)
-            action[-1] = 0.0
-        else:
-            action = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
-        nobs, reward, terminated, truncated, info = env.step(action)
-        on_step(obs, action, reward, info)
-        obs, success = nobs, success or info["success"]
-        if terminated or truncated:
-            break
-    return success
 
 
 def record_store(path: Path, successes: int, failures: int, seed0: int = 0) -> Path:
@@ -63,7 +43,8 @@ def record_store(path: Path, successes: int, failures: int, seed0: int = 0) -> P
                 ep = st.start_episode(task="pick_cube", source="policy")
                 ok = failure_rollout(env, seed0 + 500 + i, ("open_gripper", "random")[i % 2],
                                      lambda o, a, r, info, ep=ep: ep.add_step(
-                                         {"image_front": o["image_front"], "action": a}, timestamp=ep.n_steps * 0.05))
+                                         {"image_front": o["image_front"], "action": a}, timestamp=ep.n_steps * 0.05),
+                                     FAILURE_STEPS)
                 assert not ok
                 ep.commit(success=False)
     finally:
@@ -88,7 +69,7 @@ def fresh_frames(seeds: range) -> tuple[np.ndarray, np.ndarray, list[tuple[str, 
             episodes.append(("expert", slice(lo, len(frames))))
             for kind in ("open_gripper", "random"):
                 lo = len(frames)
-                failure_rollout(env, s + 500, kind, lambda o, *_: frames.append(o["image_front"]))
+                failure_rollout(env, s + 500, kind, lambda o, *_: frames.append(o["image_front"]), FAILURE_STEPS)
                 labels += [0] * (len(frames) - lo)
                 episodes.append((kind, slice(lo, len(frames))))
     finally:
