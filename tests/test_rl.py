@@ -131,8 +131,16 @@ def test_sac_learns_a_one_step_bandit(kw):
     assert np.isfinite(list(info.values())).all()
     a = L.policy.act({"x": np.zeros((64, 3), np.float32)}, deterministic=True)
     assert a.shape == (64, 3)
-    assert a[:, 0].mean() > 0.5 or kw.get("bc_weight")  # BC pulls towards the (uniform) data
-    assert ((a[:, 2] == 0) | (a[:, 2] == 1)).all() if kw.get("discrete_gripper") else True
+    if kw.get("bc_weight"):
+        # BC pulls towards the data, whose action[0] is uniform on [-1, 1] (mean 0); the critic
+        # must still move the mean well into the rewarded side
+        assert a[:, 0].mean() > 0.3
+    else:
+        assert a[:, 0].mean() > 0.5  # inside the rewarded region
+    if kw.get("discrete_gripper"):
+        assert set(np.unique(a[:, 2])) <= {0.0, 1.0}  # the DQN head picks open or closed
+    else:
+        assert ((a[:, 2] >= 0) & (a[:, 2] <= 1)).all()  # the continuous gripper stays in its range
 
 
 def test_sac_checkpoint_round_trip_resumes_identically(tmp_path):
