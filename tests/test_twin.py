@@ -138,4 +138,18 @@ def test_env_applies_the_robot_nodes_safety_limits():
     beyond = np.concatenate([np.array(env.robot_spec.upper) + 5.0, [0.0]]).astype(np.float32)
     for _ in range(40):
         env.step(beyond)
-    assert np.all(tw.data.ctrl[tw.act] <= np.array(env.robot_spec.upper))
+    upper = np.array(env.robot_spec.upper)
+    assert np.all(tw.data.ctrl[tw.act] <= upper)
+    # MuJoCo's ctrlrange alone would let a joint reach the spec limit itself; the filter keeps
+    # `margin` clear of it. Wrist roll turns the tool about its own axis (the workspace check
+    # does not stop it): drive it past its limit until it settles.
+    margin = tw.safety.margin
+    assert margin > 0
+    env.reset(seed=0)
+    roll = np.concatenate([tw.home, [0.0]]).astype(np.float32)
+    roll[-2] = upper[-1] + 1.0
+    clamped0 = tw.safety.counters["clamped_joint_limit"]
+    for _ in range(200):
+        env.step(roll)
+    assert tw.data.ctrl[tw.act][-1] == pytest.approx(upper[-1] - margin, abs=1e-9)
+    assert tw.safety.counters["clamped_joint_limit"] > clamped0
