@@ -14,11 +14,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+class BrokenRosInstall(RuntimeError):
+    """rclpy is installed (the ``ros`` extra, or a sourced ROS 2) but does not import."""
+
+
+def ros_extra_installed() -> bool:
+    """True when the ``ros`` extra's rclpy wheel is installed, or ROBOT_RL_REQUIRE_ROS=1
+    says that ROS 2 must be there (e.g. a system ROS sourced for CI)."""
+    if os.environ.get("ROBOT_RL_REQUIRE_ROS") == "1":
+        return True
+    from importlib import metadata
+    try:
+        metadata.distribution("ros-jazzy-rclpy")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def have_rclpy() -> bool:
+    """False only when ROS 2 is simply not installed (its tests are then skipped). An
+    installed rclpy that fails to import is a broken install, and raises: skipping 25 ROS
+    tests would hide it."""
     try:
         import rclpy  # noqa: F401
         return True
-    except Exception:
+    except Exception as e:
+        if ros_extra_installed():
+            raise BrokenRosInstall(f"rclpy is installed but does not import ({type(e).__name__}: {e}); "
+                                   "check AMENT_PREFIX_PATH and the ros-jazzy-* wheels "
+                                   "(or a sourced ROS 2 setup)") from e
         return False
 
 
