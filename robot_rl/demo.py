@@ -46,8 +46,28 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stage(title: str) -> None:
-    print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+class StageClock:
+    """Prints each stage's banner and keeps how long each stage took (for demo.json)."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, title: str) -> None:
+        self._close()
+        print(f"\n=== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+        self._current = (title.split(" ", 1)[0], time.perf_counter())
+
+    def _close(self) -> None:
+        if self._current is not None:
+            name, t = self._current
+            self.seconds[name] = round(time.perf_counter() - t, 1)
+            self._current = None
+
+    def total(self) -> float:
+        self._close()
+        return time.perf_counter() - self.t0
 
 
 def ensure_isolated() -> None:
@@ -58,6 +78,34 @@ def ensure_isolated() -> None:
     if not wrapper.exists():
         sys.exit("demo: not in a loopback-only network namespace and scripts/isolated.sh is missing")
     os.execv(str(wrapper), [str(wrapper), sys.executable, "-m", "robot_rl.demo", *sys.argv[1:]])
+
+
+ROUND_TRIP_KEYS = ("joint_pos", "ee_pos", "object_state", "action", "image_front", "image_wrist")
+
+
+def round_trip_difference(live: Path, back: Path, keys=ROUND_TRIP_KEYS) -> str | None:
+    """None when the store converted back from the bag holds the live recording's episodes,
+    steps and values (``keys`` the live store has); else what differs, in one line."""
+    import numpy as np
+
+    from robot_rl.data import EpisodeStore
+    with EpisodeStore.open(live) as a, EpisodeStore.open(back) as b:
+        if (a.n_episodes, a.n_steps) != (b.n_episodes, b.n_steps):
+            return (f"{b.n_episodes} episodes / {b.n_steps} steps from the bag, "
+                    f"{a.n_episodes} / {a.n_steps} recorded live")
+        for i in range(a.n_episodes):
+            ea, eb = a.episode(i), b.episode(i)
+            for k in keys:
+                if k not in ea:
+                    continue
+                if k not in eb:
+                    return f"episode {i}: key {k!r} is missing from the converted store"
+                if ea[k].shape != eb[k].shape:
+                    return f"episode {i}, {k}: shape {eb[k].shape} from the bag, {ea[k].shape} live"
+                d = float(np.abs(ea[k].astype(np.float64) - eb[k].astype(np.float64)).max(initial=0.0))
+                if d != 0.0:
+                    return f"episode {i}, {k}: max abs diff {d:g}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     from robot_rl.ros.graphs import GRAPHS
     from robot_rl.ros.launcher import Launcher
 
-    t_start = time.perf_counter()
+    stage = StageClock()
+    report: dict = {"args": vars(args), "stage_seconds": stage.seconds}
     out = Path(args.out)
     store_path = out / f"{args.robot}_{args.task}.zarr"
     bag_path = out / f"{args.robot}_{args.task}_bag"
@@ -117,23 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     stage("2/6 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
-    import numpy as np
-    with EpisodeStore.open(store_path) as a, EpisodeStore.open(back_path) as b:
-        same = a.n_episodes == b.n_episodes and a.n_steps == b.n_steps
-        worst = 0.0
-        for i in range(min(a.n_episodes, b.n_episodes)):
-            ea, eb = a.episode(i), b.episode(i)
-            for k in ("joint_pos", "ee_pos", "object_state", "action", "image_front"):
-                if k in ea and k in eb and ea[k].shape == eb[k].shape:
-                    worst = max(worst, float(np.abs(ea[k].astype(np.float64) - eb[k].astype(np.float64)).max()))
-                else:
-                    same = False
-    if same and worst == 0:
-        verdict = "identical to the live recording"
-    else:
-        verdict = (f"DIFFERS from the live recording ({a.n_episodes} episodes, {a.n_steps} steps; "
-                   f"max abs diff {worst:g} where shapes agree)")
-    print(f"bag -> store: {b.n_episodes} episodes, {b.n_steps} steps; {verdict}")
+    with EpisodeStore.open(back_path) as b:
+        n_back, steps_back = b.n_episodes, b.n_steps
+    diff = round_trip_difference(store_path, back_path)
+    if diff is not None:
+        print(f"demo: the bag -> store conversion DIFFERS from the live recording: {diff}", file=sys.stderr)
+        return 1
+    print(f"bag -> store: {n_back} episodes, {steps_back} steps; identical to the live recording")
+    report["bag_round_trip"] = {"episodes": n_back, "steps": steps_back, "identical": True}
 
     stage("3/6 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
@@ -161,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             print("demo: evaluation failed", file=sys.stderr)
             return 1
         res = json.loads((run_dir / "eval" / "eval.json").read_text())
+        report["eval"] = {k: res[k] for k in ("success_rate", "ci95", "episodes")}
+        report["train"] = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items()
+                           if k in ("steps", "train_wall_s", "samples_per_s")} \
+            if (run_dir / "summary.json").exists() else {}
         print(f"diffusion policy on {args.task}: success {100 * res['success_rate']:.1f}% "
               f"[{100 * res['ci95'][0]:.1f}, {100 * res['ci95'][1]:.1f}] over {res['episodes']} held-out seeds; "
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
@@ -178,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"demo: deploy failed: {e}", file=sys.stderr)
                 return 1
             print(format_summary(dep))
+            report["deploy"] = {k: dep.get(k) for k in ("episodes", "successes", "success_rate", "latency_ms",
+                                                        "worker_latency_ms", "nfe_per_query", "robot_overruns")}
 
         if args.rl_steps > 0:
             stage(f"6/6 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
@@ -196,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                 print("demo: online RL failed", file=sys.stderr)
                 return 1
             rl = json.loads((rl_dir / "summary.json").read_text())
+            report["rl"] = {k: rl.get(k) for k in ("base_success", "final_success", "env_steps", "intervention_rate")}
             print(f"deployed policy on {args.task}: success before online RL {100 * rl['base_success']:.0f}%, "
                   f"after {100 * rl['final_success']:.0f}% ({rl['env_steps']} env steps, "
                   f"{100 * rl['intervention_rate']:.1f}% of them intervened); curves {rl_dir / 'curve.png'}")
 
     stage("done")
-    print(f"demo finished in {time.perf_counter() - t_start:.1f} s; outputs in {out}/")
+    report["total_seconds"] = round(stage.total(), 1)
+    (out / "demo.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"demo finished in {report['total_seconds']:.1f} s; outputs in {out}/ (stage times in {out / 'demo.json'})")
     print(f"inspect: robot-rl info {store_path}    view: robot-rl view {store_path} episode=3")
     print(f"replay the bag: scripts/isolated.sh .venv/bin/robot-rl launch replay bag={bag_path}")
     return 0

@@ -1,6 +1,7 @@
 """The robot-rl CLI as a user runs it: real processes, real stores on disk."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from robot_rl.data.store import EpisodeStore
+from tests.policy_helpers import record_expert_store
 
 
 def cli(*args, cwd=None):
@@ -136,6 +138,37 @@ def test_demo_runs_end_to_end(tmp_path):
     assert rl["env_steps"] >= 300 and rl["updates"] > 0 and 0 <= rl["base_success"] <= 1
     assert rl["demo_decisions"] > 0 and (tmp_path / "rl_steer_pick_cube" / "bank.safetensors").exists()  # DSRL-NA
     assert "success before online RL" in r.stdout and (tmp_path / "rl_steer_pick_cube" / "curve.png").exists()
+    assert "identical to the live recording" in r.stdout
+    rep = json.loads((tmp_path / "demo.json").read_text())
+    assert set(rep["stage_seconds"]) == {"1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "done"}
+    assert rep["bag_round_trip"]["identical"] and rep["eval"]["episodes"] == 3 and rep["deploy"]["episodes"] == 2
+    assert 0 < sum(rep["stage_seconds"].values()) <= rep["total_seconds"]
+
+
+def test_demo_round_trip_check_finds_any_difference(tmp_path):
+    """Stage 2 of the demo fails it (exit 1) when the store converted from the bag is not the
+    live recording; the check itself, on real stores."""
+    from robot_rl.demo import round_trip_difference
+    live = record_expert_store(tmp_path / "live.zarr", "reach", episodes=2)
+    same = tmp_path / "same.zarr"
+    shutil.copytree(live, same)
+    assert round_trip_difference(live, same) is None
+    longer = record_expert_store(tmp_path / "longer.zarr", "reach", episodes=2, extra_steps=1)
+    assert "steps from the bag" in round_trip_difference(live, longer)
+    # the same episodes with one joint position nudged by 1e-6 rad
+    nudged = tmp_path / "nudged.zarr"
+    with EpisodeStore.open(live) as a, EpisodeStore.create(nudged, a.spec) as b:
+        for i in range(a.n_episodes):
+            e = a.episode(i)
+            ep = b.start_episode(task="reach", source="expert")
+            for t in range(len(e["timestamp"])):
+                step = {k: v[t].copy() for k, v in e.items() if k != "timestamp"}
+                if i == 1 and t == 3:
+                    step["joint_pos"][2] += 1e-6
+                ep.add_step(step, timestamp=float(e["timestamp"][t]))
+            ep.commit(success=True)
+    msg = round_trip_difference(live, nudged)
+    assert msg is not None and msg.startswith("episode 1, joint_pos: max abs diff 1.0")  # float32 storage
 
 
 def test_bench_inference_bad_input_is_one_line(tmp_path):
