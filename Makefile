@@ -10,7 +10,7 @@ STAMP := $(VENV)/.robot_rl-installed
 RUN := scripts/isolated.sh
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench bench-list install clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
@@ -24,13 +24,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(RUN) $(PY) -m pytest -q $(ARGS)
 
+# the long end-to-end tests (marked `slow`): CI runs them after `make test`
 test-slow: $(STAMP)
 	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
 
-BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_bags.py bench_ros_record.py \
-           bench_data_loading.py bench_policies.py bench_inference.py bench_reward_classifier.py bench_rl_transport.py
+# every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
+BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_bags.py \
+           bench_policies.py bench_data_loading.py bench_inference.py bench_rl.py bench_rl_transport.py \
+           bench_reward_classifier.py bench_demo.py
 bench: $(STAMP)
 	cd benchmarks && for b in $(BENCHES); do ../$(RUN) ../$(PY) $$b || exit 1; done
+
+bench-list:
+	@printf '%s\n' $(BENCHES)
 
 clean:
 	rm -rf out .pytest_cache
