@@ -158,6 +158,29 @@ def test_blend_for_policies_without_a_reverse_process(act):
     np.testing.assert_allclose(r.chunks[0, -2:], plain[-2:], atol=1e-6)  # beyond the overlap: the new chunk
 
 
+def test_short_start_only_for_episode_starts(diffusion):
+    """start_steps: an episode's first query (and one whose previous chunk is used up) is a
+    short DDIM sample; warm queries and fallbacks are not."""
+    o = obs_batch(diffusion, 2)
+    s = make_sampler(diffusion, dict(mode="warm", start_steps=2, fallback_threshold=float("inf")), batch=2, spec=SPEC)
+    first = s.query(o, [0, 0], [0, 0], None, gen())
+    assert list(first.nfe) == [2, 2] and first.cold.all() and np.isfinite(first.chunks).all()
+    s.reset([1])  # slot 1 starts a new episode, slot 0 continues
+    r = s.query(o, [2, 0], [0, 0], None, gen())
+    assert list(r.nfe) == [1, 2] and list(r.cold) == [False, True]
+    fb = make_sampler(diffusion, dict(mode="warm", start_steps=1, fallback_threshold=0.0), batch=2, spec=SPEC)
+    assert fb.query(o, [0, 0], [0, 0], [0, 1], gen()).nfe.tolist() == [1, 1]
+    r = fb.query(o, [1, 1], [0, 0], [0, 1], gen())
+    assert r.fallback.all() and r.nfe.tolist() == [1 + diffusion.config.num_inference_steps] * 2
+    # the start is a sample of the policy's own denoiser: the same as cold DDIM with as many steps
+    cold2 = make_sampler(diffusion, dict(mode="cold", scheduler="ddim", num_steps=2), spec=SPEC)
+    start2 = make_sampler(diffusion, dict(mode="warm", start_steps=2, discrete="none"), spec=SPEC)
+    np.testing.assert_allclose(start2.query(obs_batch(diffusion), [0], [0], None, gen()).chunks,
+                               cold2.query(obs_batch(diffusion), [0], [0], None, gen()).chunks, atol=1e-6)
+    with pytest.raises(SamplerError, match="start_steps"):
+        SamplerSettings(start_steps=0).check()
+
+
 def test_settings_validation_and_runtime_update(diffusion):
     with pytest.raises(SamplerError, match="mode"):
         SamplerSettings(mode="bogus").check()

@@ -28,6 +28,10 @@ Modes (:class:`SamplerSettings`.mode):
   "disagrees" with the warm start -- the observation moved away from what the previous
   chunk planned for (a reset, a bump, an intervention) -- and the query is redone cold.
   The check costs no extra evaluation; ``fallbacks`` counts how often it fires.
+  Episode starts: the first query of an episode has nothing to warm-start from and is
+  sampled cold. ``start_steps`` makes that sample a short DDIM one (e.g. 2 network
+  evaluations instead of the policy's 10), so the slowest queries of a deployment are not
+  the episode starts; the warm queries that follow refine its chunk.
 * ``rtc`` -- real-time chunking (after Black, Galliker & Levine 2025). Diffusion: sample
   from noise with guidance toward the previous chunk -- the d rows that execute anyway get
   weight 1, the rest of the overlap exponentially decaying weights, rows past the
@@ -76,6 +80,9 @@ class SamplerSettings(SettingsBase):
     discrete_scale: float = 0.5
     fallback_threshold: float = 0.3  # RMS distance, normalised units (inf: never fall back)
     hold_delay: bool = True  # delay-aware: keep the d rows that execute anyway at the previous values
+    # warm / rtc: DDIM steps of the cold sample that starts an episode (no previous chunk to
+    # continue); None: the cold sampler above. Fallbacks always use the cold sampler above.
+    start_steps: int | None = None
     # real-time chunking
     rtc_steps: int = 5  # DDIM steps of the guided sample
     rtc_beta: float = 5.0  # clip on the guidance weight
@@ -89,6 +96,8 @@ class SamplerSettings(SettingsBase):
             raise SamplerError("warm_steps and rtc_steps must be >= 1")
         if self.num_steps is not None and self.num_steps < 1:
             raise SamplerError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.start_steps is not None and self.start_steps < 1:
+            raise SamplerError(f"start_steps must be >= 1 (or None: the cold sampler), got {self.start_steps}")
         if not 0.0 <= self.discrete_scale <= 1.0:
             raise SamplerError(f"discrete_scale must be in [0, 1], got {self.discrete_scale}")
         if self.rtc_beta <= 0:
@@ -236,10 +245,12 @@ class ChunkSampler:
             cond = p.encode_obs(p.obs_to_tensors(obs_history))
             x = torch.zeros((B, self.H, self.A), device=cond.device)
             todo_cold = np.ones(B, bool)
+            start = np.zeros(B, bool)  # rows with no previous chunk to continue (episode starts)
             if st.mode in ("warm", "rtc"):
                 y, ok, shift = self._shifted(idx, steps)
                 held = self._held_rows(delays)
                 rows = np.flatnonzero(ok)
+                start = ~ok if st.start_steps is not None else start
                 if len(rows):
                     r = torch.as_tensor(rows, device=cond.device)
                     if st.mode == "warm":
@@ -256,12 +267,13 @@ class ChunkSampler:
                         x[r] = xr
                         nfe[rows] = n
                         todo_cold[rows] = False
-            rc = np.flatnonzero(todo_cold)
-            if len(rc):
-                sched, n = self._scheduler(st.scheduler, st.num_steps)
-                r = torch.as_tensor(rc, device=cond.device)
-                x[r] = p.sample(cond[r], scheduler=sched, generator=generator)
-                nfe[rc] += n
+            for rc, (kind, steps_n) in ((np.flatnonzero(todo_cold & ~start), (st.scheduler, st.num_steps)),
+                                        (np.flatnonzero(todo_cold & start), ("ddim", st.start_steps))):
+                if len(rc):
+                    sched, n = self._scheduler(kind, steps_n)
+                    r = torch.as_tensor(rc, device=cond.device)
+                    x[r] = p.sample(cond[r], scheduler=sched, generator=generator)
+                    nfe[rc] += n
             cold = todo_cold
             if self.discrete_dims and st.discrete in ("snap", "scale_snap") and st.mode != "cold":
                 x = self._snap(x)  # (cold mode stays the policy's own sampling)
