@@ -68,9 +68,20 @@ def checks(reports: dict[str, dict]) -> list[dict]:
         period = 1e3 / float(dp["control_hz"])
         for n in (1, 2):
             r = lat[f"RTI warm {n} NFE"]
-            p99 = r.get("steady", r)["p99_ms"]
-            add(f"RTI {n} NFE p99 latency (steady) vs cold DDIM-10 p99", f"{p99:.2f} vs {base:.2f} ms "
-                f"(1/{base / p99:.1f})", "<= 1/5, < control period", p99 <= base / 5 and p99 < period)
+            p99, warm = r["p99_ms"], r.get("steady", r)["p99_ms"]
+            # the headline is every query, episode starts included; warm-only beside it. Ratios keep
+            # two decimals so a verdict cannot round into a pass (1/4.96 is not 1/5)
+            add(f"RTI {n} NFE p99 latency, all queries, vs cold DDIM-10 p99",
+                f"{p99:.2f} vs {base:.2f} ms (1/{base / p99:.2f}); warm queries only {warm:.2f} ms "
+                f"(1/{base / warm:.2f})", "<= 1/5, < control period", p99 <= base / 5 and p99 < period)
+        q = dp.get("quality") or {}
+        if "RTI warm 1 NFE" in q:
+            ref = q.get("RTI warm 1 NFE, cold start")
+            for name in [k for k in q if k.startswith("RTI warm 1 NFE")]:
+                if ref is not None and name != "RTI warm 1 NFE, cold start":
+                    a, b = 100 * q[name]["success_rate"], 100 * ref["success_rate"]
+                    add(f"pick_cube success cost of the start: {name} vs cold start", f"{a:.0f}% vs {b:.0f}%",
+                        "within 5 pts", a >= b - 5)
     for name, rep in reports.items():
         dl = rep.get("delay")
         if not dl:
