@@ -30,6 +30,7 @@ def robot_node(*args: str):
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
+        p.log = out + err  # the node's console log, for tests that check what it said
         print("---- robot_node stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
 
 
@@ -235,6 +236,93 @@ def test_bad_commands_never_reach_the_twin(client_factory):
         c.stream(lambda: c.pub_action.publish(msgs.float_array([0.0] * 7, "teleport")), 0.2)
         c.spin(0.3)
         assert int(c.diag_value("rejected_mode")) >= 1
+
+
+def test_nonfinite_gripper_latch_holds_the_arm_and_is_reported(client_factory):
+    """A NaN gripper target is latched (every command that takes its gripper value from it is
+    rejected: the arm holds); the node says so once in its log and keeps saying so on
+    /diagnostics, and a finite /gripper_command releases it."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from geometry_msgs.msg import TwistStamped
+    from std_msgs.msg import Float64
+    nan = float("nan")
+
+    def safety_status():
+        for arr in reversed(c.diag):
+            for st in arr.status:
+                if st.name.endswith(": safety"):
+                    return st
+        return None
+
+    def counter(key):
+        v = c.diag_value(key)
+        return None if v is None else int(v)
+
+    with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50") as proc:
+        c = client_factory(proc)
+        c.wait_streaming()
+        c.spin_until(lambda: c.diag_value("gripper_latched_nonfinite") == "0", 5.0, "diagnostics")
+        assert safety_status().level == DiagnosticStatus.OK
+        nonfinite0 = counter("rejected_nonfinite")
+
+        c.pub_grip.publish(Float64(data=nan))
+        c.spin_until(lambda: c.diag_value("gripper_latched_nonfinite") == "1", 5.0, "the latch on /diagnostics")
+        q_hold, n0 = c.q(), len(c.js)
+        sent = 0
+
+        def arm_cmd(send):
+            def f():
+                nonlocal sent
+                send()
+                sent += 1
+            return f
+        tw = TwistStamped()
+        tw.twist.linear.z = 0.2
+        c.stream(arm_cmd(lambda: c.joint_command({"shoulder_pan": q_hold[0] + 0.4, "elbow_flex": q_hold[2] - 0.3})),
+                 0.6)
+        c.pub_grip.publish(Float64(data=nan))  # again while latched: no second log line
+        c.stream(arm_cmd(lambda: c.pub_twist.publish(tw)), 0.6)
+        assert sent >= 20
+        # every arm command was counted as rejected by the latch (not each control step)
+        c.spin_until(lambda: counter("rejected_gripper_latched") == sent, 5.0,
+                     f"rejected_gripper_latched == {sent} (is {counter('rejected_gripper_latched')})")
+        c.spin(0.2)
+        seen = np.array([j.position for j in c.js[n0:]])
+        assert len(seen) >= 40 and np.all(np.isfinite(seen))
+        assert np.allclose(seen[:, :5], q_hold[:5], atol=0.01), np.abs(seen[:, :5] - q_hold[:5]).max()
+        st = safety_status()
+        assert st.level == DiagnosticStatus.ERROR and "finite /gripper_command" in st.message, st
+        assert c.diag_value("gripper_latched_nonfinite") == "1"
+        assert counter("gripper_nonfinite") == 2
+        assert counter("rejected_nonfinite") - nonfinite0 >= 40  # the filter rejected every step
+
+        # a finite gripper command releases the latch: arm commands are followed again
+        c.pub_grip.publish(Float64(data=0.0))
+        c.spin_until(lambda: c.diag_value("gripper_latched_nonfinite") == "0", 5.0, "the latch to clear")
+        assert safety_status().level == DiagnosticStatus.OK and safety_status().message == "ok"
+        target = q_hold[0] + 0.4
+        c.stream(lambda: c.joint_command({"shoulder_pan": target}), 1.2)
+        assert abs(c.q()[0] - target) < 0.02, (c.q(), target)
+        assert counter("rejected_gripper_latched") == sent  # nothing counted once released
+
+        # the other way in: a /joint_command carrying a NaN gripper joint latches it too
+        q1 = c.q()
+        c.joint_command({"gripper": nan})
+        c.spin_until(lambda: c.diag_value("gripper_latched_nonfinite") == "1", 5.0, "the latch via /joint_command")
+        n1 = len(c.js)
+        c.stream(lambda: c.joint_command({"shoulder_pan": q1[0] - 0.4}), 0.6)
+        c.spin(0.2)
+        assert np.allclose(np.array([j.position for j in c.js[n1:]])[:, :5], q1[:5], atol=0.01)
+        assert counter("rejected_gripper_latched") > sent
+        c.pub_grip.publish(Float64(data=0.0))
+        c.spin_until(lambda: c.diag_value("gripper_latched_nonfinite") == "0", 5.0, "the latch to clear again")
+    # one error line per latch (two latches, dozens of rejected commands), one info line per release
+    log = proc.log.splitlines()
+    errors = [ln for ln in log if "gripper target is not finite" in ln]
+    assert len(errors) == 2 and "ERROR" in errors[0] and "/gripper_command: gripper nan" in errors[0], errors
+    assert "/joint_command: gripper nan" in errors[1], errors
+    released = [ln for ln in log if "latch is released" in ln]
+    assert len(released) == 2 and all("INFO" in ln for ln in released), released
 
 
 def test_watchdog_holds_when_commands_stop(client_factory):

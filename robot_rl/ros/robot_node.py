@@ -153,12 +153,13 @@ class RobotNode:
         self._requests: deque = deque()  # work for the robot thread: [fn, done, result, error]
         self._ready = False  # robot connected and step 0 published
         self._cmd: _Command | None = None
-        self._grip: float | None = None  # latest /gripper_command
+        self._grip: float | None = None  # latest gripper target (/gripper_command, /joint_command's gripper)
         self._last_stamp = 0.0  # stamp of the latest published observation
         self._periods: deque = deque(maxlen=2000)  # achieved control periods (s, monotonic)
         self._tick_times: deque = deque(maxlen=2000)
         self.counts = {"steps": 0, "overruns": 0, "commands": 0, "ignored_estop": 0, "ignored_lockstep": 0,
-                       "rejected_mode": 0, "rejected_trajectory": 0, "unknown_joints": 0, "resets": 0}
+                       "rejected_mode": 0, "rejected_trajectory": 0, "unknown_joints": 0, "resets": 0,
+                       "gripper_nonfinite": 0, "rejected_gripper_latched": 0}
         self.joint_names = self.spec.joint_names + ([topics.GRIPPER_JOINT] if self.spec.gripper else [])
         self._jidx = {n: i for i, n in enumerate(self.spec.joint_names)}
         self.camera_period = None if not camera_hz else 1.0 / camera_hz
@@ -418,11 +419,17 @@ class RobotNode:
         with self.lock:
             safety = self.robot.safety.telemetry()
             sim_t = self.robot.sim_time if self.is_sim else None
+            latched, n_latched = self._grip_latched, self.counts["rejected_gripper_latched"]
+        safety["gripper_latched_nonfinite"] = int(latched)
         arr = DiagnosticArray()
         arr.header.stamp = self.node.get_clock().now().to_msg()
         s = DiagnosticStatus(name=f"{self.node.get_name()}: safety", hardware_id=self.spec.name)
-        s.level = DiagnosticStatus.WARN if safety["estop_engaged"] else DiagnosticStatus.OK
-        s.message = "e-stop engaged" if safety["estop_engaged"] else "ok"
+        msg = ["e-stop engaged"] if safety["estop_engaged"] else []
+        if latched:
+            msg.append(f"{self._LATCH_MSG} (rejected_gripper_latched={n_latched})")
+        s.level = (DiagnosticStatus.ERROR if latched else DiagnosticStatus.WARN if safety["estop_engaged"]
+                   else DiagnosticStatus.OK)
+        s.message = "; ".join(msg) or "ok"
         s.values = [KeyValue(key=k, value=str(v)) for k, v in safety.items()]
         loop = DiagnosticStatus(name=f"{self.node.get_name()}: loop", hardware_id=self.spec.name)
         loop.level = DiagnosticStatus.OK
@@ -440,6 +447,36 @@ class RobotNode:
         self.pub_diag.publish(arr)
 
     # -- helpers ---------------------------------------------------------------------------------
+    _LATCH_MSG = ("gripper target is not finite: arm commands that take it (/joint_command without 'gripper', "
+                  "/ee_delta_command, /joint_trajectory) are rejected and the arm holds until a finite "
+                  "/gripper_command arrives")
+
+    @property
+    def _grip_latched(self) -> bool:
+        """A non-finite gripper target is latched: every command that takes its gripper value
+        from it is rejected by the safety filter (fails safe) until a finite one replaces it."""
+        return self.spec.gripper is not None and self._grip is not None and not np.isfinite(self._grip)
+
+    def _set_grip(self, g: float | None, source: str) -> None:
+        """Set the gripper target (None: the filter's last one; under self.lock). A non-finite
+        one is logged once when the latch engages and once when it clears, not on every
+        command it rejects."""
+        was = self._grip_latched
+        self._grip = g
+        if self._grip_latched:
+            self.counts["gripper_nonfinite"] += 1
+            if not was:
+                self.log.error(f"{source}: gripper {g}: {self._LATCH_MSG}")
+        elif was:
+            now = f"gripper target {g:g}" if g is not None else "gripper target cleared"
+            self.log.info(f"{source}: {now}: the non-finite gripper latch is released, arm commands are "
+                          f"followed again")
+
+    def _count_latched(self) -> None:
+        """An arm command arrived that takes its gripper value from a latched non-finite target."""
+        if self._grip_latched:
+            self.counts["rejected_gripper_latched"] += 1
+
     def _gripper_target(self) -> float:
         if self._grip is not None:
             return self._grip
@@ -512,7 +549,9 @@ class RobotNode:
                 self.log.warning(f"/joint_command: unknown joints {unknown} ignored (joints: {self.joint_names})",
                                  throttle_duration_sec=5.0)
             if g is not None:
-                self._grip = g
+                self._set_grip(g, "/joint_command")
+            else:
+                self._count_latched()
             st = msgs.from_time(msg.header.stamp)
             self.counts["commands"] += 1
             self._cmd = _JointCmd(time.monotonic(), st if st > 0 else self._last_stamp, q, g)
@@ -524,6 +563,7 @@ class RobotNode:
             t = msg.twist
             st = msgs.from_time(msg.header.stamp)
             self.counts["commands"] += 1
+            self._count_latched()
             self._cmd = _TwistCmd(time.monotonic(), st if st > 0 else self._last_stamp,
                                   np.array([t.linear.x, t.linear.y, t.linear.z]),
                                   np.array([t.angular.x, t.angular.y, t.angular.z]))
@@ -532,7 +572,7 @@ class RobotNode:
         with self.lock:
             if not self._accepting("gripper"):
                 return
-            self._grip = float(msg.data)
+            self._set_grip(float(msg.data), "/gripper_command")
             self.counts["commands"] += 1
             now = time.monotonic()
             cmd = self._cmd
@@ -552,6 +592,7 @@ class RobotNode:
                 self.log.error(f"/joint_trajectory rejected: {e}")
                 return
             self.counts["commands"] += 1
+            self._count_latched()  # it starts from the current gripper target
             self._cmd = cmd
 
     def _trajectory(self, msg) -> _TrajectoryCmd:
@@ -615,7 +656,7 @@ class RobotNode:
         def do():
             self.robot.reset(seed)
             self._cmd = None
-            self._grip = None
+            self._set_grip(None, "reset")
             self._next_cam = -np.inf
             self.counts["resets"] += 1
             self._publish_obs(None, None)
@@ -628,7 +669,7 @@ class RobotNode:
         with self.lock:
             self.robot.estop(bool(req.data))
             self._cmd = None  # a command from before the change never resumes by itself
-            self._grip = None
+            self._set_grip(None, "e-stop")
         resp.success = True
         resp.message = "e-stop engaged: holding" if req.data else "e-stop released: send a fresh command"
         self.log.warning(resp.message)
