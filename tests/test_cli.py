@@ -114,6 +114,7 @@ def test_view_of_missing_episode(recorded):
     assert r.returncode == 2 and "episode 99 does not exist" in r.stderr
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_demo_runs_end_to_end(tmp_path):
     # every stage, shortened: 2 demos, ~5 s of training, 3 evaluation episodes, 2 deployed episodes,
     # 300 env steps of online RL

@@ -151,6 +151,7 @@ def in_limits(msg) -> bool:
             and 0.0 - 1e-6 <= a[6] <= 1.0 + 1e-6)
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_inference_node_drives_the_twin_params_pause_stale_and_nan_holds(checkpoints, client):
     with proc("robot_rl.ros.robot_node", "--robot", "so101", "--task", "pick_cube", "--mode", "realtime",
               "--cameras", "none", "--rt-priority", "0", "--diag-hz", "0") as robot, \

@@ -260,6 +260,7 @@ def test_rl_config_errors_are_one_line():
         RLConfig.from_dict({"human": {"patiense": 3}})
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_rl_cli_trains_and_reports(tmp_path):
     import subprocess
     import sys

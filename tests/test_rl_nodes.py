@@ -126,6 +126,7 @@ def segments(out: Path, first: int | None = None) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_two_actors_feed_one_learner_and_an_actor_restarts(client, procs, tmp_path):
     out = tmp_path / "learner"
     learner = start(procs, *LEARNER, "--out", str(out))
@@ -156,6 +157,7 @@ def test_two_actors_feed_one_learner_and_an_actor_restarts(client, procs, tmp_pa
     assert learner.poll() is None
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_learner_killed_and_restarted_loses_no_acknowledged_transition(client, procs, tmp_path):
     out = tmp_path / "learner"
     learner = start(procs, *LEARNER, "--out", str(out))

@@ -86,6 +86,7 @@ def direct_recording(tmp_path, episodes=EPISODES):
     return EpisodeStore.open(tmp_path / "direct.zarr")
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_ros_recording_matches_direct_recording(graph, tmp_path):
     from robot_rl.data import EpisodeStore
     from robot_rl.data.bag import open_bag

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from _store_writer_proc import kill_campaign
 
 N_KILLS = int(os.environ.get("ROBOT_RL_STORE_KILLS", "25"))
 
 
+@pytest.mark.slow  # (make test-slow; CI runs it)
 def test_sigkill_never_loses_committed_episodes(tmp_path):
     r = kill_campaign(tmp_path / "ds", n_kills=N_KILLS, seed=11, rng_seed=5)
     assert r["problems"] == []
