@@ -110,7 +110,9 @@ def test_worker_chunks_settings_errors_and_close(ckpt, kind):
         assert r.error is None and r.chunk.shape == (CHUNK_LEN, 7) and r.chunk.dtype == np.float32
         assert np.all(np.isfinite(r.chunk))
         assert (r.t_obs, r.step) == (12.5, 0)
-        assert r.cold and r.nfe == NUM_STEPS, "no previous chunk: the first query is cold"
+        # no previous chunk: the first query warm-starts from holding still (the checkpoint's
+        # action mode), with the warm query's 2 evaluations instead of a cold sample's NUM_STEPS
+        assert not r.cold and r.nfe == 2
         assert r.latency_s >= r.compute_s > 0
         # the second query continues the first: a warm start with 2 evaluations
         assert w.submit(obs, 12.55, 1, 1)
@@ -131,9 +133,11 @@ def test_worker_chunks_settings_errors_and_close(ckpt, kind):
         r = wait_result(w)
         assert r.cold and r.nfe == NUM_STEPS
         w.update_sampler(mode="warm")
-        w.reset()  # new episode: nothing to warm-start from
+        w.update_sampler(start="cold")
+        w.reset()  # new episode: nothing to warm-start from, and starts set to cold
         assert w.submit(obs, 0.0, 0, 0)
-        assert wait_result(w).cold
+        r = wait_result(w)
+        assert r.cold and r.nfe == NUM_STEPS
         # a sampler exception is a result, and the worker keeps serving
         assert w.submit({"joint_pos": obs["joint_pos"]}, 0.05, 1, 0)
         r = wait_result(w)

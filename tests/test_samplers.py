@@ -158,6 +158,52 @@ def test_blend_for_policies_without_a_reverse_process(act):
     np.testing.assert_allclose(r.chunks[0, -2:], plain[-2:], atol=1e-6)  # beyond the overlap: the new chunk
 
 
+def test_episode_start_warm_starts_from_holding_still(diffusion):
+    """start="hold" (default): an episode's first query costs warm_steps evaluations, from the
+    chunk that holds the robot where it is; without the action mode it starts cold."""
+    o = obs_batch(diffusion, 2)
+    o["gripper"][:, -1] = [[0.0], [1.0]]  # one open, one closed
+    s = make_sampler(diffusion, dict(mode="warm", warm_steps=1, discrete="none", fallback_threshold=float("inf")),
+                     batch=2, spec=SPEC,
+                     action_mode="ee_delta")
+    r = s.query(o, [0, 0], [0, 0], None, gen())
+    assert list(r.nfe) == [1, 1] and not r.cold.any() and r.start.all() and s.counts["hold_starts"] == 2
+    assert np.isfinite(r.chunks).all()
+    nxt = s.query(o, [4, 4], [0, 0], None, gen())
+    assert not nxt.start.any() and list(nxt.nfe) == [1, 1]
+    # the hold chunk itself: zero motion and the measured gripper (ee_delta)
+    hold = diffusion.unnormalize_actions(torch.as_tensor(s._hold_chunks(o, 2))).numpy()
+    np.testing.assert_allclose(hold[:, :, :6], 0.0, atol=1e-5)
+    np.testing.assert_allclose(hold[:, :, 6], [[0.0] * hold.shape[1], [1.0] * hold.shape[1]], atol=1e-5)
+    # joint_pos: the measured joints and gripper (a 5-joint + gripper policy)
+    rng = np.random.default_rng(0)
+    lo, hi = np.array(SPEC.lower), np.array(SPEC.upper)
+    dims = diffusion.config.state_dims
+    data = {k: rng.uniform(-1, 1, (64, dims[k])) for k in KEYS}
+    data["action"] = np.c_[rng.uniform(lo, hi, (64, 5)), rng.uniform(0, 1, (64, 1))]
+    jp_pol = DiffusionPolicy(DiffusionConfig(state_keys=KEYS, state_dims=dims, action_dim=6, n_obs_steps=2, horizon=8,
+                                             n_action_steps=4, down_dims=[16, 32], feature_dim=16, step_embed_dim=16,
+                                             num_train_timesteps=50, num_inference_steps=5), Normalizer.fit(data)).eval()
+    jp = make_sampler(jp_pol, dict(mode="warm", discrete="none"), batch=2, spec=SPEC, action_mode="joint_pos")
+    hold = jp_pol.unnormalize_actions(torch.as_tensor(jp._hold_chunks(o, 2))).numpy()
+    np.testing.assert_allclose(hold[:, :, :5], np.repeat(o["joint_pos"][:, -1:, :5], hold.shape[1], 1), atol=1e-5)
+    np.testing.assert_allclose(hold[:, 0, 5], [0.0, 1.0], atol=1e-5)
+    r = jp.query(o, [0, 0], [2, 2], None, gen())
+    assert list(r.nfe) == [1, 1] and r.start.all()
+    # the d rows that execute before the chunk arrives hold the robot where it is
+    np.testing.assert_allclose(r.chunks[:, :2, :5], np.repeat(o["joint_pos"][:, -1:, :5], 2, 1), atol=1e-4)
+    # 7 action dims but 5 observed joints: nothing to hold, it starts cold
+    assert make_sampler(diffusion, dict(mode="warm"), spec=SPEC, action_mode="joint_pos")._hold_chunks(o, 2) is None
+    # a gripper policy that does not observe the gripper, or an unknown mode: nothing to hold, cold start
+    blind = {k: v for k, v in o.items() if k != "gripper"}
+    assert s._hold_chunks(blind, 2) is None
+    unknown = make_sampler(diffusion, dict(mode="warm"), batch=2, spec=SPEC)
+    r = unknown.query(o, [0, 0], [0, 0], None, gen())
+    assert r.cold.all() and list(r.nfe) == [diffusion.config.num_inference_steps] * 2
+    with pytest.raises(SamplerError, match="start"):
+        SamplerSettings(start="maybe").check()
+
+
 def test_short_start_only_for_episode_starts(diffusion):
     """start_steps: an episode's first query (and one whose previous chunk is used up) is a
     short DDIM sample; warm queries and fallbacks are not."""

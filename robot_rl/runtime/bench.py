@@ -48,15 +48,11 @@ def _table(title: str, header: list[str], rows: list[list[Any]]) -> str:
 
 # -- configurations ---------------------------------------------------------------------
 def start_configs() -> dict[str, dict]:
-    """RTI 1 NFE with each way of starting an episode other than the default: the policy's
-    cold sampler, or a 1-3 step DDIM sample (``start_steps``)."""
-    from robot_rl.runtime.samplers import SamplerSettings
-    default = SamplerSettings().start_steps
-    out = {}
-    for k in (None, 1, 2, 3):
-        if k != default:
-            out["RTI warm 1 NFE, cold start" if k is None else f"RTI warm 1 NFE, DDIM-{k} start"] = \
-                dict(mode="warm", warm_steps=1, start_steps=k)
+    """RTI 1 NFE with the other ways of starting an episode than the default warm start from
+    holding still: the policy's cold sampler, or a 1-3 step DDIM sample (``start_steps``)."""
+    out = {"RTI warm 1 NFE, cold start": dict(mode="warm", warm_steps=1, start="cold")}
+    for k in (1, 2, 3):
+        out[f"RTI warm 1 NFE, DDIM-{k} start"] = dict(mode="warm", warm_steps=1, start="cold", start_steps=k)
     return out
 
 
@@ -148,7 +144,7 @@ def _pcts(x: np.ndarray) -> dict[str, float]:
 
 
 def bench_latency(policy, stream: list[dict], configs: dict[str, dict], queries: int, replan: int,
-                  spec, progress: bool = True) -> dict[str, dict]:
+                  spec, progress: bool = True, action_mode: str = "ee_delta") -> dict[str, dict]:
     import torch
     from tqdm import tqdm
 
@@ -157,8 +153,8 @@ def bench_latency(policy, stream: list[dict], configs: dict[str, dict], queries:
     gen = torch.Generator().manual_seed(0)
     for name, cfg in configs.items():
         n = queries if cfg.get("num_steps", 0) < 50 else max(100, queries // 5)
-        smp = make_sampler(policy, cfg, spec=spec)
-        times, nfe, cold = [], [], []
+        smp = make_sampler(policy, cfg, spec=spec, action_mode=action_mode)
+        times, nfe, cold = [], [], []  # cold: an episode's first query, or a fallback
         step, pos = 0, 0
         for q in tqdm(range(n + 5), desc=f"latency {name}", leave=False, disable=not progress):
             item = stream[pos % len(stream)]
@@ -178,10 +174,10 @@ def bench_latency(policy, stream: list[dict], configs: dict[str, dict], queries:
             if q >= 5:  # warm-up queries not timed
                 times.append(dt)
                 nfe.append(int(r.nfe[0]))
-                cold.append(bool(r.cold[0]))
+                cold.append(bool(r.cold[0] or r.start[0]))
         x = np.asarray(times) * 1e3
         res[name] = _pcts(x) | {"queries": len(x), "nfe_per_query": float(np.mean(nfe)), "settings": cfg,
-                                "cold_queries": int(np.sum(cold))}
+                                "start_or_cold_queries": int(np.sum(cold))}
         w = x[~np.asarray(cold)]
         if cfg.get("mode") != "cold" and len(w):
             res[name]["steady"] = _pcts(w) | {"queries": len(w)}
@@ -230,7 +226,7 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     if "latency" in sections:
         stream = _observation_stream(policy, task, spec)
         report["latency"] = bench_latency(policy, stream, latency_configs(diffusion, replan_every), queries,
-                                          replan_every, spec, progress)
+                                          replan_every, spec, progress)  # the stream is ee_delta
         rows = []
         for k, v in report["latency"].items():
             rows.append([k, "all", v["nfe_per_query"], v["p50_ms"], v["p95_ms"], v["p99_ms"], v["max_ms"], v["queries"]])

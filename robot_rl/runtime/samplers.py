@@ -28,10 +28,14 @@ Modes (:class:`SamplerSettings`.mode):
   "disagrees" with the warm start -- the observation moved away from what the previous
   chunk planned for (a reset, a bump, an intervention) -- and the query is redone cold.
   The check costs no extra evaluation; ``fallbacks`` counts how often it fires.
-  Episode starts: the first query of an episode has nothing to warm-start from and is
-  sampled cold. ``start_steps`` makes that sample a short DDIM one (e.g. 2 network
-  evaluations instead of the policy's 10), so the slowest queries of a deployment are not
-  the episode starts; the warm queries that follow refine its chunk.
+  Episode starts: the first query of an episode has no previous chunk. ``start="hold"``
+  (default) warm-starts it from the chunk that holds the robot still -- zero motion for
+  ``ee_delta``, the measured joint positions for ``joint_pos``, the measured gripper --
+  with the same ``warm_steps`` evaluations from K' (no fallback check: the hold chunk is a
+  neutral prior, not a stale plan), so an episode's first query costs what a warm one
+  does. ``start="cold"`` samples it with the cold sampler, or a DDIM sample of
+  ``start_steps`` steps. A sampler that does not know the action mode, or whose policy does
+  not observe the joints / gripper the hold chunk needs, starts cold.
 * ``rtc`` -- real-time chunking (after Black, Galliker & Levine 2025). Diffusion: sample
   from noise with guidance toward the previous chunk -- the d rows that execute anyway get
   weight 1, the rest of the overlap exponentially decaying weights, rows past the
@@ -57,6 +61,7 @@ import torch
 from robot_rl.runtime.settings import SettingsBase
 
 MODES = ("cold", "warm", "rtc")
+STARTS = ("hold", "cold")
 DISCRETE = ("none", "scale", "snap", "scale_snap")
 
 
@@ -80,8 +85,10 @@ class SamplerSettings(SettingsBase):
     discrete_scale: float = 0.5
     fallback_threshold: float = 0.3  # RMS distance, normalised units (inf: never fall back)
     hold_delay: bool = True  # delay-aware: keep the d rows that execute anyway at the previous values
-    # warm / rtc: DDIM steps of the cold sample that starts an episode (no previous chunk to
-    # continue); None: the cold sampler above. Fallbacks always use the cold sampler above.
+    # warm / rtc, an episode's first query (no previous chunk): warm-start from the chunk that
+    # holds the robot still ("hold"), or sample it cold ("cold": DDIM with start_steps steps,
+    # None: the cold sampler above). Fallbacks always use the cold sampler above.
+    start: str = "hold"
     start_steps: int | None = None
     # real-time chunking
     rtc_steps: int = 5  # DDIM steps of the guided sample
@@ -90,6 +97,8 @@ class SamplerSettings(SettingsBase):
     def check(self, policy=None) -> "SamplerSettings":
         if self.mode not in MODES:
             raise SamplerError(f"sampler mode must be one of {MODES}, got {self.mode!r}")
+        if self.start not in STARTS:
+            raise SamplerError(f"start must be one of {STARTS}, got {self.start!r}")
         if self.discrete not in DISCRETE:
             raise SamplerError(f"discrete must be one of {DISCRETE}, got {self.discrete!r}")
         if self.warm_steps < 1 or self.rtc_steps < 1:
@@ -125,6 +134,7 @@ class QueryResult:
     fallback: np.ndarray  # (B,) bool: a warm query redone cold
     cold: np.ndarray  # (B,) bool: sampled from scratch (no usable previous chunk, cold mode, fallback)
     distance: np.ndarray  # (B,) warm-start distance of the fallback check (nan where not checked)
+    start: np.ndarray | None = None  # (B,) bool: no previous chunk was continued (an episode's first query)
 
 
 def is_diffusion(policy) -> bool:
@@ -154,8 +164,9 @@ class ChunkSampler:
     the planned delay d. ``reset(idx)`` forgets the previous chunks (a new episode)."""
 
     def __init__(self, policy, settings: SamplerSettings | None = None, batch: int = 1,
-                 discrete_dims: Sequence[int] = ()):
+                 discrete_dims: Sequence[int] = (), action_mode: str | None = None):
         self.policy = policy
+        self.action_mode = action_mode
         self.settings = (settings or SamplerSettings()).check(policy)
         self.batch = int(batch)
         c = policy.config
@@ -173,7 +184,8 @@ class ChunkSampler:
         self._has_prev = np.zeros(self.batch, bool)
         self._scheds: dict = {}
         self._snap_ends: torch.Tensor | None = None  # discrete dims' (lo, hi) in robot units
-        self.counts = {"queries": 0, "chunks": 0, "warm": 0, "cold": 0, "fallbacks": 0, "nfe": 0, "vjp": 0}
+        self.counts = {"queries": 0, "chunks": 0, "warm": 0, "cold": 0, "fallbacks": 0, "nfe": 0, "vjp": 0,
+                       "hold_starts": 0}
 
     # -- state ------------------------------------------------------------------------------
     def reset(self, idx: Sequence[int] | np.ndarray | None = None) -> None:
@@ -228,6 +240,7 @@ class ChunkSampler:
         fallback = np.zeros(B, bool)
         cold = np.ones(B, bool)
         dist = np.full(B, np.nan)
+        began = np.ones(B, bool)
         p = self.policy
         if not self.diffusion:
             chunks = np.asarray(p.predict_chunks(obs_history, generator), np.float32)
@@ -239,6 +252,7 @@ class ChunkSampler:
                     w = overlap_weights(self.H, int(held[b]), self.H - int(shift[b]))[:, None]
                     chunks[b] = w * y[b] + (1 - w) * chunks[b]
                 cold = ~ok
+                began = ~ok
             self._store(idx, steps, chunks)
             out = chunks
         else:
@@ -248,9 +262,19 @@ class ChunkSampler:
             start = np.zeros(B, bool)  # rows with no previous chunk to continue (episode starts)
             if st.mode in ("warm", "rtc"):
                 y, ok, shift = self._shifted(idx, steps)
+                began = ~ok
                 held = self._held_rows(delays)
-                rows = np.flatnonzero(ok)
+                hold = self._hold_chunks(obs_history, B) if st.start == "hold" else None
+                if hold is not None and (~ok).any():  # episode starts: warm start from holding still
+                    rows = np.flatnonzero(~ok)
+                    r = torch.as_tensor(rows, device=cond.device)
+                    xr, n, _ = self._warm(cond[r], hold[rows], held[rows], generator)
+                    x[r] = xr
+                    nfe[rows] = n
+                    todo_cold[rows] = False
+                    self.counts["hold_starts"] += len(rows)
                 start = ~ok if st.start_steps is not None else start
+                rows = np.flatnonzero(ok)
                 if len(rows):
                     r = torch.as_tensor(rows, device=cond.device)
                     if st.mode == "warm":
@@ -287,7 +311,34 @@ class ChunkSampler:
         c["warm"] += int((~cold).sum())
         c["fallbacks"] += int(fallback.sum())
         c["nfe"] += int(nfe.sum())
-        return QueryResult(out.astype(np.float32), nfe, fallback, cold, dist)
+        return QueryResult(out.astype(np.float32), nfe, fallback, cold, dist, began)
+
+    def _hold_chunks(self, obs_history: Mapping[str, Any], B: int) -> np.ndarray | None:
+        """(B, H, A) normalised chunks that hold the robot where the latest observation has
+        it; None when the action mode or the observed keys do not say where that is."""
+        p = self.policy
+
+        def latest(key: str) -> np.ndarray:  # (B, dim) from (B, T, dim) or one unbatched (T, dim)
+            v = np.asarray(obs_history[key], np.float32)
+            return (v[None] if v.ndim == 2 else v)[:, -1]
+
+        a = np.zeros((B, self.A), np.float32)  # ee_delta: zero motion
+        if self.action_mode == "joint_pos":
+            if "joint_pos" not in obs_history:
+                return None
+            q = latest("joint_pos")
+            n = self.A - len(self.discrete_dims)
+            if q.shape[-1] < n:
+                return None
+            a[:, :n] = q[:, :n]
+        elif self.action_mode != "ee_delta":
+            return None
+        if self.discrete_dims:
+            if "gripper" not in obs_history:
+                return None
+            a[:, self.discrete_dims] = latest("gripper")[:, :1]
+        t = torch.as_tensor(np.repeat(a[:, None], self.H, 1), device=p.alphas_cumprod.device)
+        return p.normalize_actions(t).float().cpu().numpy()
 
     def _snap(self, x: torch.Tensor) -> torch.Tensor:
         """Round the discrete dimensions to the nearer end of their range, in robot units: the
@@ -406,11 +457,13 @@ class ChunkSampler:
 
 
 def make_sampler(policy, settings: SamplerSettings | Mapping[str, Any] | None = None, batch: int = 1,
-                 discrete_dims: Sequence[int] | None = None, spec=None) -> ChunkSampler:
+                 discrete_dims: Sequence[int] | None = None, spec=None,
+                 action_mode: str | None = None) -> ChunkSampler:
     """A sampler for `policy`; `discrete_dims` default to the gripper (the last action
-    dimension) when `spec` has one."""
+    dimension) when `spec` has one. `action_mode` (the policy's, e.g. ``ee_delta``) lets
+    episode starts warm-start from holding still; without it they start cold."""
     if isinstance(settings, Mapping):
         settings = SamplerSettings.from_dict(settings)
     if discrete_dims is None:
         discrete_dims = [policy.config.action_dim - 1] if spec is not None and spec.gripper is not None else []
-    return ChunkSampler(policy, settings, batch, discrete_dims)
+    return ChunkSampler(policy, settings, batch, discrete_dims, action_mode)

@@ -112,7 +112,7 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
     discrete = [A - 1] if spec.gripper is not None else []
     cont = np.ones(A, bool)
     cont[discrete] = False
-    smp = make_sampler(policy, sampler, batch=n_envs, discrete_dims=discrete)
+    smp = make_sampler(policy, sampler, batch=n_envs, discrete_dims=discrete, action_mode=action_mode)
     exs = [ChunkExecutor(A, dt, executor, discrete) for _ in range(n_envs)]
     pool = _EnvList(n_envs, task=task, robot=spec, action_mode=action_mode, cameras=[],
                     max_episode_steps=max_episode_steps)

@@ -136,7 +136,8 @@ class _Engine:
         from robot_rl.runtime.samplers import is_diffusion, make_sampler
         import_policies()
         self.policy, cfg = load_checkpoint(checkpoint, spec, device)
-        self.sampler = make_sampler(self.policy, settings, spec=spec)
+        self.sampler = make_sampler(self.policy, settings, spec=spec,
+                                    action_mode=(cfg.get("metadata") or {}).get("action_mode"))
         c = self.policy.config
         self.info = {
             "policy": self.policy.type_name, "diffusion": is_diffusion(self.policy),
