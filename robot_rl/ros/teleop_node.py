@@ -19,6 +19,11 @@ step limit) -- and finally ``success steps=N stamp=T`` or ``failure steps=N stam
 Before the first episode it waits for the robot node and, when one is running, for the
 recorder (``/diagnostics`` status ``recorder`` ready); after the last it waits until the
 recorder has closed every episode.
+
+``--device expert --mode realtime`` streams the expert like a person's device against a
+realtime robot node: twist + gripper at ``--rate``, each from the newest observation received
+(:func:`run_expert_realtime`). Not reproducible (wall-clock timing), but it exercises the
+realtime recording path end to end.
 """
 from __future__ import annotations
 
@@ -69,6 +74,8 @@ class TeleopNode:
         self._succ_order: list[bool] = []
         self._clock_ns = -1  # newest observation stamp seen
         self.recorder: dict[str, str] | None = None  # latest recorder diagnostics
+        self.robot_loop: dict[str, str] | None = None  # latest robot node '<name>: loop' diagnostics
+        self.robot_loop_recv_ns = 0  # wall time it was received
         n.create_subscription(JointState, topics.JOINT_STATES, lambda m: self._obs("js", m, m.header.stamp), rq(100))
         n.create_subscription(PoseStamped, topics.EE_POSE, lambda m: self._obs("ee", m, m.header.stamp), rq(100))
         n.create_subscription(Float32MultiArray, topics.OBJECT_STATE, self._on_obj, rq(100))
@@ -110,6 +117,16 @@ class TeleopNode:
         for s in msg.status:
             if s.name == RECORDER_DIAG:
                 self.recorder = {kv.key: kv.value for kv in s.values}
+            elif s.name.endswith(": loop"):
+                self.robot_loop = {kv.key: kv.value for kv in s.values}
+                self.robot_loop_recv_ns = time.time_ns()
+
+    def robot_resets(self) -> int | None:
+        """The robot node's reset count, from its latest loop diagnostics (None: none yet)."""
+        try:
+            return int((self.robot_loop or {})["resets"])
+        except (KeyError, ValueError):
+            return None
 
     # -- helpers -----------------------------------------------------------------------------
     def spin(self, timeout: float = 0.0) -> None:
@@ -160,6 +177,15 @@ class TeleopNode:
                 return ns
         return None
 
+    def latest_complete(self, after_ns: int) -> int | None:
+        """The newest stamp > after_ns with a complete observation."""
+        for ns in sorted(self.obs["js"], reverse=True):
+            if ns <= after_ns:
+                return None
+            if ns in self.obs["ee"] and ns in self.obs["obj"]:
+                return ns
+        return None
+
     def success_at(self, ns: int) -> bool | None:
         try:
             i = self._js_order.index(ns)
@@ -176,12 +202,16 @@ class TeleopNode:
                                                     stride=1))
         self.pub_action.publish(m)
 
-    def send_twist(self, cmd: TeleopCommand) -> None:
+    def send_twist(self, cmd: TeleopCommand, stamp_ns: int | None = None, hz: float | None = None) -> None:
+        """Twist + gripper; ``stamp_ns``: the observation it was chosen from (default: now);
+        ``hz``: the robot's control rate the normalised twist refers to (default: the spec's)."""
         from geometry_msgs.msg import TwistStamped
         from std_msgs.msg import Float64
-        lin, ang = twist_si(cmd.twist, self.spec)
+        from builtin_interfaces.msg import Time
+        lin, ang = twist_si(cmd.twist, self.spec, hz)
         m = TwistStamped()
-        m.header.stamp = self.node.get_clock().now().to_msg()
+        m.header.stamp = self.node.get_clock().now().to_msg() if stamp_ns is None else \
+            Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         m.header.frame_id = "base"
         m.twist.linear.x, m.twist.linear.y, m.twist.linear.z = (float(v) for v in lin)
         m.twist.angular.x, m.twist.angular.y, m.twist.angular.z = (float(v) for v in ang)
@@ -261,6 +291,113 @@ def run_expert_lockstep(tn: TeleopNode, dev: ExpertDevice, args) -> int:
         ended += 1
         log.info(f"episode {i + 1}/{args.episodes} seed={seed}: {end} after {steps} steps "
                  f"({steps / max(time.monotonic() - t0, 1e-9):.1f} steps/s)")
+    wait_recorder_done(tn, ended, args)
+    return 0
+
+
+def run_expert_realtime(tn: TeleopNode, dev: ExpertDevice, args) -> int:
+    """The expert as a streaming device against a realtime robot node: ``start seed=N`` (the
+    robot node resets the twin), then at ``--rate`` (on its own clock, like a gamepad) the
+    expert's action for the newest observation received, sent as ``/ee_delta_command`` (stamped
+    with that observation) + ``/gripper_command``; without a new observation the last command
+    is sent again. ``--rate`` is also the control rate the per-step action refers to: pass the
+    robot node's. Episodes count the robot's steps (one ``/success`` per observation) and end as
+    in ``rollout_expert`` (success held ``--hold-steps`` more steps, or ``--max-steps``), with a
+    plain ``success`` / ``failure`` event. Observations count only once the robot node's loop
+    diagnostics report the reset (``resets``), so nothing from before it steers the expert; a
+    ``/success`` true received before the episode's first false one is from before the reset.
+    Between episodes it streams a zero twist (the stick at rest)."""
+    log = tn.log
+    period = 1.0 / args.rate
+    stats = {"sent": 0, "late": 0, "acted": 0}
+    clock = {"next": time.monotonic()}
+
+    def tick(cmd: TeleopCommand, stamp_ns: int | None = None) -> None:
+        tn.send_twist(cmd, stamp_ns, args.rate)
+        stats["sent"] += 1
+        clock["next"] += period
+        tn.spin(0.0)  # callbacks run even when this tick is late
+        rest = clock["next"] - time.monotonic()
+        if rest < 0:
+            stats["late"] += 1
+            if rest < -period:  # a whole period behind: skip, do not burst
+                clock["next"] = time.monotonic()
+        tn.spin_until(lambda: False, max(0.0, rest), min(0.01, max(rest, 0.0) or 0.001))
+
+    if not tn.spin_until(lambda: tn.robot_resets() is not None, args.wait_robot, 0.05):
+        log.error(f"no loop diagnostics from the robot node after {args.wait_robot} s: the realtime expert "
+                  f"needs them to see its resets (robot_node --diag-hz > 0)")
+        return 1
+    t_run = time.monotonic()
+    hold = TeleopCommand()
+    ended = 0
+    for i in range(args.episodes):
+        seed = args.seed + i
+        dev.start(seed)
+        after = None
+        for attempt in range(args.start_retries):
+            base = tn.robot_resets()
+            if attempt:  # the recorder's episode of the unanswered start
+                tn.event("discard")
+            tn.event("start", seed=seed, source="expert", device="expert")
+            hold = TeleopCommand()  # the twin resets with the gripper open
+            t_sent = time.monotonic()
+            while time.monotonic() - t_sent < args.start_timeout:
+                if (tn.robot_resets() or 0) > (base or 0):
+                    after = tn.robot_loop_recv_ns  # observations stamped later are the reset's
+                    break
+                tick(hold)
+            if after is not None:
+                break
+            log.warning(f"the robot node reported no reset {args.start_timeout:g} s after 'start seed={seed}' "
+                        f"(attempt {attempt + 1}/{args.start_retries}); sending it again")
+        if after is None:
+            log.error(f"the robot node never reset for 'start seed={seed}': is `robot_node --mode realtime` "
+                      f"running on this ROS_DOMAIN_ID?")
+            return 1
+        tn.reset_pairing()
+        cursor, armed, end = 0, False, None
+        cmd, cmd_ns, last_ns = hold, None, after
+        t0 = t_obs = time.monotonic()
+        acted0 = stats["acted"]
+        while end is None:
+            succ = tn._succ_order
+            while cursor < len(succ) and end is None:  # one /success per robot step
+                s = succ[cursor]
+                cursor += 1
+                if s and not armed:
+                    continue
+                armed = True
+                end = dev.after_step(s)
+            if end is not None:
+                break
+            ns = tn.latest_complete(last_ns)
+            if ns is not None:
+                cmd, cmd_ns, last_ns = dev.poll(tn.observation(ns)), ns, ns
+                stats["acted"] += 1
+                t_obs = time.monotonic()
+            elif time.monotonic() - t_obs > args.step_timeout:
+                log.error(f"episode seed={seed}: no observation for {args.step_timeout} s (robot node gone?)")
+                return 1
+            tick(cmd, cmd_ns)
+        tn.event(end)
+        ended += 1
+        hold = TeleopCommand(gripper=cmd.gripper)
+        log.info(f"episode {i + 1}/{args.episodes} seed={seed}: {end} after {dev.steps} robot steps "
+                 f"({stats['acted'] - acted0} observations acted on) in {time.monotonic() - t0:.2f} s")
+        # like a person between takes: the next start only once the recorder (if any) has closed
+        # this episode (a start during its last `latency` makes the recorder finish it early)
+        t_wait = time.monotonic()
+        while tn.recorder is not None and time.monotonic() - t_wait < args.recorder_timeout:
+            try:
+                if int(tn.recorder.get("episodes_closed", "0")) - tn.recorder_base >= ended:
+                    break
+            except ValueError:
+                break
+            tick(hold)
+    wall = time.monotonic() - t_run
+    log.info(f"streamed {stats['sent']} commands in {wall:.2f} s ({stats['sent'] / max(wall, 1e-9):.2f} Hz, "
+             f"target {args.rate:g}), {stats['late']} late ticks, acted on {stats['acted']} observations")
     wait_recorder_done(tn, ended, args)
     return 0
 
@@ -346,7 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-steps", type=int, default=2,
                    help="expert: steps kept after success (rollout_expert extra_steps)")
     p.add_argument("--max-steps", type=int, default=None, help="expert: step limit (default: the task's)")
-    p.add_argument("--rate", type=float, default=None, help="human devices: command rate Hz (default: spec control_hz)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="realtime: command rate Hz (default: spec control_hz); the realtime expert's actions "
+                        "refer to it as the robot's control rate (pass the robot node's --rate)")
     p.add_argument("--speed", type=float, default=None, help="human devices: speed scale 0..1")
     p.add_argument("--wait-robot", type=float, default=30.0, help="s to wait for the robot node")
     p.add_argument("--wait-recorder", type=float, default=10.0,
@@ -370,10 +509,6 @@ def main(argv: list[str] | None = None) -> int:
     from robot_rl.spec import load_spec
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     args.mode = args.mode or ("lockstep" if args.device == "expert" else "realtime")
-    if args.device == "expert" and args.mode != "lockstep":
-        print("teleop_node: --device expert runs against a lockstep robot node (--mode lockstep); in realtime "
-              "mode the expert's observation-driven actions would not be reproducible", file=sys.stderr)
-        return 2
     try:
         spec = load_spec(args.robot)
         if args.rate is None:
@@ -406,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     tn.log.warning(f"no ready recorder after {args.wait_recorder} s: running without one")
             tn.recorder_base = int((tn.recorder or {}).get("episodes_closed", "0") or 0)
-            rc = run_expert_lockstep(tn, dev, args)
+            rc = (run_expert_lockstep if args.mode == "lockstep" else run_expert_realtime)(tn, dev, args)
         else:
             rc = run_human(tn, dev, args)
     except (KeyboardInterrupt, ExternalShutdownException):

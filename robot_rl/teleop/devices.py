@@ -51,11 +51,12 @@ class TeleopCommand:
         return np.concatenate([np.clip(self.twist, -1, 1), [self.gripper]]).astype(np.float32)
 
 
-def twist_si(twist: np.ndarray, spec) -> tuple[np.ndarray, np.ndarray]:
+def twist_si(twist: np.ndarray, spec, hz: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised twist -> (linear m/s, angular rad/s) for ``/ee_delta_command``: integrated
-    over one control period it moves the tool by ``twist * max_delta``."""
+    over one control period (``1 / hz``, default the spec's ``control_hz``; pass the robot
+    node's ``--rate`` when it differs) it moves the tool by ``twist * max_delta``."""
     v = np.clip(np.asarray(twist, np.float64), -1, 1)
-    hz = float(spec.control_hz)
+    hz = float(hz or spec.control_hz)
     return v[:3] * spec.max_delta_pos * hz, v[3:6] * spec.max_delta_rot * hz
 
 
