@@ -104,6 +104,31 @@ def checks(reports: dict[str, dict]) -> list[dict]:
     return rows
 
 
+DEPLOY_ROWS = [("warm", "thread"), ("warm", "process"), ("cold", "thread"), ("rtc", "thread")]
+
+
+def deploy(episodes: int) -> None:
+    """The diffusion pick_cube checkpoint through the inference node on the realtime twin
+    (robot node at the spec's rate in wall-clock time), one row per sampler / worker; each
+    row's deploy.json is kept in results/inference/diffusion_pick_cube/deploy/."""
+    from robot_rl.ros.deploy import format_summary, run_deploy_episodes
+    ck = ROOT / "runs" / "bench" / "diffusion_pick_cube" / "checkpoints" / "last"
+    out = OUT / "diffusion_pick_cube" / "deploy"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mode, worker in DEPLOY_ROWS:
+        r = run_deploy_episodes(ck, "pick_cube", episodes=episodes, mode=mode, worker=worker,
+                                log_dir=out / f"{mode}_{worker}")
+        (out / f"{mode}_{worker}.json").write_text(json.dumps(r, indent=2, default=float))
+        print(format_summary(r), flush=True)
+        wl = r.get("worker_latency_ms") or {}
+        rows.append({"sampler / worker": f"{mode} / {worker}", "success": f"{r['successes']}/{r['episodes']}",
+                     "NFE / query": r.get("nfe_per_query"), "worker ms p50": wl.get("p50"), "worker ms p99": wl.get("p99"),
+                     "fallbacks": r.get("fallbacks"), "robot overruns": r.get("robot_overruns"),
+                     "mean time to success s": r.get("mean_success_time_s")})
+    print_table(rows, list(rows[0]), f"deployed through the inference node, {episodes} episodes per row")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="*", default=list(RUNS), help="policy:task (default: all)")
@@ -111,6 +136,9 @@ def main() -> None:
     ap.add_argument("--delays", type=int, nargs="*", default=[0, 1, 2, 4, 8])
     ap.add_argument("--sections", nargs="*", default=None, help="only these sections of each run")
     ap.add_argument("--report", action="store_true", help="only the checks, from saved runs")
+    ap.add_argument("--deploy", type=int, default=0, metavar="N",
+                    help="also deploy the diffusion pick_cube checkpoint through the inference node, N episodes per "
+                         "sampler / worker (ROS 2: run inside scripts/isolated.sh)")
     args = ap.parse_args()
     if not args.report:
         for name in args.runs:
@@ -119,6 +147,8 @@ def main() -> None:
             secs = [x for x in RUNS[name] if args.sections is None or x in args.sections]
             if secs:
                 run(name, secs, args.episodes, args.delays)
+    if args.deploy:
+        deploy(args.deploy)
     reports = {}
     for name in RUNS:
         p = OUT / name.replace(":", "_") / "inference.json"
