@@ -178,15 +178,19 @@ class RobotNode:
 
         n = self.node
         rq = topics.reliable_qos
-        self.pub_js = n.create_publisher(JointState, topics.JOINT_STATES, rq(10))
-        self.pub_ee = n.create_publisher(PoseStamped, topics.EE_POSE, rq(10))
-        self.pub_obj = n.create_publisher(Float32MultiArray, topics.OBJECT_STATE, rq(10))
-        self.pub_reward = n.create_publisher(Float32, topics.REWARD, rq(10))
-        self.pub_success = n.create_publisher(Bool, topics.SUCCESS, rq(10))
-        self.pub_action = n.create_publisher(Float32MultiArray, topics.ACTION, rq(10))
+        # lockstep steps as fast as commands come, with nothing holding the twin back: a writer
+        # history of 10 lets a briefly stalled recorder lose the oldest samples of a burst
+        # (seen under load). Keep seconds of them there; images are larger, keep fewer.
+        depth, img_depth = (10, 10) if mode == "realtime" else (1000, 100)
+        self.pub_js = n.create_publisher(JointState, topics.JOINT_STATES, rq(depth))
+        self.pub_ee = n.create_publisher(PoseStamped, topics.EE_POSE, rq(depth))
+        self.pub_obj = n.create_publisher(Float32MultiArray, topics.OBJECT_STATE, rq(depth))
+        self.pub_reward = n.create_publisher(Float32, topics.REWARD, rq(depth))
+        self.pub_success = n.create_publisher(Bool, topics.SUCCESS, rq(depth))
+        self.pub_action = n.create_publisher(Float32MultiArray, topics.ACTION, rq(depth))
         self.pub_diag = n.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, rq(10))
         self.pub_clock = n.create_publisher(Clock, topics.CLOCK, rq(10)) if mode != "realtime" else None
-        iq = topics.sensor_qos() if image_qos == "sensor" else rq(10)
+        iq = topics.sensor_qos() if image_qos == "sensor" else rq(img_depth)
         self.pub_img, self.pub_info, self._cam_info = {}, {}, {}
         for c in self.spec.cameras:
             self.pub_img[c.name] = n.create_publisher(Image, topics.camera_image(c.name), iq)
