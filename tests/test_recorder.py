@@ -324,3 +324,98 @@ def test_burst_stamper_places_unstamped_messages_by_source_time():
     clock.t = 3.0
     assert bs.expire() == [("r3", 150)]
     assert bs.unstamped(3002, "r4") == [] and bs.flush() == [("r4", 150)]
+
+
+def _realtime_reset_run(tmp_path, bound, reset_recv_delay_ns, reset_seed="4", jitter=True):
+    """A realtime twin: frames every DT (stamped with wall time, a few ms of jitter). The start
+    event arrives between frames 4 and 5 while the twin still shows the previous episode (value
+    100 + k); it resets before frame 6 (value 0, then 1, 2, ...) and announces it."""
+    rec, store, clock, events = make(tmp_path, bound, mode="realtime")
+    t = 1_700_000_000 * NS
+    MS = 1_000_000
+    todo = []  # (receipt ns, order, fn)
+
+    def frame(k, value):
+        tk = t + k * DT + ((k * 7) % 5 - 2) * MS * jitter  # -2 .. +2 ms
+        recv = tk + 2 * MS
+
+        def pub():
+            for topic, v in FakeRobot.values(value).items():
+                rec.message(topic, tk if topic != "/reward" else recv, v, recv_ns=recv, stamped=topic != "/reward")
+            rec.message("/action", tk, {"action": np.full(7, value, np.float32)}, recv_ns=recv)
+        todo.append((recv, 1, pub))
+        return tk
+
+    for k in range(6):
+        frame(k, 100 + k)
+    t_reset = frame(6, 0)
+    for k in range(7, 30):
+        frame(k, k - 6)
+    todo.append((t + 4 * DT + 10 * MS, 0, lambda: rec.event("start seed=4 source=expert", t + 4 * DT + 10 * MS)))
+    seed = f"seed={reset_seed} " if reset_seed is not None else ""
+    r_recv = t_reset + reset_recv_delay_ns
+    todo.append((r_recv, 0, lambda: rec.event(f"reset {seed}stamp={stamp_text(t_reset)}", r_recv)))
+    todo.append((t + 25 * DT, 0, lambda: rec.event("success", t + 25 * DT)))
+    for _, _, fn in sorted(todo, key=lambda x: (x[0], x[1])):
+        fn()
+    rec.tick(t + 40 * DT)
+    assert events == [("committed", 0, True)]
+    return store, t_reset
+
+
+@pytest.mark.parametrize("delay_ms", [3, 300])
+def test_realtime_reset_announcement_reanchors_the_episode(tmp_path, bound, delay_ms):
+    """`reset seed=N stamp=T` from the robot node: step 0 is the first post-reset observation
+    (nothing of the previous episode), the grid follows the robot's frames one to one; also
+    when the announcement comes after steps were already assembled (300 ms > latency)."""
+    store, t_reset = _realtime_reset_run(tmp_path, bound, delay_ms * 1_000_000)
+    ep = store.episode(0)
+    n = len(ep["timestamp"])
+    assert 17 <= n <= 19
+    np.testing.assert_array_equal(ep["joint_pos"][:, 0], np.arange(n))  # no stale, repeated or lost frame
+    np.testing.assert_array_equal(ep["image_front"][:, 0, 0, 0], np.arange(n))
+    np.testing.assert_array_equal(ep["object_state"][:, 0], np.arange(n))
+    assert ep["stamp_joint_pos"][0] == pytest.approx(t_reset / NS, abs=1e-9)
+    assert ep["timestamp"][0] == pytest.approx(t_reset / NS + DT / 4 / NS, abs=1e-9)
+    extra = store.episode_meta(0)["extra"]
+    assert extra["align"]["reset_stamp"] == pytest.approx(t_reset / NS)
+    assert (extra["align"]["dropped_before_reset"] > 0) == (delay_ms > 100)
+    assert extra["cadence"]["steps"] == n and extra["cadence"]["drops"]["/joint_states"] == 0
+    assert store.n_episodes == 1
+    store.close()
+
+
+@pytest.mark.parametrize("reset_seed", ["99", "far"])
+def test_realtime_reset_for_another_episode_is_ignored(tmp_path, bound, reset_seed):
+    """A reset announced for another seed, or far from the start: the grid stays at the start
+    event, whose first step is the previous episode's last frame (what a real arm, which never
+    announces a reset, records too)."""
+    delay = 3_000_000 if reset_seed != "far" else 1_500_000_000
+    store, _ = _realtime_reset_run(tmp_path, bound, delay, reset_seed="99" if reset_seed == "99" else "4")
+    ep = store.episode(0)
+    assert ep["joint_pos"][0, 0] == 104  # stale: the frame before the start event
+    assert "reset_stamp" not in store.episode_meta(0)["extra"]["align"]
+    store.close()
+
+
+def test_realtime_reset_before_its_start_event_counts(tmp_path, bound):
+    """The announcement overtook the start event (another publisher): it is kept for it."""
+    store, t_reset = _realtime_reset_run(tmp_path, bound, -(2 * DT - 5_000_000))  # before the start
+    ep = store.episode(0)
+    assert ep["joint_pos"][0, 0] == 0 and ep["stamp_joint_pos"][0] == pytest.approx(t_reset / NS, abs=1e-9)
+    store.close()
+
+
+def test_lockstep_ignores_reset_announcements(tmp_path, bound):
+    rec, store, clock, events = make(tmp_path, bound)
+    robot = FakeRobot(rec)
+    rec.event("start seed=1", 0)
+    robot.t += DT
+    robot.obs(0)
+    rec.event(f"reset seed=1 stamp={stamp_text(robot.t + 5 * DT)}", 0)
+    for k in range(3):
+        robot.step(k)
+    rec.event(f"success steps=3 stamp={stamp_text(robot.t)}", 0)
+    assert events == [("committed", 0, True)] and not rec.warnings
+    np.testing.assert_array_equal(store.episode(0)["joint_pos"][:, 0], [0, 1, 2])
+    store.close()

@@ -203,3 +203,58 @@ def test_recorder_sigint_mid_episode_keeps_committed_episodes(graph, tmp_path):
         assert bag.topics["/action"].count >= ros.n_steps
         for _ in bag.messages(["/joint_states"]):
             pass  # readable to the end
+
+
+@pytest.mark.slow  # (make test-slow; CI runs it)
+def test_realtime_recording_starts_at_the_twins_reset(ros_domain, tmp_path):
+    """Realtime twin + streaming expert + realtime recorder: the robot node announces each
+    reset (`reset seed=N stamp=T`) and the recorder re-anchors the episode there, so step 0 of
+    every episode is the reset state of its seed (a fresh reset gives the same joint and
+    object state), never the previous episode's last frame. The robot starts with seed 0 and
+    the episodes use seeds 1..3, so every episode's reset moves the cube."""
+    from robot_rl.data import EpisodeStore
+    from robot_rl.runtime.robot import SimRobot
+    common = ("--robot", "so101", "--task", "pick_cube")
+    out = tmp_path / "rt.zarr"
+    seed0, episodes = 1, 3
+    g = Graph(tmp_path, bag=False)
+    g.procs["robot"] = spawn("robot_rl.ros.robot_node", *common, "--mode", "realtime", "--cameras", CAM,
+                             "--image-size", str(SIZE), "--seed", "0", "--rt-priority", "0")
+    g.procs["recorder"] = spawn("robot_rl.ros.recorder_node", *common, "--contract", "sim", "--mode", "realtime",
+                                "--out", str(out), "--cameras", CAM, "--image-size", str(SIZE))
+    g.procs["teleop"] = spawn("robot_rl.ros.teleop_node", *common, "--device", "expert", "--mode", "realtime",
+                              "--episodes", str(episodes), "--seed", str(seed0))
+    try:
+        try:
+            g.procs["teleop"].wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("teleop_node did not finish its episodes within 120 s")
+        assert g.stop("teleop") == 0
+        assert g.stop("recorder") == 0
+        assert g.stop("robot") == 0
+    finally:
+        g.close()
+        g.dump()
+    assert "unknown teleop event" not in g.logs["robot"] + g.logs["recorder"]
+    store = EpisodeStore.open(out)
+    assert store.n_episodes == episodes
+    fresh = SimRobot("so101", "pick_cube", "ee_delta", cameras=[], seed=0)
+    fresh.connect()
+    try:
+        for i in range(episodes):
+            seed = seed0 + i
+            fresh.reset(seed)
+            want = fresh.observe(images=False)
+            ep, meta = store.episode(i), store.episode_meta(i)
+            assert meta["extra"]["seed"] == seed
+            assert len(ep["timestamp"]) > 10
+            np.testing.assert_allclose(ep["joint_pos"][0], want["joint_pos"], atol=1e-5, err_msg=f"episode {i}")
+            np.testing.assert_allclose(ep["object_state"][0], want["object_state"], atol=1e-5,
+                                       err_msg=f"episode {i}")
+            al = meta["extra"]["align"]
+            # step 0 is the announced reset observation itself; every later one is after it
+            assert ep["stamp_joint_pos"][0] == pytest.approx(al["reset_stamp"], abs=1e-6)
+            assert ep["stamp_object_state"][0] == pytest.approx(al["reset_stamp"], abs=1e-6)
+            assert np.all(np.diff(ep["stamp_joint_pos"]) >= 0)
+    finally:
+        fresh.disconnect()

@@ -637,6 +637,8 @@ class AlignStats:
     late: dict[str, int] = field(default_factory=dict)  # stamped before an already-emitted step
     start_ns: int = 0
     end_ns: int | None = None
+    reset_ns: int | None = None  # re-anchored at the robot's announced reset (EpisodeAssembler.reset)
+    dropped_before_reset: int = 0  # steps already assembled then dropped
 
     @property
     def skipped_steps(self) -> int:
@@ -644,7 +646,9 @@ class AlignStats:
 
     def to_dict(self) -> dict[str, Any]:
         dur = ((self.end_ns if self.end_ns is not None else self.start_ns) - self.start_ns) / NS
-        return {"grid_steps": self.grid_steps, "steps": self.steps, "skipped_steps": self.skipped_steps,
+        reset = ({} if self.reset_ns is None else
+                 {"reset_stamp": from_ns(self.reset_ns), "dropped_before_reset": self.dropped_before_reset})
+        return {**reset, "grid_steps": self.grid_steps, "steps": self.steps, "skipped_steps": self.skipped_steps,
                 "skipped": {r: dict(v) for r, v in self.skipped.items() if v}, "held": dict(self.held),
                 "max_age_s": {k: round(v, 6) for k, v in self.max_age_s.items()},
                 "messages": dict(self.messages), "late": dict(self.late),
@@ -678,6 +682,7 @@ class Aligner:
         self._last_t: int | None = None  # last grid time processed
         self._now = -(1 << 62)
         self._wake = -(1 << 62)  # advance() has nothing to do while now <= _wake
+        self.keep_from_ns: int | None = None  # never prune samples stamped at or after it (restart)
         self.stats = AlignStats()
 
     # -- state --------------------------------------------------------------------------
@@ -727,6 +732,22 @@ class Aligner:
     def cancel(self) -> None:
         self._start = self._end = None
         self._wake = -(1 << 62)
+
+    def restart(self, t_ns: int) -> None:
+        """Move the open grid's first step to ``t_ns`` and forget the steps emitted so far
+        (their telemetry too); messages already received that are stamped in the new grid count."""
+        if self._start is None:
+            raise RuntimeError("Aligner.restart: no episode grid is open")
+        t_ns = int(t_ns)
+        self._start, self._k, self._last_t = t_ns, 0, None
+        self._wake = -(1 << 62)
+        self.stats = AlignStats(start_ns=t_ns, end_ns=self._end)
+        for topic, buf in self._bufs.items():
+            n = len(buf.stamps) - bisect.bisect_left(buf.stamps, t_ns)
+            if self._end is not None:
+                n -= len(buf.stamps) - bisect.bisect_right(buf.stamps, self._end)
+            if n > 0:
+                self.stats.messages[topic] = n
 
     def advance(self, now_ns: int) -> list[AlignedStep]:
         """Steps whose time + latency has passed by ``now_ns``. Once a stopped episode's last
@@ -783,9 +804,11 @@ class Aligner:
         self._prune(self.bound.grid_ns(self._start, self._k))
 
     def _prune(self, t_next: int) -> None:
+        keep = self.keep_from_ns
         for name, buf in self._bufs.items():
             if len(buf.stamps) > 1:
-                buf.prune(t_next - self._topics[name].lookback_ns)
+                t_min = t_next - self._topics[name].lookback_ns
+                buf.prune(t_min if keep is None else min(t_min, keep))
 
     def _sample(self, t: int) -> AlignedStep | None:
         st = self.stats
@@ -856,6 +879,7 @@ class EpisodeInfo:
     end_ns: int | None = None
     steps: int = 0
     end_reason: str = ""
+    event_ns: int = 0  # when the start event came (start_ns moves to a robot's announced reset)
 
 
 class EpisodeSink(Protocol):
@@ -869,6 +893,9 @@ class EpisodeSink(Protocol):
 
     def discard(self, ep: EpisodeInfo, reason: str) -> None: ...
 
+    # optional: ``restart(ep)`` drops the steps handed over so far (the episode goes on);
+    # without it a robot's reset announcement that comes after the first step is ignored
+
 
 class EpisodeAssembler:
     """Turns a stream of contract messages and teleop events into aligned episodes.
@@ -881,7 +908,16 @@ class EpisodeAssembler:
         asm.event("start seed=3", now_ns)              # /teleop/event (or asm.start() etc.)
         asm.tick(now_ns)                               # emit due steps (timer, live)
         asm.close(now_ns)                              # end of stream
+
+    A robot that resets for a start (the realtime twin) announces ``reset seed=N stamp=T``,
+    T the stamp of its first post-reset observation. The open episode is then re-anchored
+    (:meth:`reset`): steps already assembled are dropped and the grid restarts at
+    ``T + period / 4`` (step 0 samples the reset observation; the quarter period keeps the
+    grid clear of the jitter of the robot's stamps). A robot that never announces one (a real
+    arm) changes nothing.
     """
+
+    reset_window_ns = NS  # a reset announcement counts for an episode started at most this far away
 
     def __init__(self, bound: BoundContract, sink: EpisodeSink, task: str = "",
                  open_at_close: str = "discard") -> None:
@@ -895,6 +931,7 @@ class EpisodeAssembler:
         self._ep: EpisodeInfo | None = None
         self._ending: tuple[EpisodeInfo, bool] | None = None  # stopped, steps still due
         self._count = 0
+        self._pending_reset: tuple[int, int, str | None] | None = None  # (now, stamp, seed) before its start
         self.warnings: list[str] = []
         self.committed = 0
         self.discarded = 0
@@ -916,6 +953,9 @@ class EpisodeAssembler:
         self.aligner.push(topic, stamp_ns, values)
 
     def tick(self, now_ns: int) -> None:
+        if self.aligner.keep_from_ns is not None and (
+                self._ep is None or now_ns > self._ep.event_ns + self.reset_window_ns):
+            self.aligner.keep_from_ns = None  # no reset announcement will come for it any more
         for s in self.aligner.advance(now_ns):
             self._deliver(s)
         if self._ending is not None and not self.aligner.active:
@@ -928,9 +968,53 @@ class EpisodeAssembler:
         except ValueError as e:
             self._warn(f"ignored event at {from_ns(now_ns):.3f} s: {e}")
             return
+        if ev == "reset":
+            try:
+                stamp = parse_stamp_ns(args["stamp"])
+            except (KeyError, ValueError):
+                self._warn(f"ignored event at {from_ns(now_ns):.3f} s: {text!r} needs stamp=<seconds>")
+                return
+            self.reset(now_ns, stamp, args.get("seed"))
+            return
         {"start": lambda: self.start(now_ns, **args), "success": lambda: self.end(now_ns, True),
          "failure": lambda: self.end(now_ns, False), "discard": lambda: self.discard(now_ns),
          "rerecord": lambda: (self.discard(now_ns, "rerecord"), self.start(now_ns, **args))}[ev]()
+
+    def reset(self, now_ns: int, stamp_ns: int, seed: str | None = None) -> bool:
+        """The robot announced a reset (``reset seed=N stamp=T``): re-anchor the open episode at
+        its first post-reset observation (see the class doc). It counts when the episode's
+        start event came within ``reset_window_ns`` of T and the seeds agree (when both name
+        one); one that comes just before its start event is kept for it. True if applied."""
+        self.tick(now_ns)
+        ep = self._ep
+        seed = None if seed is None else str(seed)
+        if ep is None or not self._reset_matches(ep, stamp_ns, seed):
+            self._pending_reset = (int(now_ns), int(stamp_ns), seed)
+            return False
+        self._pending_reset = None
+        anchor = int(stamp_ns) + int(self.bound.period_ns // 4)
+        dropped = ep.steps
+        if dropped:
+            restart = getattr(self.sink, "restart", None)
+            if restart is None:
+                self._warn(f"episode {ep.number}: reset announced after {dropped} steps were handed to a sink "
+                           f"that cannot drop them: not re-anchored")
+                return False
+            restart(ep)
+            ep.steps = 0
+        ep.start_ns = anchor
+        self.aligner.keep_from_ns = None
+        self.aligner.restart(anchor)
+        self.aligner.stats.reset_ns = int(stamp_ns)
+        self.aligner.stats.dropped_before_reset = dropped
+        self.tick(now_ns)
+        return True
+
+    def _reset_matches(self, ep: EpisodeInfo, stamp_ns: int, seed: str | None) -> bool:
+        if abs(int(stamp_ns) - ep.event_ns) > self.reset_window_ns:
+            return False
+        want = ep.args.get("seed")
+        return seed is None or want is None or str(want) == seed
 
     def start(self, now_ns: int, **args: str) -> None:
         self.tick(now_ns)
@@ -942,10 +1026,15 @@ class EpisodeAssembler:
         self._force_finish()
         task = args.pop("task", None)
         task = urllib.parse.unquote(task) if task else self.task  # the exporter %-quotes spaces
-        self._ep = EpisodeInfo(self._count, int(now_ns), task, dict(args))
+        self._ep = EpisodeInfo(self._count, int(now_ns), task, dict(args), event_ns=int(now_ns))
         self._count += 1
         self.aligner.start(int(now_ns))
+        # a robot's reset announcement may move the grid back to a stamp before now_ns
+        self.aligner.keep_from_ns = int(now_ns) - self.reset_window_ns
         self.sink.begin(self._ep)
+        pending, self._pending_reset = self._pending_reset, None
+        if pending is not None and 0 <= now_ns - pending[0] <= self.reset_window_ns:
+            self.reset(now_ns, pending[1], pending[2])  # it overtook its start event
 
     def end(self, now_ns: int, success: bool) -> None:
         self.tick(now_ns)
@@ -1080,6 +1169,21 @@ class StoreSink:
             self._episode.discard()
             self._episode = None
 
+    def restart(self, ep: EpisodeInfo) -> None:
+        """Drop the steps written so far; the episode goes on (a robot's reset announcement)."""
+        if self._episode is not None:
+            self._episode.discard()
+            self._episode = None
+
+
+def parse_stamp_ns(text: str) -> int:
+    """``"12.050000000"`` (``<sec>.<nanosec>``, as the nodes write stamps into events) or any
+    float seconds -> integer ns; exact for the sec.nanosec form."""
+    sec, dot, frac = str(text).strip().partition(".")
+    if dot and sec.lstrip("-").isdigit() and frac.isdigit() and len(frac) == 9:
+        return int(sec) * NS + (int(frac) if not sec.startswith("-") else -int(frac))
+    return to_ns(float(text))
+
 
 def _parse_arg(v: str) -> Any:
     for conv in (int, float):
@@ -1093,4 +1197,5 @@ def _parse_arg(v: str) -> Any:
 __all__ = ["Contract", "TopicSpec", "FieldSpec", "BoundContract", "TopicBinding", "FieldBinding", "Aligner",
            "AlignedStep", "AlignStats", "EpisodeAssembler", "EpisodeInfo", "EpisodeSink", "StoreSink",
            "ContractError", "MessageError", "EmptyEpisodeError", "available_contracts", "parse_event",
-           "normalize_type", "to_ns", "from_ns", "POLICIES", "QOS", "FIELDS", "STAMP_PREFIX", "EVENTS"]
+           "normalize_type", "to_ns", "from_ns", "parse_stamp_ns", "POLICIES", "QOS", "FIELDS", "STAMP_PREFIX",
+           "EVENTS"]

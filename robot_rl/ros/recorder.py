@@ -36,21 +36,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from robot_rl.data.contract import (NS, AlignedStep, Aligner, AlignStats, BoundContract, EpisodeAssembler,
-                                    EpisodeInfo, StoreSink, from_ns, parse_event)
+                                    EpisodeInfo, StoreSink, from_ns, parse_event,
+                                    parse_stamp_ns)  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 MODES = ("realtime", "lockstep")
-
-
-def parse_stamp_ns(text: str) -> int:
-    """``"12.050000000"`` (sec.nanosec, as the teleop node writes it) or any float seconds ->
-    integer ns; exact for the sec.nanosec form."""
-    sec, dot, frac = str(text).strip().partition(".")
-    if dot and sec.lstrip("-").isdigit() and frac.isdigit() and len(frac) == 9:
-        return int(sec) * NS + (int(frac) if not sec.startswith("-") else -int(frac))
-    from robot_rl.data.contract import to_ns
-    return to_ns(float(text))
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,6 +127,14 @@ class Cadence:
         self.skipped: dict[str, int] = {}  # steps not recorded, by the topic that caused it
         self.ages: dict[str, list[float]] = {t: [] for t in bound.topics}
         self._last_stamp: dict[str, int] = {}
+
+    def restart(self) -> None:
+        """The steps so far were dropped (the episode was re-anchored at a robot reset)."""
+        self.steps = 0
+        self.t_first = self.t_last = None
+        self.mismatch.clear()
+        self.skipped.clear()
+        self.ages = {t: [] for t in self.bound.topics}
 
     def on_message(self, topic: str, stamp_ns: int) -> None:
         self.messages[topic] = self.messages.get(topic, 0) + 1
@@ -251,6 +250,10 @@ class _Sink(StoreSink):
     def discard(self, ep: EpisodeInfo, reason: str) -> None:
         super().discard(ep, reason)
         self.rec._discarded(ep, reason)
+
+    def restart(self, ep: EpisodeInfo) -> None:
+        super().restart(ep)
+        self.rec.cadence_of(ep).restart()
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,13 +406,17 @@ class Recorder:
                 args = {}
             if ev == "start":
                 self.asm.start(int(recv_ns), **args)
+            elif ev == "reset":  # the robot reset the twin: the episode starts at its stamp
+                self.asm.event(text, int(recv_ns))
             elif ev == "rerecord":
                 self.asm.discard(int(recv_ns), "rerecord")
                 self.asm.start(int(recv_ns), **args)
             else:
                 self.asm.event(ev, int(recv_ns))
             return
-        if ev == "start":
+        if ev == "reset":  # lockstep follows stamps: nothing to re-anchor
+            self._log_tags([tag], self.unstamped_stamp(recv_ns))
+        elif ev == "start":
             self._ls_start(args)
             self._eps[-1].start_tags.append(tag)
         elif ev in ("success", "failure"):

@@ -203,6 +203,10 @@ class RobotNode:
         n.create_subscription(Float64, topics.GRIPPER_COMMAND, self._on_gripper, rq(10))
         n.create_subscription(JointTrajectory, topics.JOINT_TRAJECTORY, self._on_trajectory, rq(10))
         n.create_subscription(String, topics.TELEOP_EVENT, self._on_event, rq(10))
+        # realtime twin: after a reset for a `start`, announce `reset seed=N stamp=T` so that a
+        # realtime recorder starts the episode at the first post-reset observation
+        self.pub_event = (n.create_publisher(String, topics.TELEOP_EVENT, rq(10))
+                          if mode == "realtime" and self.is_sim else None)
         n.create_service(SetBool, topics.ESTOP, self._srv_estop)
         n.create_service(Trigger, topics.RESET, self._srv_reset)
         if diag_hz > 0:
@@ -335,7 +339,10 @@ class RobotNode:
         self._tick_times.append(now)
         with self.lock:
             if self._requests:
+                resets = self.counts["resets"]
                 self._serve_requests()
+                if self.counts["resets"] != resets:
+                    return  # a reset published this tick's observation (step 0): no step on top of it
             cmd = self._cmd
             if cmd is None or self.robot.safety.estopped:
                 res = self.robot.act(None, now=now)
@@ -650,21 +657,32 @@ class RobotNode:
                 return
         if self.is_sim and self._ready:
             try:
-                self.reset(seed)
+                stamp = self.reset(seed)
             except Exception as e:  # noqa: BLE001
                 self.log.error(f"reset for {msg.data!r} failed: {e}")
+                return
+            if self.pub_event is not None:
+                t = msgs.to_time(stamp)
+                kw = {} if seed is None else {"seed": seed}
+                self.pub_event.publish(String(data=topics.format_event(
+                    "reset", **kw, stamp=f"{t.sec}.{t.nanosec:09d}")))
 
     # -- services -----------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
-        """Reset the twin (in the robot thread) and publish the step-0 observation."""
+    def reset(self, seed: int | None = None) -> float:
+        """Reset the twin (in the robot thread) and publish the step-0 observation; returns
+        its stamp."""
         def do():
             self.robot.reset(seed)
             self._cmd = None
             self._set_grip(None, "reset")
             self._next_cam = -np.inf
             self.counts["resets"] += 1
+            if self._async_cams and self._render_thread is not None:
+                # the step-0 frame is never dropped: it is what the episode starts with
+                self._render_idle.wait(1.0)
             self._publish_obs(None, None)
-        self._in_robot_thread(do)
+            return self._last_stamp
+        return self._in_robot_thread(do)
 
     def _srv_estop(self, req, resp):
         if not self._ready:

@@ -24,7 +24,8 @@ Standard messages only. Conventions (also in docs/ros.md):
 - ``/action`` ``std_msgs/Float32MultiArray``: the action the robot node applied at each
   control step, in the node's action mode (what a dataset stores as ``action``).
 - Teleop: ``/teleop/event`` ``std_msgs/String`` -- one of EVENTS, optionally followed by
-  ``key=value`` words (``start seed=12``); ``/teleop/intervention`` ``std_msgs/Bool``.
+  ``key=value`` words (``start seed=12``); the realtime robot node adds ``reset seed=N stamp=T``
+  (ROBOT_EVENTS) after resetting the twin for a start; ``/teleop/intervention`` ``std_msgs/Bool``.
 - Services: ``/robot/estop`` ``std_srvs/SetBool`` (true engages: hold position, ignore
   commands), ``/robot/reset`` ``std_srvs/Trigger``; recorder ``/recorder/start``,
   ``/recorder/success``, ``/recorder/failure``, ``/recorder/discard`` ``std_srvs/Trigger``.
@@ -56,7 +57,12 @@ DIAGNOSTICS = "/diagnostics"
 CLOCK = "/clock"
 GRIPPER_JOINT = "gripper"
 
-EVENTS = ("start", "success", "failure", "discard", "rerecord")
+EVENTS = ("start", "success", "failure", "discard", "rerecord")  # what an operator / teleop sends
+# what the robot node announces on /teleop/event: ``reset seed=N stamp=T`` after resetting the
+# twin for a ``start`` (realtime mode), T = the stamp (``<sec>.<nanosec>``) of its first
+# post-reset observation. Listeners that do not need it ignore it.
+ROBOT_EVENTS = ("reset",)
+ALL_EVENTS = EVENTS + ROBOT_EVENTS
 
 
 def camera_image(name: str) -> str:
@@ -70,8 +76,8 @@ def camera_info(name: str) -> str:
 def parse_event(text: str) -> tuple[str, dict[str, str]]:
     """``"start seed=3"`` -> ``("start", {"seed": "3"})``; ValueError for unknown events."""
     words = text.split()
-    if not words or words[0] not in EVENTS:
-        raise ValueError(f"unknown teleop event {text!r}; events: {list(EVENTS)}")
+    if not words or words[0] not in ALL_EVENTS:
+        raise ValueError(f"unknown teleop event {text!r}; events: {list(ALL_EVENTS)}")
     args = {}
     for w in words[1:]:
         if "=" not in w:
@@ -92,8 +98,8 @@ def event_or_warn(text: str, log) -> str | None:
 
 
 def format_event(event: str, **args) -> str:
-    if event not in EVENTS:
-        raise ValueError(f"unknown teleop event {event!r}; events: {list(EVENTS)}")
+    if event not in ALL_EVENTS:
+        raise ValueError(f"unknown teleop event {event!r}; events: {list(ALL_EVENTS)}")
     return " ".join([event] + [f"{k}={v}" for k, v in args.items()])
 
 
