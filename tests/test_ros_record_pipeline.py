@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 
 from ros_helpers import spawn
 
+from robot_rl.spec import load_spec
+
 CAM, SIZE, EPISODES, SEED = "front", 32, 3, 0
 COMPARE = ("joint_pos", "joint_vel", "ee_pos", "ee_quat", "gripper", "object_state", "action")
 
@@ -209,8 +211,8 @@ def test_recorder_sigint_mid_episode_keeps_committed_episodes(graph, tmp_path):
 def test_realtime_recording_starts_at_the_twins_reset(ros_domain, tmp_path):
     """Realtime twin + streaming expert + realtime recorder: the robot node announces each
     reset (`reset seed=N stamp=T`) and the recorder re-anchors the episode there, so step 0 of
-    every episode is the reset state of its seed (a fresh reset gives the same joint and
-    object state), never the previous episode's last frame. The robot starts with seed 0 and
+    every episode is the reset state of its seed (within one control step of a fresh reset's
+    joint and object state), never the previous episode's last frame. The robot starts with seed 0 and
     the episodes use seeds 1..3, so every episode's reset moves the cube."""
     from robot_rl.data import EpisodeStore
     from robot_rl.runtime.robot import SimRobot
@@ -248,13 +250,17 @@ def test_realtime_recording_starts_at_the_twins_reset(ros_domain, tmp_path):
             ep, meta = store.episode(i), store.episode_meta(i)
             assert meta["extra"]["seed"] == seed
             assert len(ep["timestamp"]) > 10
-            np.testing.assert_allclose(ep["joint_pos"][0], want["joint_pos"], atol=1e-5, err_msg=f"episode {i}")
-            np.testing.assert_allclose(ep["object_state"][0], want["object_state"], atol=1e-5,
-                                       err_msg=f"episode {i}")
+            # step 0 is the first complete observation at or after the announced reset: the reset
+            # observation itself, or (when it lacks a topic the contract needs, e.g. an action) the
+            # control step after it -- never the previous episode's last frame, whose cube is
+            # lifted centimetres off the table
             al = meta["extra"]["align"]
-            # step 0 is the announced reset observation itself; every later one is after it
-            assert ep["stamp_joint_pos"][0] == pytest.approx(al["reset_stamp"], abs=1e-6)
-            assert ep["stamp_object_state"][0] == pytest.approx(al["reset_stamp"], abs=1e-6)
+            period = 1.0 / load_spec("so101").control_hz  # the robot node's default rate
+            assert al["reset_stamp"] - 1e-6 <= ep["stamp_joint_pos"][0] <= al["reset_stamp"] + 1.5 * period
+            assert ep["stamp_object_state"][0] == pytest.approx(ep["stamp_joint_pos"][0], abs=1e-6)
+            np.testing.assert_allclose(ep["joint_pos"][0], want["joint_pos"], atol=5e-3, err_msg=f"episode {i}")
+            np.testing.assert_allclose(ep["object_state"][0], want["object_state"], atol=1e-3,
+                                       err_msg=f"episode {i}")
             assert np.all(np.diff(ep["stamp_joint_pos"]) >= 0)
     finally:
         fresh.disconnect()

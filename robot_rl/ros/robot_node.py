@@ -325,14 +325,18 @@ class RobotNode:
                 time.sleep(rest - spin)
             while time.monotonic() < deadline:  # optional short busy-wait for the last `spin` s
                 pass
-            self._tick()
+            if self._tick():
+                # a reset published step 0: step 1 comes a full period after it, even when the
+                # reset overran the deadline (no catch-up tick a few ms after step 0)
+                deadline = time.monotonic()
             deadline += period
             late = time.monotonic() - deadline
             if late > 0:  # overran a whole period: skip the missed ticks, do not burst
                 self.counts["overruns"] += 1
                 deadline += (int(late / period) + 1) * period
 
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
+        """One control step; True when it served a reset instead (its observation is step 0)."""
         now = time.monotonic()
         if self._tick_times:
             self._periods.append(now - self._tick_times[-1])
@@ -342,7 +346,7 @@ class RobotNode:
                 resets = self.counts["resets"]
                 self._serve_requests()
                 if self.counts["resets"] != resets:
-                    return  # a reset published this tick's observation (step 0): no step on top of it
+                    return True  # a reset published this tick's observation (step 0): no step on top of it
             cmd = self._cmd
             if cmd is None or self.robot.safety.estopped:
                 res = self.robot.act(None, now=now)
@@ -352,6 +356,7 @@ class RobotNode:
                 res = self.robot.act(action, mode, command_time=ctime, now=now)
                 stamp_from = cmd.obs_stamp
             self._publish_obs(res, stamp_from)
+        return False
 
     # -- publishing -------------------------------------------------------------------------------
     def _publish_obs(self, res, action_stamp: float | None) -> None:
