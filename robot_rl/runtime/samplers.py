@@ -259,7 +259,7 @@ class ChunkSampler:
             cond = p.encode_obs(p.obs_to_tensors(obs_history))
             x = torch.zeros((B, self.H, self.A), device=cond.device)
             todo_cold = np.ones(B, bool)
-            start = np.zeros(B, bool)  # rows with no previous chunk to continue (episode starts)
+            short = np.zeros(B, bool)  # episode starts sampled cold with start_steps DDIM steps
             if st.mode in ("warm", "rtc"):
                 y, ok, shift = self._shifted(idx, steps)
                 began = ~ok
@@ -273,7 +273,7 @@ class ChunkSampler:
                     nfe[rows] = n
                     todo_cold[rows] = False
                     self.counts["hold_starts"] += len(rows)
-                start = ~ok if st.start_steps is not None else start
+                short = ~ok if st.start_steps is not None else short  # (hold-started rows are not cold)
                 rows = np.flatnonzero(ok)
                 if len(rows):
                     r = torch.as_tensor(rows, device=cond.device)
@@ -291,8 +291,8 @@ class ChunkSampler:
                         x[r] = xr
                         nfe[rows] = n
                         todo_cold[rows] = False
-            for rc, (kind, steps_n) in ((np.flatnonzero(todo_cold & ~start), (st.scheduler, st.num_steps)),
-                                        (np.flatnonzero(todo_cold & start), ("ddim", st.start_steps))):
+            for rc, (kind, steps_n) in ((np.flatnonzero(todo_cold & ~short), (st.scheduler, st.num_steps)),
+                                        (np.flatnonzero(todo_cold & short), ("ddim", st.start_steps))):
                 if len(rc):
                     sched, n = self._scheduler(kind, steps_n)
                     r = torch.as_tensor(rc, device=cond.device)
