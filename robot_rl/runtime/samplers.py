@@ -264,8 +264,9 @@ class ChunkSampler:
                 y, ok, shift = self._shifted(idx, steps)
                 began = ~ok
                 held = self._held_rows(delays)
-                hold = self._hold_chunks(obs_history, B) if st.start == "hold" else None
-                if hold is not None and (~ok).any():  # episode starts: warm start from holding still
+                # episode starts: warm start from holding still (the hold chunk only when one is needed)
+                hold = self._hold_chunks(obs_history, B) if st.start == "hold" and not ok.all() else None
+                if hold is not None:
                     rows = np.flatnonzero(~ok)
                     r = torch.as_tensor(rows, device=cond.device)
                     xr, n, _ = self._warm(cond[r], hold[rows], held[rows], generator)
