@@ -159,6 +159,14 @@ class DiagListener:
         self.node.destroy_node()
 
 
+def exit_unless_clean(case: str, rc_teleop, rc_rec, procs: dict, work: Path, prefix: str) -> None:
+    """The teleop and the recorder must both have exited 0; else print each node's log tail and exit."""
+    if (rc_teleop, rc_rec) != (0, 0):
+        for name in procs:
+            print(f"---- {name} ----\n" + (work / f"{prefix}{name}.log").read_text()[-3000:])
+        sys.exit(f"{case} pipeline failed: teleop rc {rc_teleop}, recorder rc {rc_rec}")
+
+
 # ---------------------------------------------------------------------------------------
 # lockstep
 # ---------------------------------------------------------------------------------------
@@ -186,11 +194,7 @@ def run_ros(a, work: Path) -> dict:
     finally:
         for p in procs.values():
             stop(p)
-    for name in procs:
-        if (rc_teleop, rc_rec) != (0, 0):
-            print(f"---- {name} ----\n" + (work / f"{name}.log").read_text()[-3000:])
-    if (rc_teleop, rc_rec) != (0, 0):
-        sys.exit(f"lockstep pipeline failed: teleop rc {rc_teleop}, recorder rc {rc_rec}")
+    exit_unless_clean("lockstep", rc_teleop, rc_rec, procs, work, "")
     return {"store": out, "bag": bag, "wall_s": t_done - t0, "close_s": t_closed - t_done}
 
 
@@ -325,10 +329,7 @@ def run_realtime(a, work: Path, diag: DiagListener) -> dict:
         for p in procs.values():
             stop(p)
     load1 = loadavg()
-    if (rc_teleop, rc_rec) != (0, 0):
-        for name in procs:
-            print(f"---- {name} ----\n" + (work / f"rt_{name}.log").read_text()[-3000:])
-        sys.exit(f"realtime pipeline failed: teleop rc {rc_teleop}, recorder rc {rc_rec}")
+    exit_unless_clean("realtime", rc_teleop, rc_rec, procs, work, "rt_")
     return {"store": out, "bag": bag, "wall_s": t_done - t0, "close_s": t_closed - t_done, "loadavg_start": load0,
             "loadavg_end": load1, "robot_loop": robot_loop, "robot_safety": robot_safety, "cpu_cores": cpu,
             "teleop_log": (work / "rt_teleop.log").read_text(), "recorder_log": (work / "rt_recorder.log").read_text(),
