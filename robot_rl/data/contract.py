@@ -80,6 +80,8 @@ NS = 1_000_000_000
 JOINT_STATE = "sensor_msgs/msg/JointState"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 F32_ARRAY = "std_msgs/msg/Float32MultiArray"
 F64_ARRAY = "std_msgs/msg/Float64MultiArray"
 F32 = "std_msgs/msg/Float32"
@@ -92,6 +94,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     JOINT_STATE: ("position", "velocity", "effort"),
     POSE_STAMPED: ("position", "orientation"),
     IMAGE: ("rgb",),
+    COMPRESSED_IMAGE: ("rgb",),
     F32_ARRAY: ("data",),
     F64_ARRAY: ("data",),
     F32: ("data",),
@@ -101,7 +104,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 # types that may stand in for each other in a bag (same meaning, other precision)
 VARIANTS: dict[str, tuple[str, ...]] = {F32: (F32, F64), F64: (F32, F64),
                                         F32_ARRAY: (F32_ARRAY, F64_ARRAY), F64_ARRAY: (F32_ARRAY, F64_ARRAY)}
-HAS_HEADER = {JOINT_STATE, POSE_STAMPED, IMAGE}
+HAS_HEADER = {JOINT_STATE, POSE_STAMPED, IMAGE, COMPRESSED_IMAGE}
 _JOINT_FIELD = re.compile(r"^(position|velocity|effort)\[([A-Za-z0-9_]+)\]$")
 
 
@@ -140,6 +143,7 @@ class FieldSpec:
     key: str  # dataset key (may hold "{camera}")
     field: str  # message field selector
     dtype: str | None = None  # stored dtype (default: float64 for Float64 types, else float32 / uint8)
+    size: tuple[int, int] | None = None  # images: (h, w) the recorder resizes to (None: as the camera sends)
 
 
 @dataclass(frozen=True)
@@ -245,8 +249,7 @@ class Contract:
                 "event_topic": self.event_topic,
                 "topics": [{"topic": t.topic, "type": t.type, "policy": t.policy, "rate": t.rate,
                             "max_age": t.max_age, "tolerance": t.tolerance, "qos": t.qos, "required": t.required,
-                            "fields": {f.key: ({"field": f.field, "dtype": f.dtype} if f.dtype else f.field)
-                                       for f in t.fields}} for t in self.topics]}
+                            "fields": {f.key: _field_dict(f) for f in t.fields}} for t in self.topics]}
 
     def bind(self, spec: RobotSpec | str, cameras: Iterable[str] | None = None,
              fps: float | None = None) -> "BoundContract":
@@ -264,6 +267,17 @@ class Contract:
             for cam in (cams if t.per_camera else [None]):
                 bindings.append(_bind_topic(t, spec, cam, fps, self.name, self.latency))
         return BoundContract(self, spec, fps, to_ns(self.latency), self.event_topic, bindings)
+
+
+def _field_dict(f: FieldSpec) -> "str | dict[str, Any]":
+    if f.dtype is None and f.size is None:
+        return f.field
+    d: dict[str, Any] = {"field": f.field}
+    if f.dtype is not None:
+        d["dtype"] = f.dtype
+    if f.size is not None:
+        d["size"] = list(f.size)
+    return d
 
 
 def available_contracts() -> list[str]:
@@ -301,12 +315,19 @@ def _parse_topic(d: Any, where: str) -> TopicSpec:
                             f"{{joint_pos: position}}")
     fields = []
     for key, sel in fields_raw.items():
-        dtype = None
+        dtype = size = None
         if isinstance(sel, Mapping):
-            bad = set(sel) - {"field", "dtype"}
+            bad = set(sel) - {"field", "dtype", "size"}
             if bad or "field" not in sel:
-                raise ContractError(f"{where}: field entry for {key!r} must be a name or {{field, dtype}}")
-            sel, dtype = sel["field"], sel.get("dtype")
+                raise ContractError(f"{where}: field entry for {key!r} must be a name or {{field, dtype, size}}")
+            sel, dtype, size = sel["field"], sel.get("dtype"), sel.get("size")
+        if size is not None:
+            if typ not in IMAGE_TYPES:
+                raise ContractError(f"{where}: {key}: 'size' resizes images; {typ} is not an image type")
+            if not (isinstance(size, (list, tuple)) and len(size) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+                raise ContractError(f"{where}: {key}: size must be [height, width] in pixels, got {size!r}")
+            size = (int(size[0]), int(size[1]))
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_{}]+", key) or key.startswith(STAMP_PREFIX) \
                 or key == "timestamp":
             raise ContractError(f"{where}: invalid dataset key {key!r} (letters, digits, _; not 'timestamp' "
@@ -322,14 +343,14 @@ def _parse_topic(d: Any, where: str) -> TopicSpec:
                 raise ContractError(f"{where}: {key}: unknown dtype {dtype!r}") from None
             if dt.kind not in "biuf":
                 raise ContractError(f"{where}: {key}: dtype must be numeric, got {dtype!r}")
-            if typ == IMAGE and dt != np.uint8:
+            if typ in IMAGE_TYPES and dt != np.uint8:
                 raise ContractError(f"{where}: {key}: images are stored as uint8, got dtype {dtype!r}")
             dtype = dt.name
-        fields.append(FieldSpec(str(key), sel, dtype))
+        fields.append(FieldSpec(str(key), sel, dtype, size))
     policy = d.get("policy", "latest")
     if policy not in POLICIES:
         raise ContractError(f"{where}: policy must be one of {list(POLICIES)}, got {policy!r}")
-    qos = d.get("qos", "sensor" if typ == IMAGE else "reliable")
+    qos = d.get("qos", "sensor" if typ in IMAGE_TYPES else "reliable")
     if qos not in QOS:
         raise ContractError(f"{where}: qos must be one of {list(QOS)}, got {qos!r}")
     required = d.get("required", True)
@@ -356,6 +377,7 @@ class FieldBinding:
     key: str
     field: str
     dtype: np.dtype | None  # None: natural dtype of the message type (see TopicBinding.key_dtype)
+    size: tuple[int, int] | None = None  # images: (h, w) to resize to
 
 
 class _JointIndex:
@@ -403,6 +425,33 @@ def _image_rgb(msg: Any, topic: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _compressed_rgb(msg: Any, topic: str) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg / png, any ``format`` spelling image_transport uses:
+    ``jpeg``, ``rgb8; jpeg compressed bgr8`` ...) -> HxWx3 RGB uint8."""
+    import cv2
+    fmt = str(msg.format).lower()
+    if not any(f in fmt for f in ("jpeg", "jpg", "png")):
+        raise MessageError(f"{topic}: unsupported CompressedImage format {msg.format!r} (jpeg or png)")
+    buf = msg.data if isinstance(msg.data, np.ndarray) else np.frombuffer(memoryview(msg.data), np.uint8)
+    buf = buf.view(np.uint8).reshape(-1)
+    if buf.size == 0:
+        raise MessageError(f"{topic}: empty CompressedImage ({msg.format!r})")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # BGR; mono and alpha sources come back as 3 channels
+    if img is None:
+        raise MessageError(f"{topic}: CompressedImage of {buf.size} bytes does not decode as {msg.format!r}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``img`` (HxWxC uint8) resized to ``size`` = (h, w) with area interpolation (the
+    recorder and the training loader resize the same way); unchanged when it fits."""
+    if img.shape[:2] == tuple(size):
+        return img
+    import cv2
+    out = cv2.resize(img, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+    return out.reshape(int(size[0]), int(size[1]), -1) if out.ndim == 2 else out
+
+
 @dataclass
 class TopicBinding:
     """One concrete topic of a bound contract: what to read from it and how to align it."""
@@ -442,7 +491,7 @@ class TopicBinding:
         if fb.dtype is not None:
             return fb.dtype
         t = normalize_type(msgtype or self.type)
-        if t == IMAGE:
+        if t in IMAGE_TYPES:
             return np.dtype(np.uint8)
         if t == BOOL:
             return np.dtype(np.bool_)
@@ -485,8 +534,13 @@ class TopicBinding:
                     parts.append(lambda msg, key=key, dt=dt: (key, np.array(
                         [msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y,
                          msg.pose.orientation.z], dtype=dt)))
-            elif t == IMAGE:
-                parts.append(lambda msg, key=key: (key, _image_rgb(msg, topic)))
+            elif t in IMAGE_TYPES:
+                decode = _image_rgb if t == IMAGE else _compressed_rgb
+                if fb.size is None:
+                    parts.append(lambda msg, key=key, decode=decode: (key, decode(msg, topic)))
+                else:
+                    parts.append(lambda msg, key=key, decode=decode, size=fb.size:
+                                 (key, resize_image(decode(msg, topic), size)))
             elif t in (F32_ARRAY, F64_ARRAY):
                 parts.append(lambda msg, key=key, dt=dt: (key, np.asarray(msg.data).astype(dt).reshape(-1)))
             else:  # scalars
@@ -504,7 +558,8 @@ def _bind_topic(t: TopicSpec, spec: RobotSpec, cam: str | None, fps: float, cnam
     max_age = t.max_age if t.max_age is not None else 2.0 / rate
     # drop looks ahead for the nearest message: never further than the latency allows
     tol = t.tolerance if t.tolerance is not None else min(1.0 / rate, latency)
-    fields = tuple(FieldBinding(sub(f.key), f.field, np.dtype(f.dtype) if f.dtype else None) for f in t.fields)
+    fields = tuple(FieldBinding(sub(f.key), f.field, np.dtype(f.dtype) if f.dtype else None, f.size)
+                   for f in t.fields)
     joints: list[str] = []
     if t.type == JOINT_STATE:
         joints = spec.joint_names
