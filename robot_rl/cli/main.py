@@ -29,6 +29,7 @@ commands:
                                noise-space fine-tuning of a diffusion checkpoint (steer.checkpoint=...)
   reward-classifier train store=PATH cameras=[front] out=DIR
                                train an image success classifier (a learned reward) on an episode store
+  virtual camera [--fps F ...] serve a twin (or synthetic) camera as HTTP MJPEG on loopback
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -180,6 +181,11 @@ def cmd_reward_classifier(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_virtual(args: list[str]) -> int:
+    from robot_rl.cli.virtual import cmd_virtual as run
+    return run(args)
+
+
 def cmd_bench(args: list[str]) -> int:
     if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
         raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
@@ -200,7 +206,8 @@ def cmd_bench(args: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
                                                    "eval": cmd_eval, "rl": cmd_rl,
-                                                   "reward-classifier": cmd_reward_classifier}
+                                                   "reward-classifier": cmd_reward_classifier,
+                                                   "virtual": cmd_virtual}
 
 
 def main(argv: list[str] | None = None) -> int:

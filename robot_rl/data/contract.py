@@ -25,8 +25,11 @@ A contract is YAML (``robot_rl/conf/contract/<name>.yaml`` or any path)::
 Fields per message type (``FIELDS``): JointState ``position`` / ``velocity`` / ``effort``
 (arm joints of the spec, by name) and ``position[<joint>]`` etc. (one joint, shape (1,));
 PoseStamped ``position`` (xyz) and ``orientation`` (quaternion **wxyz**); Image ``rgb``
-(HxWx3 uint8 from rgb8/bgr8/rgba8/bgra8/mono8); Float32/Float64(MultiArray) and Bool
-``data``. The Float32 and Float64 variants of a type are interchangeable in a bag.
+(HxWx3 uint8 from rgb8/bgr8/rgba8/bgra8/mono8); CompressedImage ``rgb`` (jpeg or png,
+decoded); Float32/Float64(MultiArray) and Bool ``data``. The Float32 and Float64 variants of
+a type are interchangeable in a bag. An image field may say ``{field: rgb, size: [h, w]}``:
+the recorder (and the bag converter) then resize with area interpolation; without ``size``
+frames are stored as the camera sends them.
 
 Alignment (:class:`Aligner`), on a grid ``t_k = start + k / fps`` (integer nanoseconds),
 using header stamps (receipt / bag log time for messages without a header):

@@ -180,6 +180,48 @@ def _rl(p: dict[str, str]) -> list[NodeDef]:
     return nodes
 
 
+def _cameras(p: dict[str, str]) -> list[NodeDef]:
+    """Cameras alone: one camera node per camera (virtual twin cameras on loopback, or the
+    devices / URLs in ``sources``) -> recorder (contract ``cameras``) -> episode store, with
+    timed episodes from episode_clock."""
+    cams = [c.strip() for c in p["cameras"].split(",") if c.strip()]
+    sources = [s.strip() for s in p["sources"].split(",") if s.strip()]
+    if not cams:
+        raise KeyError("graph 'cameras': name at least one camera (cameras=front,wrist)")
+    if sources and len(sources) != len(cams):
+        raise KeyError(f"graph 'cameras': {len(sources)} sources for {len(cams)} cameras; give one per camera")
+    try:
+        port0 = int(p["port"])
+    except ValueError:
+        raise KeyError(f"graph 'cameras': port must be an integer, got {p['port']!r}") from None
+    size = ["--width", p["width"], "--height", p["height"], "--fps", p["fps"]]
+    nodes: list[NodeDef] = []
+    for i, cam in enumerate(cams):
+        src = sources[i] if sources else f"http://127.0.0.1:{port0 + i}/stream.mjpg"
+        if not sources:  # the twin's camera, rendered and served like an IP camera
+            nodes.append(NodeDef(f"virtual_{cam}", "robot_rl.cli.main",
+                                 ("virtual", "camera", "--camera", cam, *size, "--port", str(port0 + i),
+                                  "--noise", p["noise"], "--task", p["scene"], "--seed", str(i)), required=False))
+        nodes.append(NodeDef(f"camera_{cam}", "robot_rl.ros.camera_node",
+                             ("--name", cam, "--source", src, *size), required=False,
+                             start_delay_s=0.0 if sources else 3.0))
+    rec = ["--contract", p["contract"], "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
+           "--cameras", ",".join(cams), "--image-size", f"{p['width']}x{p['height']}", "--fps", p["fps"],
+           "--mode", "realtime"]
+    nodes.append(NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False))
+    nodes.append(NodeDef("episodes", "robot_rl.ros.episode_clock",
+                         ("--episodes", p["episodes"], "--seconds", p["seconds"]), start_delay_s=1.0))
+    return nodes
+
+
+GRAPHS["cameras"] = Graph(
+    "cameras", "cameras at full resolution -> camera nodes -> recorder (JPEG episode store), timed episodes "
+    "(docs/cameras.md); without sources=, virtual twin cameras served as MJPEG on loopback",
+    {"robot": "so101", "task": "camera_session", "cameras": "front,wrist", "sources": "", "width": "640",
+     "height": "480", "fps": "30", "noise": "3", "scene": "pick_cube", "port": "8081", "contract": "cameras", "out": "data/cameras.zarr",
+     "episodes": "1", "seconds": "10"},
+    _cameras)
+
 GRAPHS["rl"] = Graph(
     "rl", "online RL split over ROS 2: a learner (replay log, SAC, weights) + N actors streaming twin transitions "
     "(docs/rl_distributed.md)",

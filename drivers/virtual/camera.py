@@ -1,0 +1,440 @@
+"""A virtual camera: frames from the twin (or a synthetic pattern) served as HTTP MJPEG.
+
+    server = MJPEGServer(SyntheticSource(640, 480), fps=30).start()
+    OpenCVCamera(CameraConfig("front", server.url, 640, 480, fps=30))   # like a real IP camera
+
+The server paces frames on a monotonic schedule (slot k at ``t0 + k / fps``: no drift),
+encodes each frame once and shares it with every client. Camera-like impairments are
+optional and seeded: sensor noise, exposure jitter, dropped frames and stalls.
+
+Endpoints: ``/stream.mjpg`` (also ``/``) the ``multipart/x-mixed-replace`` stream,
+``/snapshot.jpg`` the newest frame, ``/stats`` JSON counters.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BOUNDARY = "robotrlframe"
+
+
+class FrameSource(Protocol):
+    """What the server renders: ``frame(index, t)`` -> HxWx3 uint8 RGB for frame `index`
+    at stream time `t` seconds (= index / fps)."""
+    width: int
+    height: int
+
+    def frame(self, index: int, t: float) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+# -- synthetic source --------------------------------------------------------------------
+CODE_BITS = 32
+
+
+def _code_block(width: int) -> int:
+    return max(8, min(16, width // (CODE_BITS + 4)))
+
+
+class SyntheticSource:
+    """A fast pattern (no MuJoCo): a colour gradient, a moving bar, and the frame number
+    written as a row of black/white blocks along the top edge (32 bits, >= 8x8 px each,
+    survives JPEG, noise and gain jitter). :func:`decode_frame_number` reads it back."""
+
+    def __init__(self, width: int = 640, height: int = 480):
+        if width < _code_block(width) * (CODE_BITS + 2) or height < 4 * _code_block(width):
+            raise ValueError(f"SyntheticSource needs at least {8 * (CODE_BITS + 2)}x32 pixels, got {width}x{height}")
+        self.width, self.height = width, height
+        y, x = np.mgrid[0:height, 0:width]
+        self._background = np.stack([
+            (255 * x / max(1, width - 1)), (255 * y / max(1, height - 1)),
+            np.full_like(x, 96, dtype=np.float64)], axis=-1).astype(np.uint8)
+
+    def frame(self, index: int, t: float = 0.0) -> np.ndarray:
+        img = self._background.copy()
+        bar = (index * 7) % self.width
+        img[:, bar:bar + 12] = (255, 255, 255)
+        encode_frame_number(img, index)
+        return img
+
+    def close(self) -> None:
+        pass
+
+
+def encode_frame_number(img: np.ndarray, n: int) -> None:
+    """Write `n` (mod 2**32) into the top rows of `img` in place: a black border and one block per bit."""
+    b = _code_block(img.shape[1])
+    img[: 3 * b, : b * (CODE_BITS + 2)] = 0
+    for i in range(CODE_BITS):
+        if (n >> (CODE_BITS - 1 - i)) & 1:
+            x = b * (i + 1)
+            img[b: 2 * b, x: x + b] = 255
+
+
+def decode_frame_number(img: np.ndarray) -> int:
+    """The frame number :func:`encode_frame_number` wrote (reads block centres, thresholds at 128)."""
+    b = _code_block(img.shape[1])
+    q = max(1, b // 4)
+    n = 0
+    for i in range(CODE_BITS):
+        x = b * (i + 1)
+        v = float(img[b + q: 2 * b - q, x + q: x + b - q].mean())
+        n = (n << 1) | int(v > 128)
+    return n
+
+
+# -- twin source -------------------------------------------------------------------------
+class TwinCameraSource:
+    """A camera of the MuJoCo twin watching the task's scripted expert at work.
+
+    Frame `index` shows the scene at sim time ``index / fps``: the expert steps the env at
+    its control rate and every camera frame is rendered from the current state (a 30 fps
+    camera on a 20 Hz arm renders some states twice, as a real one would). Episodes restart
+    with a new seed when they end.
+    """
+
+    def __init__(self, task: str = "pick_cube", camera: str = "front", width: int = 640, height: int = 480,
+                 fps: float = 30.0, robot: str = "so101", seed: int = 0):
+        from robot_rl.sim import make_env
+        self.width, self.height, self.fps, self.camera = width, height, fps, camera
+        # resolve_spec passes image_size on as (width, height); the env sizes the offscreen
+        # framebuffer to max(width, height), so any WxH renders
+        self.env = make_env(task, robot=robot, cameras=[camera], image_size=(width, height),
+                            render_size=max(width, height))
+        self._seed = seed
+        self._steps = 0
+        self._render_s: list[float] = []
+        try:
+            self._reset()
+        finally:
+            _release_gl()
+
+    def _reset(self) -> None:
+        self._obs, _ = self.env.reset(seed=self._seed)
+        self._expert = self.env.make_expert(self._seed)
+        self._seed += 1
+
+    def _step(self) -> None:
+        env = self.env
+        action = self._expert.act(self._obs)
+        env.twin.step(env.action_mode, action)
+        _, terminated, truncated, info = env.after_physics_step()
+        self._steps += 1
+        # the expert needs state only: skip rendering the env's image observations
+        obs = env.twin.observe()
+        obs["object_state"] = env.task.object_state()
+        self._obs = obs
+        if terminated or truncated or info["step"] > env.max_episode_steps:
+            self._reset()
+
+    def frame(self, index: int, t: float | None = None) -> np.ndarray:
+        t = index / self.fps if t is None else t
+        target = int(t / self.env.twin.control_dt)
+        try:
+            while self._steps < target:
+                self._step()
+            t0 = time.perf_counter()
+            img = self.env.twin.render(self.camera, self.width, self.height)
+            _push(self._render_s, time.perf_counter() - t0)
+        finally:
+            _release_gl()
+        return img
+
+    @property
+    def render_ms(self) -> float:
+        """Mean render time of the last 100 frames, milliseconds."""
+        return 1e3 * float(np.mean(self._render_s)) if self._render_s else float("nan")
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _release_gl() -> None:
+    """Let go of the GL context on this thread. An EGL context is current to one thread at
+    a time and mujoco's Renderer does not let go after rendering, so a source built on one
+    thread (the caller's) and rendered on another (the server's producer) would fail with
+    EGL_BAD_ACCESS. Other backends need nothing."""
+    if os.environ.get("MUJOCO_GL") == "egl":
+        from mujoco.egl import egl_ext
+        egl_ext.eglReleaseThread()
+
+
+# -- impairments -------------------------------------------------------------------------
+@dataclass
+class Impairments:
+    """Camera-like defects, all off by default and driven by one seed.
+
+    noise_sigma: Gaussian sensor noise (grey levels); drawn from a precomputed table,
+        a random window per frame (~1 ms at 640x480 instead of ~10 ms for fresh normals).
+    exposure_jitter: per-frame gain ~ N(1, jitter) (a lookup table, clipped to [0.5, 1.5]).
+    drop_prob: probability a frame is never sent (its number is still used up, so the
+        receiver sees a gap).
+    """
+    noise_sigma: float = 0.0
+    exposure_jitter: float = 0.0
+    drop_prob: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.noise_sigma < 0 or self.exposure_jitter < 0 or not 0 <= self.drop_prob < 1:
+            raise ValueError(f"bad impairments {self}: noise and jitter must be >= 0, drop in [0, 1)")
+        self._rng = np.random.default_rng(self.seed)
+        self._noise: np.ndarray | None = None
+
+    def drop(self) -> bool:
+        return self.drop_prob > 0 and self._rng.random() < self.drop_prob
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        if self.exposure_jitter > 0:
+            gain = float(np.clip(self._rng.normal(1.0, self.exposure_jitter), 0.5, 1.5))
+            lut = np.clip(np.arange(256) * gain, 0, 255).astype(np.uint8)
+            img = cv2.LUT(img, lut)
+        if self.noise_sigma > 0:
+            h, w, c = img.shape
+            pad = 64
+            if self._noise is None or self._noise.shape[0] < h + pad or self._noise.shape[1] < w + pad:
+                table = self._rng.normal(0, self.noise_sigma, (h + pad, w + pad, c))
+                self._noise = np.clip(np.round(table), -127, 127).astype(np.int16)
+            dy, dx = (int(v) for v in self._rng.integers(0, pad, 2))
+            img = cv2.add(img, self._noise[dy: dy + h, dx: dx + w], dtype=cv2.CV_8U)
+        return img
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """JPEG bytes of an RGB image (OpenCV's libjpeg-turbo; it wants BGR)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+# -- server ------------------------------------------------------------------------------
+class MJPEGServer:
+    """Serve `frame_source` as MJPEG over HTTP on `host`:`port` (0 = a free port) at `fps`.
+
+    One producer thread renders, impairs and JPEG-encodes frame k at ``t0 + k / fps``
+    (slots it is too late for are skipped and counted as ``overruns``, so the frame
+    number, and the twin's sim time ``k / fps``, stay locked to the clock); every client
+    handler sends each new frame once. A slow client skips to the newest frame.
+    ``stall()`` stops sending (connections stay open, as a hung camera's do);
+    ``resume()`` starts again; `stall_after_s` stalls automatically that long after start.
+    """
+
+    def __init__(self, frame_source: FrameSource, host: str = "127.0.0.1", port: int = 0, fps: float = 30.0,
+                 quality: int = 90, impairments: Impairments | None = None, stall_after_s: float | None = None):
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.source, self.host, self.fps, self.quality = frame_source, host, float(fps), int(quality)
+        self.impairments = impairments or Impairments()
+        self.stall_after_s = stall_after_s
+        self._requested_port = port
+        self._cond = threading.Condition()
+        self._jpeg: bytes | None = None
+        self._seq = -1                 # sequence number of the newest published frame
+        self._stamp = 0.0              # its wall-clock time (unix seconds)
+        self._stop = threading.Event()
+        self._stalled = threading.Event()
+        self._counts = {"frames_published": 0, "frames_served": 0, "dropped_injected": 0, "overruns": 0, "clients": 0}
+        self._encode_s: list[float] = []
+        self._source_s: list[float] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "MJPEGServer":
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer((self.host, self._requested_port), Handler)
+        self._httpd.daemon_threads = True
+        self._threads = [threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                          name="mjpeg-http", daemon=True),
+                         threading.Thread(target=self._produce, name="mjpeg-producer", daemon=True)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def close(self) -> None:
+        """Stop producing, close every connection and the listening socket."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._httpd = None
+
+    def __enter__(self) -> "MJPEGServer":
+        return self.start() if self._httpd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("MJPEGServer is not started")
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The stream's URL (``http://host:port/stream.mjpg``)."""
+        return f"http://{self.host}:{self.port}/stream.mjpg"
+
+    # -- impairment controls ------------------------------------------------------------
+    def stall(self) -> None:
+        """Stop sending frames; clients stay connected and hear nothing."""
+        self._stalled.set()
+
+    def resume(self) -> None:
+        self._stalled.clear()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled.is_set()
+
+    def stats(self) -> dict:
+        with self._cond:
+            d = dict(self._counts)
+            d.update(seq=self._seq, stalled=self.stalled, fps=self.fps,
+                     encode_ms=_mean_ms(self._encode_s), source_ms=_mean_ms(self._source_s))
+        return d
+
+    # -- producer ----------------------------------------------------------------------
+    def _produce(self) -> None:
+        period = 1.0 / self.fps
+        t0 = time.monotonic()
+        k = 0
+        while not self._stop.is_set():
+            if self._stop.wait(max(0.0, t0 + k * period - time.monotonic())):
+                break
+            if self.stall_after_s is not None and time.monotonic() - t0 >= self.stall_after_s:
+                self.stall_after_s = None
+                self._stalled.set()
+            if not self._stalled.is_set():
+                self._make_frame(k)
+            # the next slot in the future (slots we are already late for are skipped)
+            late = int((time.monotonic() - t0) / period) + 1
+            with self._cond:
+                self._counts["overruns"] += max(0, late - (k + 1))
+            k = max(k + 1, late)
+
+    def _make_frame(self, index: int) -> None:
+        """Render, impair, encode and publish frame `index` (= its slot: a late or stalled
+        camera skips frame numbers, as a free-running sensor would)."""
+        t = time.perf_counter()
+        try:
+            img = self.source.frame(index, index / self.fps)
+        except Exception:  # a broken source must not kill the server silently
+            log.exception("virtual camera: the frame source failed on frame %d", index)
+            self._stop.set()
+            return
+        t1 = time.perf_counter()
+        if self.impairments.drop():
+            with self._cond:
+                self._counts["dropped_injected"] += 1
+            return
+        jpeg = encode_jpeg(self.impairments.apply(img), self.quality)
+        t2 = time.perf_counter()
+        with self._cond:
+            self._jpeg, self._seq, self._stamp = jpeg, self._seq + 1, time.time()
+            self._counts["frames_published"] += 1
+            _push(self._source_s, t1 - t)
+            _push(self._encode_s, t2 - t1)
+            self._cond.notify_all()
+
+    def _next_frame(self, after_seq: int, timeout: float = 0.25) -> tuple[int, float, bytes] | None:
+        """The newest frame newer than `after_seq`, or None after `timeout` (or when stopping)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > after_seq or self._stop.is_set(), timeout)
+            if self._seq <= after_seq or self._stop.is_set() or self._jpeg is None:
+                return None
+            return self._seq, self._stamp, self._jpeg
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._cond:
+            self._counts[key] += n
+
+
+def _push(window: list[float], v: float, n: int = 100) -> None:
+    window.append(v)
+    del window[:-n]
+
+
+def _mean_ms(window: list[float]) -> float:
+    return round(1e3 * sum(window) / len(window), 3) if window else math.nan
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: MJPEGServer
+    timeout = 10  # a client that stops reading for this long is dropped
+
+    def log_message(self, format, *args):  # quiet: the default writes every request to stderr
+        log.debug("virtual camera %s: " + format, self.client_address[0], *args)
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/stream.mjpg"):
+            self._stream()
+        elif path == "/snapshot.jpg":
+            got = self.owner._next_frame(-1, timeout=2.0)
+            if got is None:
+                self.send_error(503, "no frame yet")
+                return
+            self._send(200, "image/jpeg", got[2])
+        elif path == "/stats":
+            self._send(200, "application/json", json.dumps(self.owner.stats()).encode())
+        else:
+            self.send_error(404, "try /stream.mjpg, /snapshot.jpg or /stats")
+
+    def _send(self, code: int, ctype: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self) -> None:
+        owner = self.owner
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-cache, no-store")
+        self.send_header("Pragma", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        owner._count("clients")
+        last = owner._seq  # from the next fresh frame on: a stalled camera sends nothing, not an old frame
+        try:
+            while not owner._stop.is_set():
+                got = owner._next_frame(last)
+                if got is None:
+                    continue
+                last, stamp, jpeg = got
+                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                        f"X-Timestamp: {stamp:.6f}\r\nX-Frame-Seq: {last}\r\n\r\n").encode()
+                self.wfile.write(head + jpeg + b"\r\n")
+                self.wfile.flush()
+                owner._count("frames_served")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
+            pass
+        finally:
+            owner._count("clients", -1)
+        self.close_connection = True

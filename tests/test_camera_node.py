@@ -1,0 +1,168 @@
+"""camera_node as a real process: a virtual MJPEG camera on loopback -> OpenCV capture ->
+/camera/<name>/image_raw[/compressed] + /diagnostics, read by a test-side rclpy node."""
+from __future__ import annotations
+
+import subprocess
+import time
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+import pytest
+
+from robot_rl.drivers.virtual.camera import MJPEGServer, SyntheticSource, decode_frame_number
+from ros_helpers import spawn
+
+W, H = 320, 240
+
+
+@contextmanager
+def camera_node(*args: str):
+    p = spawn("robot_rl.ros.camera_node", "--name", "front", "--diag-hz", "5", *args)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        print("---- camera_node stdout ----\n", out[-3000:], "\n---- stderr ----\n", err[-3000:])
+
+
+class Client:
+    def __init__(self, raw: bool):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from robot_rl.ros import topics
+        self.ctx = Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("test_camera_client", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.jpeg, self.raw, self.diag = [], [], []
+        self.node.create_subscription(CompressedImage, "/camera/front/image_raw/compressed",
+                                      lambda m: self.jpeg.append((m, time.monotonic())), topics.sensor_qos(100))
+        if raw:
+            self.node.create_subscription(Image, "/camera/front/image_raw", self.raw.append, topics.sensor_qos(100))
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self.diag.append, topics.reliable_qos(100))
+
+    def spin_until(self, pred, timeout: float, what: str, proc=None):
+        end = time.monotonic() + timeout
+        while not pred():
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"camera_node exited ({proc.returncode}) while waiting for {what}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def status(self):
+        for arr in reversed(self.diag):
+            for s in arr.status:
+                if s.name == "camera/front":
+                    return s
+        return None
+
+    def close(self):
+        self.node.destroy_node()
+        self.ex.shutdown()
+        self.ctx.try_shutdown()
+
+
+@pytest.fixture
+def client(ros_domain):
+    made = []
+
+    def make(**kw):
+        made.append(Client(**kw))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+
+
+def _numbers(msgs) -> list[int]:
+    return [decode_frame_number(cv2.imdecode(np.frombuffer(bytes(m.data), np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+            for m, _ in msgs]
+
+
+def _stamp_ns(m) -> int:
+    return m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+
+
+def test_streams_every_frame_in_order_with_host_stamps_and_goes_stale_on_a_stall(client):
+    with MJPEGServer(SyntheticSource(W, H), fps=30) as srv:
+        c = client(raw=True)
+        with camera_node("--source", srv.url, "--width", str(W), "--height", str(H), "--fps", "30",
+                         "--max-age", "0.3") as p:
+            c.spin_until(lambda: len(c.jpeg) >= 5 and len(c.raw) >= 5, 30, "first frames", p)
+            n0 = len(c.jpeg)
+            c.spin_until(lambda: len(c.jpeg) >= n0 + 45, 10, "45 more frames", p)
+            run = c.jpeg[n0:]
+            nums = _numbers(run)
+            assert nums == list(range(nums[0], nums[0] + len(nums))), "frames lost or reordered"
+            stamps = [_stamp_ns(m) for m, _ in run]
+            assert all(b > a for a, b in zip(stamps, stamps[1:])), "header stamps must increase"
+            period = np.median(np.diff(stamps)) / 1e9
+            assert period == pytest.approx(1 / 30, rel=0.15)
+            # stamps are host time of receipt: close to (and before) when the frame reached us
+            lag = [time.time() - (time.monotonic() - t_rx) - _stamp_ns(m) / 1e9 for m, t_rx in run]
+            assert 0 <= np.median(lag) < 0.2
+            raw = c.raw[-1]
+            assert (raw.height, raw.width, raw.encoding) == (H, W, "rgb8")
+            assert run[-1][0].format == "jpeg"
+            c.spin_until(lambda: c.status() is not None and any(kv.key == "achieved_fps" for kv in c.status().values),
+                         5, "diagnostics", p)
+            vals = {kv.key: kv.value for kv in c.status().values}
+            assert float(vals["achieved_fps"]) == pytest.approx(30, rel=0.15)
+            assert vals["stale"] == "false" and c.status().level == b"\x00"
+
+            srv.stall()
+            time.sleep(0.1)
+            c.spin_until(lambda: c.status() is not None and {kv.key: kv.value for kv in c.status().values}
+                         .get("stale") == "true", 5, "stale flag", p)
+            assert c.status().level == b"\x01" and "stale" in c.status().message
+            n_stalled = len(c.jpeg)
+            t_end = time.monotonic() + 0.6
+            c.spin_until(lambda: time.monotonic() > t_end, 2, "stall")
+            assert len(c.jpeg) == n_stalled, "a stalled camera must publish nothing"
+            srv.resume()
+            c.spin_until(lambda: len(c.jpeg) >= n_stalled + 10, 15, "frames after the stall", p)
+            c.spin_until(lambda: {kv.key: kv.value for kv in c.status().values}.get("stale") == "false", 5,
+                         "fresh again", p)
+
+
+def test_raw_images_only_while_someone_subscribes(client):
+    with MJPEGServer(SyntheticSource(W, H), fps=30) as srv:
+        c = client(raw=False)
+        with camera_node("--source", srv.url, "--width", str(W), "--height", str(H)) as p:
+            c.spin_until(lambda: len(c.jpeg) >= 20, 30, "compressed frames", p)
+            c.spin_until(lambda: c.status() is not None, 5, "diagnostics", p)
+            vals = {kv.key: kv.value for kv in c.status().values}
+            assert int(vals["published_compressed"]) > 0 and vals["published_raw"] == "0"
+
+
+@pytest.mark.parametrize("args,match", [
+    (("--source", "/dev/video99"), "/dev/video99"),
+    (("--source", "http://127.0.0.1:9/stream.mjpg", "--reconnects", "0"), "127.0.0.1:9"),
+])
+def test_a_wrong_source_is_one_clear_error(ros_domain, args, match):
+    p = spawn("robot_rl.ros.camera_node", "--name", "front", *args)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("camera_node: ") and match in lines[0], err
+
+
+def test_an_unsupported_resolution_is_refused(ros_domain):
+    with MJPEGServer(SyntheticSource(W, H), fps=30) as srv:
+        p = spawn("robot_rl.ros.camera_node", "--name", "front", "--source", srv.url, "--width", "1280",
+                  "--height", "720")
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert "1280x720" in err and f"{W}x{H}" in err, err
