@@ -1,10 +1,16 @@
 """Episode store: sustained write throughput, caller-side add_step latency, compression,
 commit latency, a naive synchronous zarr writer as baseline (same run), read / sampler
-speed, and the SIGKILL campaign (committed episodes survived / lost).
+speed, the SIGKILL campaign (committed episodes survived / lost) and an image codec
+comparison (lossless vs JPEG on 640x480 camera-like frames).
 
     .venv/bin/python benchmarks/bench_store.py [--quick] [--episodes 20] [--steps 200]
                                                [--kills 25] [--images auto|sim|synthetic]
+                                               [--codec lossless|jpeg] [--only SECTIONS]
                                                [--out FILE]
+
+``--codec jpeg`` runs the kill campaign on a compressed store: ``--kill-cameras`` (2)
+JPEG q90 cameras of ``--kill-image`` (480x640) instead of one small lossless image.
+``--only kill,codecs`` runs just those sections (write,read,kill,codecs).
 
 Steps are two 96x96x3 uint8 cameras + state (joint_pos/vel 6, ee_pos 3, ee_quat 4,
 gripper, object_state 7, action 7, reward). Images come from the MuJoCo twin's scripted
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import logging
 import shutil
 import sys
@@ -31,6 +38,7 @@ from _common import print_table, write_json  # noqa: E402
 import zarr  # noqa: E402
 
 from robot_rl.data import EpisodeStore, SequenceSampler  # noqa: E402
+from robot_rl.data.codecs import jpeg_encode_frame  # noqa: E402
 from robot_rl.data.store import image_codec, state_codec  # noqa: E402
 
 H = W = 96
@@ -214,7 +222,100 @@ def run_read(path: str) -> dict:
     return out
 
 
-def run_kills(root: Path, kills: int) -> dict:
+def camera_frames(n: int, h: int = 480, w: int = 640, sigma: float = 3.0, seed: int = 0) -> np.ndarray:
+    """Synthetic 640x480-style camera frames: shaded room, textured table, checker poster,
+    a moving cube, Gaussian sensor noise ``sigma`` (no twin renderer in this tree)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([60 + 80 * yy / h, 70 + 40 * xx / w, 90 + 30 * (yy + xx) / (h + w)], -1)
+    table = yy > h * 0.55
+    base[table] = [150, 120, 90]
+    base[table] += (12 * np.sin(xx / 7 + 3 * np.sin(yy / 23)))[table][:, None]
+    poster = (((xx // 16) + (yy // 16)) % 2 == 0) & (w * 0.05 < xx) & (xx < w * 0.3) & (h * 0.05 < yy) & (yy < h * 0.4)
+    base[poster] = [30, 30, 30]
+    out = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        img = base.copy()
+        cx, cy = w / 2 + w / 4 * np.sin(t / 15), h * 0.7 + h / 12 * np.cos(t / 20)
+        img[(np.abs(xx - cx) < w / 14) & (np.abs(yy - cy) < w / 14)] = [200, 40, 40]
+        img = img * (1 + 0.05 * np.sin(xx / 40 + t / 10))[..., None] + rng.normal(0, sigma, img.shape)
+        out[t] = np.clip(img, 0, 255)
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf")
+
+
+def run_codecs(root: Path, n_frames: int, reads: int, fps: float = 30.0, cameras: int = 2) -> list[dict]:
+    """Lossless vs jpeg:90 on 640x480 frames: ratio, PSNR, codec encode / decode ms per
+    frame (one thread, no I/O), store write time per frame, read_frames -> 96x96 frames/s
+    (one thread, random rows) and full-size read_frames frames/s."""
+    import imagecodecs
+    import numcodecs
+
+    frames = camera_frames(n_frames)
+    blosc = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    rows_out = []
+    rng = np.random.default_rng(0)
+    for codec in ("lossless", "jpeg:90"):
+        # pure codec cost, one thread
+        if codec == "lossless":
+            chunk = frames[:10]
+            t0 = time.perf_counter()
+            enc = [blosc.encode(chunk) for _ in range(3)]
+            enc_ms = (time.perf_counter() - t0) / (3 * len(chunk)) * 1e3
+            t0 = time.perf_counter()
+            for _ in range(3):
+                blosc.decode(enc[0])
+            dec_ms = (time.perf_counter() - t0) / (3 * len(chunk)) * 1e3
+        else:
+            sub = frames[:20]
+            t0 = time.perf_counter()
+            enc = [jpeg_encode_frame(f, 90) for f in sub]
+            enc_ms = (time.perf_counter() - t0) / len(sub) * 1e3
+            t0 = time.perf_counter()
+            for e in enc:
+                imagecodecs.jpeg8_decode(e)
+            dec_ms = (time.perf_counter() - t0) / len(sub) * 1e3
+        # through the store
+        path = root / f"codec_{codec.replace(':', '')}"
+        t0 = time.perf_counter()
+        with EpisodeStore.create(path, "so101", image_codecs={"cam": codec}) as st:
+            ep = st.start_episode("pick_cube", fps=fps)
+            for t in range(n_frames):
+                ep.add_step({"cam": frames[t]}, timestamp=t / fps)
+            ep.commit(success=True)
+        write_ms = (time.perf_counter() - t0) / n_frames * 1e3
+        with EpisodeStore.open(path) as st:
+            k = st.summary()["keys"]["cam"]
+            back = st.data["cam"][:]
+            idx = rng.integers(0, n_frames, reads)
+            st.read_frames("cam", idx[:8], size=(96, 96))  # warm-up
+            t0 = time.perf_counter()
+            for i in range(0, reads, 8):
+                st.read_frames("cam", idx[i:i + 8], size=(96, 96))
+            small_fps = reads / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for i in range(0, reads, 8):
+                st.read_frames("cam", idx[i:i + 8])
+            full_fps = reads / (time.perf_counter() - t0)
+        bpf = k["bytes"] / n_frames
+        rows_out.append({
+            "codec": codec, "frames": n_frames, "ratio": k["compression_ratio"],
+            "raw_fraction": 1 / k["compression_ratio"], "psnr_db": _psnr(back, frames),
+            "encode_ms_per_frame": enc_ms, "decode_ms_per_frame": dec_ms,
+            "store_write_ms_per_frame": write_ms,
+            "read_frames_96px_fps": small_fps, "read_frames_full_fps": full_fps,
+            "kB_per_frame": bpf / 1e3,
+            f"GB_per_hour_{cameras}cams_{fps:g}fps": bpf * cameras * fps * 3600 / 1e9,
+        })
+    return rows_out
+
+
+def run_kills(root: Path, kills: int, codec: str = "lossless", image_shape: tuple[int, int, int] = (480, 640, 3),
+              cameras: int = 2) -> dict:
     spec = importlib.util.spec_from_file_location(
         "_store_writer_proc", Path(__file__).resolve().parents[1] / "tests" / "_store_writer_proc.py")
     mod = importlib.util.module_from_spec(spec)
@@ -223,7 +324,9 @@ def run_kills(root: Path, kills: int) -> dict:
     level = log.level
     log.setLevel(logging.ERROR)  # the torn-tail warnings after each kill are expected
     try:
-        return mod.kill_campaign(root / "killed", n_kills=kills, seed=7, rng_seed=7)
+        return mod.kill_campaign(root / "killed", n_kills=kills, seed=7, rng_seed=7, codec=codec,
+                                 image_shape=image_shape, cameras=cameras,
+                                 max_delay=0.4 if codec == "lossless" else 1.5)
     finally:
         log.setLevel(level)
 
@@ -240,6 +343,14 @@ def main() -> None:
     ap.add_argument("--paced-episodes", type=int, default=5)
     ap.add_argument("--kills", type=int, default=25)
     ap.add_argument("--images", choices=["auto", "sim", "synthetic"], default="auto")
+    ap.add_argument("--codec", choices=["lossless", "jpeg"], default="lossless",
+                    help="kill campaign store: one small lossless image (default) or JPEG q90 cameras")
+    ap.add_argument("--kill-image", default="480x640", help="HxW of the JPEG cameras of --codec jpeg")
+    ap.add_argument("--kill-cameras", type=int, default=2, help="number of JPEG cameras of --codec jpeg")
+    ap.add_argument("--codec-frames", type=int, default=60, help="640x480 frames of the codec comparison")
+    ap.add_argument("--codec-reads", type=int, default=400, help="random read_frames rows per codec")
+    ap.add_argument("--only", default="write,read,kill,codecs",
+                    help="comma-separated sections to run: write,read,kill,codecs")
     ap.add_argument("--quick", action="store_true", help="small run: 5x100 steps, 5 kills")
     ap.add_argument("--dir", default=None, help="where to put the stores (default: a temp dir)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/store.json)")
@@ -247,40 +358,73 @@ def main() -> None:
     if args.quick:
         args.episodes, args.steps, args.kills = 5, 100, 5
         args.baseline_episodes, args.fsync_episodes, args.paced_episodes = 1, 2, 2
+        args.codec_frames, args.codec_reads = 20, 160
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    bad = only - {"write", "read", "kill", "codecs"}
+    if bad:
+        ap.error(f"--only: unknown sections {sorted(bad)}")
+    if "read" in only:
+        only.add("write")  # reads the store the write section recorded
+    try:
+        kh, kw = (int(x) for x in args.kill_image.lower().split("x"))
+    except ValueError:
+        ap.error(f"--kill-image must be HxW, e.g. 480x640, got {args.kill_image!r}")
 
     root = Path(tempfile.mkdtemp(prefix="bench_store_", dir=args.dir))
     try:
-        pool, img_src = make_pool(args.steps, args.images)
-        print(f"images: {img_src}; {args.episodes} episodes x {args.steps} steps")
-        ours = run_store(root, pool, args.episodes, args.steps)
-        durable = run_store(root, pool, args.fsync_episodes, args.steps, fsync_data=True)
-        paced = run_store(root, pool, args.paced_episodes, args.steps, hz=args.paced_hz)
-        naive = run_naive(root, pool, args.baseline_episodes, args.steps)
-        reads = run_read(ours["_path"])
-        rows = [ours, durable, paced, naive]
-        print_table(rows, ["writer", "steps", "steps_per_s", "add_p50_ms", "add_p99_ms", "add_max_ms",
-                           "commit_p50_ms", "commit_max_ms", "bytes_per_step", "ratio_front", "ratio_wrist"],
-                    title="write (two 96x96x3 cameras + state; steps_per_s includes commits and the final flush)")
-        print(f"speed-up vs naive synchronous zarr writer: {ours['steps_per_s'] / naive['steps_per_s']:.1f}x; "
-              f"add_step p99 {naive['add_p99_ms'] / ours['add_p99_ms']:.0f}x lower")
-        print_table([reads], list(reads), title="read")
-        kills = run_kills(root, args.kills) if args.kills else None
+        rows: list[dict] = []
+        reads = naive = ours = None
+        img_src = None
+        if "write" in only:
+            pool, img_src = make_pool(args.steps, args.images)
+            print(f"images: {img_src}; {args.episodes} episodes x {args.steps} steps")
+            ours = run_store(root, pool, args.episodes, args.steps)
+            durable = run_store(root, pool, args.fsync_episodes, args.steps, fsync_data=True)
+            paced = run_store(root, pool, args.paced_episodes, args.steps, hz=args.paced_hz)
+            naive = run_naive(root, pool, args.baseline_episodes, args.steps)
+            rows = [ours, durable, paced, naive]
+            print_table(rows, ["writer", "steps", "steps_per_s", "add_p50_ms", "add_p99_ms", "add_max_ms",
+                               "commit_p50_ms", "commit_max_ms", "bytes_per_step", "ratio_front", "ratio_wrist"],
+                        title="write (two 96x96x3 cameras + state; steps_per_s includes commits and the final flush)")
+            print(f"speed-up vs naive synchronous zarr writer: {ours['steps_per_s'] / naive['steps_per_s']:.1f}x; "
+                  f"add_step p99 {naive['add_p99_ms'] / ours['add_p99_ms']:.0f}x lower")
+        if "read" in only and ours is not None:
+            reads = run_read(ours["_path"])
+            print_table([reads], list(reads), title="read")
+        codecs = None
+        if "codecs" in only:
+            codecs = run_codecs(root, args.codec_frames, args.codec_reads)
+            print_table(codecs, list(codecs[0]),
+                        title="image codecs (640x480x3 synthetic camera frames, Gaussian noise sigma=3; "
+                              "encode/decode: codec only, one thread; read_frames: one thread, random rows)")
+        kill_image = (kh, kw, 3)
+        kills = run_kills(root, args.kills, args.codec, kill_image, args.kill_cameras) \
+            if args.kills and "kill" in only else None
         if kills:
-            print_table([kills], ["kills", "episodes_reported_committed", "episodes_in_store", "episodes_lost",
-                                  "readable_after_every_kill", "appendable_after", "elapsed_s"],
-                        title="SIGKILL campaign (one store, killed again and again)")
+            what = "one 12x16 lossless image" if args.codec == "lossless" else \
+                f"{args.kill_cameras} JPEG q90 cameras {kw}x{kh}"
+            print_table([kills], ["kills", "codec", "episodes_reported_committed", "episodes_in_store",
+                                  "episodes_lost", "readable_after_every_kill", "appendable_after", "elapsed_s"],
+                        title=f"SIGKILL campaign (one store, killed again and again; {what})")
+            print(f"{kills['episodes_lost']} committed episodes lost "
+                  f"({kills['episodes_reported_committed']} reported committed)")
             print("kills landed in:", kills["kills_landed_in"])
             for p in kills["problems"]:
                 print("PROBLEM:", p)
         for r in rows:
             r.pop("_path", None)
-        write_json("store", {
+        write_json("store" if only == {"write", "read", "kill", "codecs"} else "store_" + "_".join(sorted(only)), {
             "config": {"episodes": args.episodes, "steps": args.steps, "images": img_src,
                        "paced_hz": args.paced_hz, "paced_episodes": args.paced_episodes,
                        "baseline_episodes": args.baseline_episodes, "fsync_episodes": args.fsync_episodes,
-                       "image_codec": str(image_codec()), "state_codec": str(state_codec())},
-            "write": rows, "speedup_vs_naive": ours["steps_per_s"] / naive["steps_per_s"],
-            "read": reads, "kill": kills,
+                       "image_codec": str(image_codec()), "state_codec": str(state_codec()),
+                       "sections": sorted(only), "kill_codec": args.codec,
+                       "kill_image": list(kill_image) if args.codec == "jpeg" else [12, 16, 3],
+                       "kill_cameras": args.kill_cameras if args.codec == "jpeg" else 1,
+                       "codec_frames": args.codec_frames, "codec_images": "synthetic 640x480, sigma=3 noise",
+                       "cpus": os.cpu_count()},
+            "write": rows, "speedup_vs_naive": (ours["steps_per_s"] / naive["steps_per_s"]) if naive else None,
+            "read": reads, "codecs": codecs, "kill": kills,
         }, args.out)
         if kills and (kills["episodes_lost"] or not kills["readable_after_every_kill"] or kills["problems"]):
             sys.exit(1)

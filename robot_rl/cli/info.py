@@ -25,10 +25,11 @@ def print_summary(s: dict) -> None:
     print(f"size      {_mb(s.get('bytes_total'))} on disk")
     keys = s.get("keys", {})
     if keys:
-        print(f"  {'key':<16} {'dtype':<8} {'shape':<14} {'on disk':>10} {'ratio':>6}")
+        print(f"  {'key':<16} {'dtype':<8} {'shape':<14} {'codec':<9} {'on disk':>10} {'ratio':>6}")
         for k, d in keys.items():
             ratio = d.get("compression_ratio")
-            print(f"  {k:<16} {d['dtype']:<8} {str(tuple(d['shape'])):<14} {_mb(d['bytes']):>10} "
+            codec = d.get("codec") or ("-" if not d.get("image") else "lossless")
+            print(f"  {k:<16} {d['dtype']:<8} {str(tuple(d['shape'])):<14} {codec:<9} {_mb(d['bytes']):>10} "
                   f"{'' if ratio is None else f'{ratio:.1f}x':>6}")
 
 

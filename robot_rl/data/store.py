@@ -5,7 +5,10 @@ On disk (a directory, readable with plain ``zarr.open_group(path)``)::
     PATH/zarr.json              root group; its attributes are the COMMIT RECORD:
                                   format, format_version, robot (spec dict),
                                   robot_fingerprint, n_episodes, n_steps,
-                                  schema {key: {dtype, shape, chunk_steps}}
+                                  schema {key: {dtype, shape, chunk_steps}},
+                                  codecs {image key: "lossless" | "jpeg:<q>"} (absent in
+                                  old stores: all lossless), image_codecs (the codecs
+                                  asked for at create, applied when the keys appear)
     PATH/data/<key>             one array per per-step key, episodes concatenated
                                 along axis 0 (``timestamp`` float64 s always present)
     PATH/meta/episode_ends      int64, cumulative end index of each episode
@@ -28,6 +31,14 @@ Commit protocol (the single atomic rename of ``PATH/zarr.json`` is the commit po
 5. opening for append (under an exclusive ``flock`` on the store directory) removes
    zarr's ``*.partial`` temp files and truncates whatever lies past the commit record,
    logging how many steps were dropped.
+
+Image codecs (per key, chosen at create, recorded in the commit record): "lossless"
+(blosc zstd-1 + bitshuffle, one chunk per time-chunk) or "jpeg:<q>" (a zarr v3 sharded
+array: shard = the time-chunk, inner chunk = one frame, inner codec ``robot_rl.jpeg``;
+see robot_rl/data/codecs.py). Default: JPEG q90 (4:4:4) for images whose smaller side is
+>= 224 px, lossless for smaller ones. A partial shard write (the shard shared with the
+previous episode) keeps the stored bytes of the frames it does not touch, so committed
+frames are never re-encoded. Plain zarr readers must ``import robot_rl.data.codecs``.
 
 Plain zarr / diffusion_policy readers should take the number of episodes from
 ``attrs["n_episodes"]`` (or ``meta/episode_ends``, which equals it except while a
@@ -61,6 +72,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync as _zsync
 from zarr.storage import LocalStore
 
+from robot_rl.data.codecs import (DEFAULT_JPEG_QUALITY, JPEG_MIN_SIDE, LOSSLESS, JpegCodec,
+                                   jpeg_quality, parse_codec_name)
 from robot_rl.spec import RobotSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -107,6 +120,38 @@ def state_codec() -> BloscCodec:
 
 def is_image(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
     return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[2] in (1, 3, 4)
+
+
+def jpeg_ok(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """JPEG can store it: uint8 (H, W, 1|3)."""
+    return is_image(dtype, shape) and shape[2] in (1, 3)
+
+
+def default_codec(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+    """None (not an image), "lossless" (small images, RGBA) or "jpeg:90" (camera-sized)."""
+    if not is_image(dtype, shape):
+        return None
+    if jpeg_ok(dtype, shape) and min(shape[0], shape[1]) >= JPEG_MIN_SIDE:
+        return f"jpeg:{DEFAULT_JPEG_QUALITY}"
+    return LOSSLESS
+
+
+def _parse_codecs(codecs: Mapping[str, str] | None, what: str) -> dict[str, str]:
+    """Validate / normalise an ``image_codecs`` mapping (names only; keys are checked
+    against dtypes and shapes when the schema is known)."""
+    if codecs is None:
+        return {}
+    if not isinstance(codecs, Mapping):
+        raise StoreError(f"{what}: image_codecs must be a dict {{key: codec}}, got {type(codecs).__name__}")
+    out: dict[str, str] = {}
+    for k, v in codecs.items():
+        if not isinstance(k, str) or not k:
+            raise StoreError(f"{what}: image_codecs keys must be data key names, got {k!r}")
+        try:
+            out[k] = parse_codec_name(v)
+        except ValueError as e:
+            raise StoreError(f"{what}: image_codecs[{k!r}]: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,6 +225,44 @@ def _dir_bytes(path: Path) -> int:
                 except OSError:
                     pass
     return total
+
+
+_NO_CHUNK = 2**64 - 1  # sharding index entry of an absent inner chunk
+
+
+def _resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (h, w, C) with cv2 INTER_AREA."""
+    import cv2
+    if frame.shape[:2] == (h, w):
+        return frame
+    c = frame.shape[2]
+    return cv2.resize(np.ascontiguousarray(frame), (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, c)
+
+
+def _decode_jpeg(buf: bytes, shape: tuple[int, ...], size: tuple[int, int] | None) -> np.ndarray:
+    """One stored JPEG -> (H, W, C), or (h, w, C) for ``size``: libjpeg DCT-scaled decode
+    (1/8, 1/4, 1/2, the smallest that stays >= the target) then INTER_AREA resize."""
+    H, W, C = shape
+    if size is None:
+        import imagecodecs
+        return np.asarray(imagecodecs.jpeg8_decode(buf)).reshape(H, W, C)
+    import cv2
+    h, w = size
+    f = next((f for f in (8, 4, 2) if h * f <= H and w * f <= W), 1)
+    if f == 1:
+        import imagecodecs
+        img = np.asarray(imagecodecs.jpeg8_decode(buf)).reshape(H, W, C)
+    else:
+        color = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+        gray = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), (color if C == 3 else gray)[f])
+        if img is None:
+            raise StoreError("read_frames: a stored JPEG frame does not decode (corrupt data)")
+        if C == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = img.reshape(img.shape[0], img.shape[1], C)
+    return _resize(img, h, w)
 
 
 class _TrackingLocalStore(LocalStore):
@@ -346,8 +429,8 @@ class Episode:
 
         schema = st._schema
         if schema is None:  # first step into an empty store defines the keys
-            schema = st._make_schema(values)
-            st._schema = schema
+            schema, codecs = st._make_schema(values)
+            st._schema, st._schema_codecs = schema, codecs
         else:
             if values.keys() != schema.keys():
                 missing = sorted(set(schema) - set(values))
@@ -443,14 +526,18 @@ class EpisodeStore:
     """
 
     def __init__(self, path: Path, mode: str, attrs: Mapping[str, Any], lock_fd: int | None,
-                 fsync_data: bool = False, max_pending_bytes: int = 256 << 20) -> None:
+                 fsync_data: bool = False, max_pending_bytes: int = 256 << 20,
+                 image_codecs: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.mode = mode
         self._lock_fd = lock_fd
         self._closed = False
         self._fsync_data = fsync_data
         self._load_attrs(attrs)
+        self._apply_codec_request(_parse_codecs(image_codecs, f"episode store {path}"))
         self._schema: dict[str, KeySpec] | None = self._committed_schema or None
+        self._schema_codecs: dict[str, str] = dict(self._codecs)  # codecs of self._schema
+        self._jpeg_layouts: dict[str, bool | None] = {}
         self._episode: Episode | None = None
         self._rarrays: dict[str, zarr.Array] = {}
         self._ends: np.ndarray | None = None
@@ -470,23 +557,30 @@ class EpisodeStore:
     @classmethod
     def create(cls, path: str | os.PathLike, spec: RobotSpec | str | Mapping[str, Any], *,
                exist_ok: bool = False, chunk_steps: Mapping[str, int] | None = None,
-               fsync_data: bool = False, max_pending_bytes: int = 256 << 20) -> "EpisodeStore":
+               fsync_data: bool = False, max_pending_bytes: int = 256 << 20,
+               image_codecs: Mapping[str, str] | None = None) -> "EpisodeStore":
         """Create an empty store at ``path`` (created atomically: built next to it, then
         renamed into place). An existing non-empty path is an error unless ``exist_ok``,
         in which case an existing store is opened for append (spec checked).
 
         ``chunk_steps`` overrides the time-chunk length per key (default: ~1 MiB image
         chunks of 10-64 frames, 1024 steps for state). ``fsync_data`` also fsyncs every
-        data file of an episode at commit (the commit record is always fsynced)."""
+        data file of an episode at commit (the commit record is always fsynced).
+
+        ``image_codecs`` picks the codec per image key: "lossless", "jpeg" (quality 90) or
+        "jpeg:<q>" (q 1..100; JPEG needs uint8 (H, W, 1|3) keys). Unnamed image keys get
+        "jpeg:90" when their smaller side is >= 224 px, else "lossless". Applied when the
+        key's array is first written; recorded in the commit record (``attrs["codecs"]``)."""
         spec = load_spec(spec)
         path = Path(path).absolute()
+        codecs = _parse_codecs(image_codecs, f"cannot create an episode store at {path}")
         for k, v in (chunk_steps or {}).items():
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise StoreError(f"chunk_steps[{k!r}] must be a positive int, got {v!r}")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             if exist_ok and (path / "zarr.json").is_file():
                 return cls.open(path, mode="a", spec=spec, fsync_data=fsync_data,
-                                max_pending_bytes=max_pending_bytes)
+                                max_pending_bytes=max_pending_bytes, image_codecs=image_codecs)
             raise StoreError(f"cannot create an episode store at {path}: it exists and is not empty"
                              + ("" if exist_ok else " (pass exist_ok=True to append to an existing store)"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -497,6 +591,7 @@ class EpisodeStore:
                 "robot": spec.to_dict(), "robot_fingerprint": spec.fingerprint(),
                 "n_episodes": 0, "n_steps": 0, "schema": {},
                 "chunk_steps": {k: int(v) for k, v in (chunk_steps or {}).items()},
+                "image_codecs": codecs, "codecs": {},
             })
             root.create_group("data")
             meta = root.create_group("meta")
@@ -513,12 +608,16 @@ class EpisodeStore:
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r",
              spec: RobotSpec | str | Mapping[str, Any] | None = None, *,
-             fsync_data: bool = False, max_pending_bytes: int = 256 << 20) -> "EpisodeStore":
+             fsync_data: bool = False, max_pending_bytes: int = 256 << 20,
+             image_codecs: Mapping[str, str] | None = None) -> "EpisodeStore":
         """Open for reading (``mode="r"``, no lock) or appending (``mode="a"``: takes the
         writer lock, cleans up after a crash). ``spec`` (optional) must be compatible with
-        the robot the store was recorded with, else SpecError."""
+        the robot the store was recorded with, else SpecError. ``image_codecs`` (append
+        only) must agree with the codecs of keys already stored (see :meth:`create`)."""
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' (read) or 'a' (append), got {mode!r}")
+        if image_codecs and mode != "a":
+            raise StoreError("image_codecs applies to writing: open with mode='a'")
         path = Path(path).absolute()
         if not path.exists():
             raise StoreError(f"no episode store at {path}")
@@ -535,7 +634,7 @@ class EpisodeStore:
             else:
                 cls._report_torn_tail(path, attrs)
             return cls(path, mode, attrs, lock_fd, fsync_data=fsync_data,
-                       max_pending_bytes=max_pending_bytes)
+                       max_pending_bytes=max_pending_bytes, image_codecs=image_codecs)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -692,6 +791,14 @@ class EpisodeStore:
         self._n_steps = int(attrs["n_steps"])
         self._committed_schema = {k: KeySpec.from_json(v) for k, v in (attrs.get("schema") or {}).items()}
         self._chunk_override = {k: int(v) for k, v in (attrs.get("chunk_steps") or {}).items()}
+        try:
+            recorded = _parse_codecs(attrs.get("codecs") or {}, "commit record")
+            self._codec_request = _parse_codecs(attrs.get("image_codecs") or {}, "commit record")
+        except StoreError as e:
+            raise StoreError(f"episode store {self.path} is corrupt: {e}") from None
+        # stores written before per-key codecs have no "codecs": all their images are lossless
+        self._codecs: dict[str, str] = {k: recorded.get(k, LOSSLESS)
+                                        for k, ks in self._committed_schema.items() if ks.image}
         self._spec = RobotSpec.from_dict(attrs["robot"])
 
     def refresh(self) -> None:
@@ -701,7 +808,9 @@ class EpisodeStore:
             return
         self._load_attrs(self._read_attrs(self.path))
         self._schema = self._committed_schema or None
+        self._schema_codecs = dict(self._codecs)
         self._rarrays.clear()
+        self._jpeg_layouts.clear()
         self._ends = None
         self._meta = None
 
@@ -719,7 +828,30 @@ class EpisodeStore:
             raise StoreError(f"cannot {what}: a background write to {self.path} failed "
                              f"({self._writer.error!r}); committed episodes are intact, reopen the store")
 
-    def _make_schema(self, values: Mapping[str, np.ndarray]) -> dict[str, KeySpec]:
+    def _apply_codec_request(self, req: Mapping[str, str]) -> None:
+        """Merge codecs asked for at open into the recorded request; keys already stored
+        keep their codec (asking for another one is an error)."""
+        if not req:
+            return
+        schema = self._committed_schema
+        if schema:
+            unknown = sorted(set(req) - set(schema))
+            if unknown:
+                raise StoreError(f"episode store {self.path}: image_codecs names keys it does not "
+                                 f"have: {unknown}; it holds {sorted(schema)}")
+            for k, c in req.items():
+                have = self._codecs.get(k)
+                if have is None and c != LOSSLESS:
+                    raise StoreError(f"episode store {self.path}: key {k!r} is not a uint8 image "
+                                     f"(dtype {schema[k].dtype}, shape {schema[k].shape}); codec {c!r} "
+                                     f"is for images only")
+                if have is not None and have != c:
+                    raise StoreError(f"episode store {self.path}: key {k!r} is stored as {have!r}; it "
+                                     f"cannot be appended as {c!r} (codecs are fixed per store key)")
+        self._codec_request = {**self._codec_request, **req}
+
+    def _make_schema(self, values: Mapping[str, np.ndarray]) -> tuple[dict[str, KeySpec], dict[str, str]]:
+        """Schema and image codecs of an empty store from its first step."""
         schema: dict[str, KeySpec] = {}
         for k, v in values.items():
             if not isinstance(k, str) or not k or "/" in k or k.startswith((".", "__")) or k == "zarr.json":
@@ -728,7 +860,20 @@ class EpisodeStore:
                 raise StoreError(f"key {k!r}: unsupported dtype {v.dtype} (numbers or bools only)")
             chunk = self._chunk_override.get(k) or default_chunk_steps(v.dtype, v.shape)
             schema[k] = KeySpec(v.dtype, tuple(v.shape), int(chunk))
-        return schema
+        unknown = sorted(set(self._codec_request) - set(schema))
+        if unknown:
+            raise StoreError(f"image_codecs names keys the first step does not have: {unknown}; "
+                             f"the step has {sorted(schema)} (the step was rejected)")
+        codecs: dict[str, str] = {}
+        for k, ks in schema.items():
+            c = self._codec_request.get(k) or default_codec(ks.dtype, ks.shape)
+            if c is not None and c != LOSSLESS and not jpeg_ok(ks.dtype, ks.shape):
+                raise StoreError(f"key {k!r}: codec {c!r} needs a uint8 image of shape (H, W, 1|3); the "
+                                 f"key is dtype {ks.dtype} shape {ks.shape} (the step was rejected; use "
+                                 f"'lossless' or no codec for it)")
+            if c is not None and ks.image:
+                codecs[k] = c
+        return schema, codecs
 
     def start_episode(self, task: str, source: str = "teleop", fps: float | None = None,
                       extra: Mapping[str, Any] | None = None) -> Episode:
@@ -757,6 +902,12 @@ class EpisodeStore:
         if arr is None:
             if key in self._committed_schema:
                 arr = self._wdata[key]
+            elif (q := jpeg_quality(self._schema_codecs.get(key, LOSSLESS))) is not None:
+                # JPEG: shard = the time-chunk, inner chunk = one frame (one JPEG)
+                arr = self._wdata.create_array(
+                    key, shape=(0,) + ks.shape, dtype=ks.dtype, chunks=(1,) + ks.shape,
+                    shards=(ks.chunk_steps,) + ks.shape, serializer=JpegCodec(quality=q),
+                    compressors=None, fill_value=0, overwrite=True)
             else:  # first episode of an empty store
                 arr = self._wdata.create_array(
                     key, shape=(0,) + ks.shape, dtype=ks.dtype, chunks=(ks.chunk_steps,) + ks.shape,
@@ -785,11 +936,12 @@ class EpisodeStore:
     def _commit(self, ep: Episode, success: bool, extra_json: str,
                 final: list[tuple[str, int, np.ndarray]]) -> int:
         schema = dict(self._schema)
+        codecs = dict(self._schema_codecs)
         n_eps, end = self._n_episodes, ep._p
         entry = {"episode_ends": end, "success": success, "fps": ep.fps, "start_time": ep.start_time,
                  "task": ep.task, "source": ep.source, "extra": extra_json}
         new_attrs = {"n_episodes": n_eps + 1, "n_steps": end,
-                     "schema": {k: v.to_json() for k, v in schema.items()}}
+                     "schema": {k: v.to_json() for k, v in schema.items()}, "codecs": codecs}
 
         final_by_key: dict[str, list[tuple[int, np.ndarray]]] = {}
         for k, lo, rows in final:
@@ -832,6 +984,7 @@ class EpisodeStore:
                              f"committed, the {n_eps} earlier episodes are intact") from e
         self._n_episodes, self._n_steps = n_eps + 1, end
         self._committed_schema = schema
+        self._codecs = codecs
         self._attrs.update(new_attrs)
         if self._ends is not None:
             self._ends = np.append(self._ends, np.int64(end))
@@ -871,6 +1024,7 @@ class EpisodeStore:
         if not self._committed_schema:
             keys = list(self._schema or ())
             self._schema = None
+            self._schema_codecs = {}
 
             def drop() -> None:  # empty store: forget the keys of the discarded first episode
                 for k in keys:
@@ -960,6 +1114,162 @@ class EpisodeStore:
             self._rarrays[key] = arr
         return arr
 
+    def codec(self, key: str) -> str | None:
+        """Codec of a committed key: "lossless" / "jpeg:<q>" for images, None otherwise."""
+        self._check_not_closed()
+        if key not in self._committed_schema:
+            raise KeyError(f"no key {key!r} in episode store {self.path}; it has {self.keys}")
+        return self._codecs.get(key)
+
+    @property
+    def codecs(self) -> dict[str, str]:
+        """{image key: codec} of the committed keys."""
+        return dict(self._codecs)
+
+    def read_frames(self, key: str, rows: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Frames at global row indices ``rows`` (any order, repeats allowed) of image
+        ``key`` as ``(len(rows), H, W, C)`` uint8; with ``size=(h, w)`` resized to it
+        (cv2 INTER_AREA). JPEG keys are decoded straight from the stored JPEG of each
+        frame (one index + one frame read per row), with libjpeg DCT scaling (1/2, 1/4,
+        1/8) when the target allows, before the resize. Thread-safe."""
+        self._check_not_closed()
+        ks = self._committed_schema.get(key)
+        if ks is None:
+            raise KeyError(f"no key {key!r} in episode store {self.path}; it has {self.keys}")
+        if not ks.image:
+            raise StoreError(f"read_frames: key {key!r} is not an image key (dtype {ks.dtype}, "
+                             f"shape {ks.shape})")
+        idx = np.asarray(rows)
+        if idx.size == 0:
+            idx = idx.astype(np.int64).reshape(0)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise StoreError(f"read_frames: rows must be a 1-d sequence of ints, got {idx.dtype} "
+                             f"shape {idx.shape}")
+        idx = idx.astype(np.int64)
+        n = self._n_steps
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"read_frames: rows must lie in [0, {n}) (the committed steps), got "
+                             f"{idx.min()}..{idx.max()}")
+        H, W, C = ks.shape
+        if size is not None:
+            try:
+                h, w = (int(x) for x in size)
+            except (TypeError, ValueError):
+                raise StoreError(f"read_frames: size must be (height, width), got {size!r}") from None
+            if h < 1 or w < 1:
+                raise StoreError(f"read_frames: size must be positive, got {size!r}")
+            if (h, w) == (H, W):
+                size = None
+        crc = self._jpeg_layout(key)
+        if crc is None:  # lossless (or a layout this reader does not know): through zarr
+            if not idx.size:
+                frames = np.zeros((0, H, W, C), np.uint8)
+            else:
+                uniq, inv = np.unique(idx, return_inverse=True)
+                frames = np.asarray(self._read_array(key).get_orthogonal_selection((uniq,)))[inv]
+            if size is None:
+                return frames
+            out = np.empty((len(idx), h, w, C), np.uint8)
+            for i, f in enumerate(frames):
+                out[i] = _resize(f, h, w)
+            return out
+        out = np.zeros((len(idx),) + (ks.shape if size is None else (h, w, C)), np.uint8)
+        for i, buf in enumerate(self._jpeg_frames(key, ks, idx, crc)):
+            if buf is not None:  # None: an all-zero frame (zarr stores no chunk for it)
+                out[i] = _decode_jpeg(buf, ks.shape, None if size is None else (h, w))
+        return out
+
+    def stored_jpegs(self, key: str, rows: Any) -> list[bytes | None] | None:
+        """The JPEG bytes exactly as stored for global ``rows`` of a JPEG key (None for a
+        frame with no bytes: an all-zero frame, which zarr does not store); None if the
+        key is not JPEG-coded in the layout this store writes (then use read_frames)."""
+        self._check_not_closed()
+        ks = self._committed_schema.get(key)
+        if ks is None:
+            raise KeyError(f"no key {key!r} in episode store {self.path}; it has {self.keys}")
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n_steps):
+            raise IndexError(f"stored_jpegs: rows must lie in [0, {self._n_steps}), got "
+                             f"{idx.min()}..{idx.max()}")
+        crc = self._jpeg_layout(key) if ks.image else None
+        return None if crc is None else self._jpeg_frames(key, ks, idx, crc)
+
+    def _jpeg_layout(self, key: str) -> bool | None:
+        """For a JPEG key stored as this store writes it (sharded, one frame per inner
+        chunk, index at the end as little-endian uint64 pairs): whether the index has a
+        crc32c; None for anything else (read through zarr)."""
+        if key in self._jpeg_layouts:
+            return self._jpeg_layouts[key]
+        crc: bool | None = None
+        ks = self._committed_schema[key]
+        if self._codecs.get(key, LOSSLESS) != LOSSLESS:
+            from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+            from zarr.codecs.sharding import ShardingCodecIndexLocation
+            meta = self._read_array(key).metadata
+            codecs = getattr(meta, "codecs", ())
+            sh = codecs[0] if len(codecs) == 1 else None
+            if (isinstance(sh, ShardingCodec) and sh.index_location == ShardingCodecIndexLocation.end
+                    and tuple(sh.chunk_shape) == (1,) + ks.shape and len(sh.codecs) == 1
+                    and isinstance(sh.codecs[0], JpegCodec)
+                    and tuple(meta.chunk_grid.chunk_shape) == (ks.chunk_steps,) + ks.shape
+                    and isinstance(sh.index_codecs[0], BytesCodec)
+                    and sh.index_codecs[0].endian is not None and sh.index_codecs[0].endian.value == "little"):
+                rest = tuple(sh.index_codecs[1:])
+                if rest == ():
+                    crc = False
+                elif len(rest) == 1 and isinstance(rest[0], Crc32cCodec):
+                    crc = True
+            if crc is None:
+                log.warning("episode store %s: data/%s has an unexpected JPEG layout; read_frames "
+                            "reads it through zarr", self.path, key)
+        self._jpeg_layouts[key] = crc
+        return crc
+
+    def _jpeg_frames(self, key: str, ks: KeySpec, idx: np.ndarray, crc: bool) -> list[bytes | None]:
+        """The stored JPEG bytes of rows ``idx`` (None: no chunk = all-zero frame). One
+        file descriptor per shard: the writer replaces shard files by rename, so index and
+        frames come from the same version of the shard."""
+        cs = ks.chunk_steps
+        meta = self._read_array(key).metadata
+        out: list[bytes | None] = [None] * len(idx)
+        shards = idx // cs
+        index_bytes = cs * 16 + (4 if crc else 0)
+        for s in np.unique(shards):
+            rel = meta.encode_chunk_key((int(s),) + (0,) * len(ks.shape))
+            fpath = self.path / "data" / key / rel
+            try:
+                fd = os.open(fpath, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # a shard of all-zero frames is not stored
+            try:
+                fsize = os.fstat(fd).st_size
+                if fsize < index_bytes:
+                    raise StoreError(f"episode store {self.path}: shard {fpath} is truncated "
+                                     f"({fsize} bytes, its index alone is {index_bytes})")
+                raw = os.pread(fd, index_bytes, fsize - index_bytes)
+                if len(raw) != index_bytes:
+                    raise StoreError(f"episode store {self.path}: short read of the index of {fpath}")
+                if crc:
+                    import google_crc32c
+                    if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                        raise StoreError(f"episode store {self.path}: shard {fpath} index checksum mismatch")
+                table = np.frombuffer(raw, "<u8", count=cs * 2).reshape(cs, 2)
+                data_end = fsize - index_bytes
+                for j in np.flatnonzero(shards == s):
+                    off, nb = (int(x) for x in table[idx[j] % cs])
+                    if off == _NO_CHUNK and nb == _NO_CHUNK:
+                        continue
+                    if off + nb > data_end:
+                        raise StoreError(f"episode store {self.path}: shard {fpath}: frame {int(idx[j])} "
+                                         f"lies outside the shard ({off}+{nb} > {data_end})")
+                    buf = os.pread(fd, nb, off)
+                    if len(buf) != nb:
+                        raise StoreError(f"episode store {self.path}: short read in {fpath}")
+                    out[j] = buf
+            finally:
+                os.close(fd)
+        return out
+
     @property
     def episode_ends(self) -> np.ndarray:
         if self._ends is None:
@@ -1036,7 +1346,7 @@ class EpisodeStore:
             on_disk = _dir_bytes(self.path / "data" / k)
             raw = ks.row_bytes * self._n_steps
             keys[k] = {"dtype": str(ks.dtype), "shape": list(ks.shape), "chunk_steps": ks.chunk_steps,
-                       "image": ks.image, "bytes": on_disk, "raw_bytes": raw,
+                       "image": ks.image, "codec": self._codecs.get(k), "bytes": on_disk, "raw_bytes": raw,
                        "compression_ratio": (raw / on_disk) if on_disk else None}
         n = self._n_episodes
         return {
