@@ -376,15 +376,19 @@ def write_mcap_ros2(session: Session, path: Path, rosbag2_dir: bool = False) -> 
 # a synthetic episode store shaped like `robot-rl record sim`
 # ---------------------------------------------------------------------------------------
 def make_sim_store(path: Path, robot: str = "so101", episodes: int = 3, steps: int = 25, image_hw=(96, 96),
-                   seed: int = 0, with_stamps: bool = False):
+                   seed: int = 0, with_stamps: bool = False, image_codecs: dict | None = None,
+                   camera_like: bool = False):
     """Keys and dtypes of a `record sim` store (float32 state, float64 reward, uint8 images,
-    timestamps from 0 per episode by accumulating dt), random values (full float32 precision)."""
+    timestamps from 0 per episode by accumulating dt), random values (full float32 precision).
+    ``camera_like``: images are moving gradients + sigma=3 noise (what a camera sends, what
+    JPEG is for) instead of uniform noise; ``image_codecs`` goes to EpisodeStore.create."""
     from robot_rl.data.store import EpisodeStore
     from robot_rl.spec import load_spec
     spec = load_spec(robot).with_cameras(None, image_hw[1], image_hw[0])
     rng = np.random.default_rng(seed)
-    store = EpisodeStore.create(path, spec)
+    store = EpisodeStore.create(path, spec, **({"image_codecs": image_codecs} if image_codecs else {}))
     dt = 1.0 / spec.control_hz
+    yy, xx = np.mgrid[0:image_hw[0], 0:image_hw[1]].astype(np.float32)
     for e in range(episodes):
         ep = store.start_episode(task="pick_cube", source="expert", fps=spec.control_hz,
                                  extra={"seed": 100 + e, "env": "sim", "action_mode": "ee_delta"})
@@ -399,7 +403,12 @@ def make_sim_store(path: Path, robot: str = "so101", episodes: int = 3, steps: i
                     "action": rng.standard_normal(7).astype(np.float32),
                     "reward": float(rng.standard_normal())}
             for c in spec.cameras:
-                step[f"image_{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+                if camera_like:
+                    base = np.stack([(xx + 3 * k) * 0.6, yy * 0.8 + 20 * e, 128 + 60 * np.sin((xx + yy) / 17 + k)], -1)
+                    img = base + rng.normal(0, 3, base.shape)
+                    step[f"image_{c.name}"] = np.clip(img, 0, 255).astype(np.uint8)
+                else:
+                    step[f"image_{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
             if with_stamps:
                 for key in list(step):
                     step[f"stamp_{key}"] = np.float64(t - 0.001 * (k % 3))

@@ -562,3 +562,130 @@ def test_cli_convert_both_ways(sim_store, tmp_path, capsys):
         with pytest.raises(CLIError, match=match):
             cmd_convert(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mcap", "x.zarr"]
+
+
+# ---------------------------------------------------------------------------------------
+# CompressedImage: JPEG-coded store keys <-> sensor_msgs/CompressedImage
+# ---------------------------------------------------------------------------------------
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def _camera_contract(compressed: dict[str, bool]) -> Contract:
+    """The sim contract with one explicit camera topic per camera: image_transport's
+    ``.../compressed`` CompressedImage where ``compressed[cam]``, raw Image otherwise."""
+    d = Contract.load("sim").to_dict()
+    i = next(j for j, t in enumerate(d["topics"]) if t["topic"] == "/camera/{camera}/image_raw")
+    tmpl = d["topics"].pop(i)
+    for cam, comp in compressed.items():
+        t = {**tmpl, "fields": {f"image_{cam}": "rgb"}}
+        t["topic"] = f"/camera/{cam}/image_raw" + ("/compressed" if comp else "")
+        t["type"] = "sensor_msgs/msg/CompressedImage" if comp else "sensor_msgs/msg/Image"
+        d["topics"].insert(i, t)
+    d["name"] = "sim_compressed"
+    return Contract.from_dict(d)
+
+
+def test_jpeg_store_to_bag_passes_the_stored_jpeg_and_converts_back(tmp_path):
+    import imagecodecs
+    src = bagdata.make_sim_store(tmp_path / "j.zarr", episodes=2, steps=8, image_hw=(240, 320), camera_like=True,
+                                 image_codecs={"image_front": "jpeg:90", "image_wrist": "lossless"})
+    with EpisodeStore.open(src) as st:
+        assert (st.codec("image_front"), st.codec("image_wrist")) == ("jpeg:90", "lossless")
+        spec = st.spec
+        front = st.read_frames("image_front", np.arange(st.n_steps))
+    rep = store_to_bag(src, tmp_path / "j.mcap")
+    assert rep["topics"]["/camera/front/image_raw/compressed"] == "sensor_msgs/msg/CompressedImage"
+    assert rep["topics"]["/camera/wrist/image_raw"] == "sensor_msgs/msg/Image"
+    assert "/camera/front/image_raw" not in rep["topics"]
+    with open_bag(tmp_path / "j.mcap") as bag:
+        msgs = [bag.deserialize(raw, t) for _, t, _, raw in bag.messages(["/camera/front/image_raw/compressed"])]
+    assert len(msgs) == len(front) == 16 and all(m.format == "jpeg" for m in msgs)
+    for m, f in zip(msgs, front):  # the stored JPEG itself: decodes to the very same pixels
+        assert bytes(m.data[:2]) == b"\xff\xd8"
+        np.testing.assert_array_equal(imagecodecs.jpeg8_decode(bytes(m.data)), f)
+
+    contract = _camera_contract({"front": True, "wrist": False})
+    bag_to_store(tmp_path / "j.mcap", tmp_path / "back.zarr", robot=spec, contract=contract,
+                 image_codecs={"image_front": "jpeg:90", "image_wrist": "lossless"})
+    a, b = EpisodeStore.open(src), EpisodeStore.open(tmp_path / "back.zarr")
+    try:
+        assert len(a) == len(b) == 2 and b.codec("image_front") == "jpeg:90"
+        for i in range(len(a)):
+            ea, eb = a.episode(i), b.episode(i)
+            assert a.episode_meta(i)["length"] == b.episode_meta(i)["length"] == 8
+            assert a.episode_meta(i)["success"] == b.episode_meta(i)["success"]
+            assert np.max(np.abs(ea["timestamp"] - eb["timestamp"])) <= 1e-9
+            for k, v in ea.items():
+                if k == "image_front":  # decoded and re-encoded once by the new store
+                    assert _psnr(v, eb[k]) >= 45, _psnr(v, eb[k])
+                elif k != "timestamp":
+                    np.testing.assert_array_equal(eb[k], v, err_msg=k)
+    finally:
+        a.close()
+        b.close()
+    assert leftovers(tmp_path) == []
+
+
+def test_bag_from_another_tool_with_jpeg_and_png_compressed_images(tmp_path):
+    """A bag written with the rosbags writer as any other tool would: JointState, action and
+    two CompressedImage cameras (jpeg in image_transport's long format spelling, png)."""
+    import cv2
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    T = ts.types
+    joints = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+    n, hz, t0 = 20, 20, 1_700_000_000 * NS
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:48, 0:64].astype(np.float32)
+    frames = [np.clip(np.stack([xx * 3 + 5 * k, yy * 4, 128 + 80 * np.sin((xx - yy + k) / 9)], -1)
+                      + rng.normal(0, 3, (48, 64, 3)), 0, 255).astype(np.uint8) for k in range(n)]
+    path = tmp_path / "foreign"
+
+    def header(ns):
+        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // NS, nanosec=ns % NS),
+                                        frame_id="cam")
+    with Writer(path, version=8) as w:  # rosbags' default storage (sqlite3), an older bag version
+        c_js = w.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
+        c_a = w.add_connection("/action", "std_msgs/msg/Float32MultiArray", typestore=ts)
+        c_f = w.add_connection("/cam_front/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        c_w = w.add_connection("/cam_wrist/compressed", "sensor_msgs/msg/CompressedImage", typestore=ts)
+        L = T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+        for k in range(n):
+            ns = t0 + k * NS // hz
+            bgr = cv2.cvtColor(frames[k], cv2.COLOR_RGB2BGR)
+            jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].reshape(-1)
+            png = cv2.imencode(".png", bgr)[1].reshape(-1)
+            CI = T["sensor_msgs/msg/CompressedImage"]
+            w.write(c_f, ns, ts.serialize_cdr(CI(header=header(ns), format="rgb8; jpeg compressed bgr8", data=jpg),
+                                              "sensor_msgs/msg/CompressedImage"))
+            w.write(c_w, ns, ts.serialize_cdr(CI(header=header(ns), format="png", data=png),
+                                              "sensor_msgs/msg/CompressedImage"))
+            js = T["sensor_msgs/msg/JointState"](header=header(ns), name=joints, position=np.full(6, k, np.float64),
+                                                 velocity=np.zeros(0), effort=np.zeros(0))
+            w.write(c_js, ns, ts.serialize_cdr(js, "sensor_msgs/msg/JointState"))
+            act = T["std_msgs/msg/Float32MultiArray"](layout=L, data=np.full(7, k, np.float32))
+            w.write(c_a, ns, ts.serialize_cdr(act, "std_msgs/msg/Float32MultiArray"))
+    contract = {"name": "foreign", "fps": hz, "topics": [
+        {"topic": "/joint_states", "type": "sensor_msgs/msg/JointState", "fields": {"joint_pos": "position"}},
+        {"topic": "/action", "type": "std_msgs/msg/Float32MultiArray", "fields": {"action": "data"}},
+        {"topic": "/cam_front/compressed", "type": "sensor_msgs/msg/CompressedImage",
+         "fields": {"image_front": "rgb"}},
+        {"topic": "/cam_wrist/compressed", "type": "sensor_msgs/CompressedImage", "fields": {"image_wrist": "rgb"}}]}
+    rep = bag_to_store(path, tmp_path / "f.zarr", robot="so101", contract=contract, split="gaps")
+    assert rep["episodes"] == 1 and rep["steps"] >= n - 2, rep
+    with EpisodeStore.open(tmp_path / "f.zarr") as st:
+        ep = st.episode(0)
+        assert ep["image_front"].shape[1:] == (48, 64, 3) and ep["image_wrist"].dtype == np.uint8
+        for j in range(len(ep["action"])):
+            k = int(round(float(ep["action"][j][0])))  # the source frame this step aligned to
+            assert np.all(ep["joint_pos"][j] == k)
+            np.testing.assert_array_equal(ep["image_wrist"][j], frames[k])  # png: lossless
+            assert _psnr(ep["image_front"][j], frames[k]) >= 35  # one jpeg q95 generation
+    with pytest.raises(ConvertError, match="CompressedImage"):  # the sim contract wants raw Images
+        bag_to_store(path, tmp_path / "g.zarr", robot="so101", split="gaps",
+                     contract={**contract, "topics": contract["topics"][:2] + [
+                         {"topic": "/cam_front/compressed", "type": "sensor_msgs/msg/Image",
+                          "fields": {"image_front": "rgb"}}]})

@@ -202,3 +202,122 @@ def test_get_batch_matches_items(tmp_path):
             assert got[k].dtype == want.dtype and np.array_equal(got[k], want), (kw, k)
         with pytest.raises(IndexError):
             smp.get_batch([len(smp)])
+
+
+def test_resized_images_are_read_per_batch_not_loaded(tmp_path):
+    """image_size != stored size: the key stays out of memory and every batch reads its
+    rows, resized with INTER_AREA; state keys stay in memory; items == batches."""
+    import cv2
+    path = _store(tmp_path)
+    keys = ["image_front", "joint_pos"]
+
+    def area(frames, h, w):
+        return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+
+    with EpisodeStore.open(path) as st:
+        full = SequenceSampler(st, keys, n_obs_steps=2, horizon=8)
+        assert full.lazy_images == [] and isinstance(full.arrays["image_front"], np.ndarray)
+        sources = {"store": st, "zarr": zarr.open_group(str(path), mode="r"),
+                   "dict": {**{k: np.asarray(st.data[k][:]) for k in ("image_front", "joint_pos", "action")},
+                            "episode_ends": st.episode_ends}}
+        for name, src in sources.items():
+            for size in ((3, 4), {"image_front": (3, 4)}):
+                smp = SequenceSampler(src, keys, n_obs_steps=2, horizon=8, image_size=size,
+                                      episode_mask=[True, False, True, True, True])
+                assert smp.lazy_images == ["image_front"], name
+                assert smp.image_shapes == {"image_front": (3, 4, 3)}
+                assert smp.source_image_shapes == {"image_front": (6, 8, 3)}
+                assert isinstance(smp.arrays["joint_pos"], np.ndarray)
+                assert not isinstance(smp.arrays["image_front"], np.ndarray) or name == "dict"
+                ref = SequenceSampler(src, keys, n_obs_steps=2, horizon=8,
+                                      episode_mask=[True, False, True, True, True])
+                idx = np.arange(-len(smp), len(smp), 3)
+                got = smp.get_batch(idx)
+                want = ref.get_batch(idx)
+                assert got["image_front"].shape == (len(idx), 2, 3, 4, 3) and got["image_front"].dtype == np.uint8
+                exp = area(want["image_front"].reshape(-1, 6, 8, 3), 3, 4).reshape(len(idx), 2, 3, 4, 3)
+                np.testing.assert_array_equal(got["image_front"], exp, err_msg=name)
+                for k in ("joint_pos", "action", "is_pad"):
+                    np.testing.assert_array_equal(got[k], want[k])
+                for i in idx[:5]:
+                    np.testing.assert_array_equal(smp[int(i)]["image_front"], got["image_front"][list(idx).index(i)])
+        # same size as stored: in memory, as before
+        same = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=(6, 8))
+        assert same.lazy_images == []
+        # split keeps the size
+        tr, va = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=4).split(0.4)
+        assert tr.lazy_images == va.lazy_images == ["image_front"] and tr.image_shapes["image_front"] == (4, 4, 3)
+        lazy = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=4, in_memory=False)
+        np.testing.assert_array_equal(lazy.get_batch([0, 5])["image_front"],
+                                      SequenceSampler(st, keys, n_obs_steps=2, horizon=8,
+                                                      image_size=4).get_batch([0, 5])["image_front"])
+        with pytest.raises(ValueError, match="not an image key"):
+            SequenceSampler(st, keys, image_size={"joint_pos": (2, 2)})
+        with pytest.raises(ValueError, match="height, width"):
+            SequenceSampler(st, keys, image_size=(0, 4))
+
+
+class _FakeStore:
+    """A source with the EpisodeStore frame-reading API: codec() + read_frames()."""
+
+    def __init__(self, data):
+        self.data, self.episode_ends, self.calls = data, data["episode_ends"], []
+
+    def __contains__(self, k):
+        return k in ("data", "meta")
+
+    def __getitem__(self, k):
+        return self.data if k == "data" else {"episode_ends": self.episode_ends}
+
+    def codec(self, key):
+        return "jpeg:90" if key == "img" else "lossless"
+
+    def read_frames(self, key, rows, size=None):
+        self.calls.append((key, list(rows), size))
+        from robot_rl.data.sampler import resize_frames
+        return resize_frames(self.data[key][np.asarray(rows)], size)
+
+
+def test_jpeg_keys_use_read_frames_even_at_the_stored_size():
+    rng = np.random.default_rng(1)
+    ends = np.cumsum([4, 6])
+    data = {"img": rng.integers(0, 255, (10, 6, 6, 3), dtype=np.uint8),
+            "x": rng.normal(size=(10, 2)).astype(np.float32),
+            "action": rng.normal(size=(10, 2)).astype(np.float32), "episode_ends": ends}
+    fake = _FakeStore(data)
+    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3)
+    assert smp.lazy_images == ["img"] and smp.image_shapes["img"] == (6, 6, 3)
+    ref = SequenceSampler(data, ["img", "x"], n_obs_steps=2, horizon=3)
+    got = smp.get_batch(np.arange(len(smp)))
+    np.testing.assert_array_equal(got["img"], ref.get_batch(np.arange(len(smp)))["img"])
+    key, rows, size = fake.calls[-1]
+    assert key == "img" and size is None and rows == sorted(set(rows)) and rows == list(range(10))
+    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3, image_size=(3, 3))
+    smp.get_batch([0, 1])
+    assert fake.calls[-1] == ("img", [0, 1], (3, 3))
+
+
+def test_jpeg_store_reads_through_read_frames(tmp_path):
+    path = tmp_path / "jpeg"
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 255, (1, 48, 64, 3), dtype=np.uint8)
+    with EpisodeStore.create(path, "so101", image_codecs={"image_front": "jpeg:90"}) as st:
+        for n in (5, 7):
+            ep = st.start_episode("pick", source="expert")
+            for t in range(n):
+                ep.add_step({"image_front": np.roll(base[0], t, axis=1), "joint_pos": rng.normal(size=6).astype(np.float32),
+                             "action": rng.normal(size=7).astype(np.float32)}, timestamp=t / 20)
+            ep.commit(success=True)
+    with EpisodeStore.open(path) as st:
+        assert st.codec("image_front").startswith("jpeg")
+        smp = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4)
+        assert smp.lazy_images == ["image_front"] and smp.image_shapes["image_front"] == (48, 64, 3)
+        small = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4, image_size=(12, 16))
+        idx = np.arange(len(smp))
+        full, got = smp.get_batch(idx), small.get_batch(idx)
+        assert got["image_front"].shape == (len(idx), 2, 12, 16, 3)
+        e, t = smp.window(3)
+        rows = int(st.episode_ends[e - 1]) * (e > 0) + np.clip([t - 1, t], 0, None)
+        np.testing.assert_array_equal(full["image_front"][3], st.read_frames("image_front", rows))
+        np.testing.assert_array_equal(got["image_front"][3], st.read_frames("image_front", rows, (12, 16)))
+        np.testing.assert_array_equal(full["joint_pos"], got["joint_pos"])

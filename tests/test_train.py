@@ -146,3 +146,84 @@ def test_prefetcher_and_schedules(pick_store):
             assert torch.allclose(pe, decays[-1] * b0 + (1 - decays[-1]) * pn)
     assert decays[0] == 0.0 and all(a < b for a, b in zip(decays, decays[1:]))
     assert math.isclose(EMA(net, max_decay=0.5).decay(), 0.0)
+
+
+@pytest.fixture(scope="module")
+def jpeg_store(tmp_path_factory):
+    """Three short pick_cube-shaped episodes whose front camera is stored at 32x24 (JPEG),
+    while the robot spec's cameras are 96x96."""
+    from robot_rl.data import EpisodeStore
+    path = tmp_path_factory.mktemp("train_jpeg") / "jpeg.zarr"
+    rng = np.random.default_rng(0)
+    with EpisodeStore.create(path, "so101", image_codecs={"image_front": "jpeg:90"}) as st:
+        for _ in range(3):
+            ep = st.start_episode("pick_cube", source="expert", extra={"action_mode": "ee_delta"})
+            for t in range(24):
+                ep.add_step({"image_front": rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
+                             "joint_pos": rng.normal(size=5).astype(np.float32),
+                             "gripper": rng.random(1).astype(np.float32),
+                             "action": rng.normal(size=7).astype(np.float32)}, timestamp=t / 10)
+            ep.commit(success=True)
+    return path
+
+
+def test_images_of_another_size_resize_only_when_asked(jpeg_store, tmp_path, capsys):
+    common = ["train", "policy=diffusion", f"dataset={jpeg_store}", "policy.cameras=[front]",
+              "policy.state_keys=[joint_pos,gripper]", "policy.feature_dim=16", "policy.down_dims=[16,32]",
+              "policy.horizon=8", "steps=2", "batch_size=4", "log_every=1", "eval_final=false", "progress=false",
+              "tensorboard=false"]
+    rc = main([*common, f"out={tmp_path / 'refused'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stores image_front at 32x24 but its robot spec's camera 'front' is 96x96" in err, err
+    assert "image_size=96" in err and "Traceback" not in err
+    assert main([*common, f"out={tmp_path / 'bad'}", "image_size=[1,2,3]"]) == 2
+    assert "image_size must be" in capsys.readouterr().err
+    out = tmp_path / "small"
+    rc = main([*common, f"out={out}", "image_size=16", "loader_threads=2"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "image_front 32x24 decoded and resized to 16x16 by 2 loader threads" in text.out
+    pol, cfg = load_checkpoint(out / "checkpoints" / "last", device="cpu")
+    meta = cfg["metadata"]
+    assert meta["image_size"] == 16 and meta["image_source_size"] == {"image_front": [32, 24]}
+    assert meta["image_resize"] == "area"
+    obs = {"joint_pos": np.zeros((2, 5), np.float32), "gripper": np.zeros((2, 1), np.float32),
+           "image_front": np.zeros((2, 16, 16, 3), np.uint8)}
+    assert pol.predict_chunk(obs, torch.Generator().manual_seed(0)).shape == (pol.chunk_len, 7)
+    # non-square: [width, height]; resuming with another size is refused
+    out2 = tmp_path / "wide"
+    assert main([*common, f"out={out2}", "image_size=[32,24]"]) == 0
+    _, cfg2 = load_checkpoint(out2 / "checkpoints" / "last", device="cpu")
+    assert cfg2["metadata"]["image_size"] == [32, 24] and cfg2["metadata"]["image_resize"] is None
+    capsys.readouterr()
+    assert main([*common, f"out={out}", "image_size=8", "steps=4", "resume=true"]) == 2
+    assert "image_size=16, not 8" in capsys.readouterr().err
+
+
+def test_prefetcher_threads_keep_the_batch_order(jpeg_store):
+    from robot_rl.data import EpisodeStore
+    with EpisodeStore.open(jpeg_store) as st:
+        s = SequenceSampler(st, obs_keys=["image_front", "joint_pos"], n_obs_steps=2, horizon=8, image_size=(12, 16))
+        assert s.lazy_images == ["image_front"]
+        seqs = []
+        for threads in (1, 3):
+            pre = Prefetcher(s, 16, seed=5, device=torch.device("cpu"), loader_threads=threads, depth=2)
+            assert pre.loader_threads == threads
+            try:
+                seqs.append([pre.next() for _ in range(12)])  # more than one pass over the 72 windows
+            finally:
+                pre.close()
+        for a, b in zip(*seqs):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert torch.equal(a[k], b[k]), k
+        assert seqs[0][0]["image_front"].shape == (16, 2, 12, 16, 3)
+        pre = Prefetcher(s, 4, 0, torch.device("cpu"))
+        assert pre.loader_threads >= 1
+        pre.close()
+    s2 = SequenceSampler(jpeg_store, obs_keys=["joint_pos"], n_obs_steps=2, horizon=8)
+    pre = Prefetcher(s2, 8, 0, torch.device("cpu"))
+    try:
+        assert pre.loader_threads == 1
+    finally:
+        pre.close()

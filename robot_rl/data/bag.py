@@ -12,7 +12,8 @@ typestore that matches the bag, decode messages, write bags.
 - :class:`JointStateDecoder` decodes ``sensor_msgs/msg/JointState`` CDR straight into
   numpy (several times faster than the generic deserializer; same result).
 - :class:`BagWriter` writes a rosbag2 directory (mcap or sqlite3) or a bare ``.mcap`` /
-  ``.db3`` file with the chosen distro's definitions embedded.
+  ``.db3`` file with the chosen distro's definitions embedded, with builders for the
+  standard messages (``image`` for raw frames, ``compressed_image`` for JPEG / PNG bytes).
 """
 from __future__ import annotations
 
@@ -483,6 +484,20 @@ class BagWriter:
         return self._t("sensor_msgs/msg/Image")(header=self.header(stamp_ns, frame_id), height=arr.shape[0],
                                                 width=arr.shape[1], encoding=enc, is_bigendian=0,
                                                 step=arr.shape[1] * arr.shape[2], data=arr.reshape(-1))
+
+    def compressed_image(self, stamp_ns: int, data: bytes | bytearray | memoryview | np.ndarray,
+                         format: str = "jpeg", frame_id: str = ""):
+        """sensor_msgs/CompressedImage carrying ``data`` (already-encoded JPEG / PNG bytes, as
+        stored; nothing is re-encoded). ``format`` as image_transport writes it: "jpeg", "png",
+        or the long form ("rgb8; jpeg compressed bgr8")."""
+        if not isinstance(format, str) or not format.strip():
+            raise BagError(f"CompressedImage format must be a non-empty string like 'jpeg' or 'png', got {format!r}")
+        buf = data.view(np.uint8).reshape(-1) if isinstance(data, np.ndarray) else \
+            np.frombuffer(bytes(data), np.uint8)
+        if buf.size == 0:
+            raise BagError("CompressedImage data is empty")
+        return self._t("sensor_msgs/msg/CompressedImage")(header=self.header(stamp_ns, frame_id), format=format,
+                                                          data=buf)
 
     def multi_array(self, values, label: str = "", msgtype: str = "std_msgs/msg/Float32MultiArray"):
         dt = np.float64 if msgtype.endswith("Float64MultiArray") else np.float32

@@ -6,7 +6,11 @@
   by time gaps, or by a list of time ranges.
 - :func:`store_to_bag`: an episode store -> a rosbag2 (mcap or sqlite3; directory or bare
   file) with the standard messages of robot_rl.ros.topics and the teleop events, so it
-  converts back into the same episodes (values and images exactly).
+  converts back into the same episodes (values and lossless images exactly). A JPEG-coded
+  image key goes out as ``sensor_msgs/CompressedImage`` (format ``jpeg``) on the camera
+  topic + ``/compressed`` (image_transport's name), carrying the stored JPEG bytes
+  untouched; lossless keys stay ``sensor_msgs/Image``. Such a bag converts back through a
+  contract whose camera topics are ``.../compressed`` of type CompressedImage.
 
 Both build their output under a temporary name next to it and rename it into place at the
 end: a failure leaves nothing behind.
@@ -26,7 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from robot_rl.data.bag import BagWriter, JointStateDecoder, header_stamp_ns, open_bag
-from robot_rl.data.contract import (BOOL, F32, F32_ARRAY, F64, F64_ARRAY, IMAGE, JOINT_STATE, NS, POSE_STAMPED,
+from robot_rl.data.contract import (BOOL, COMPRESSED_IMAGE, F32, F32_ARRAY, F64, F64_ARRAY, IMAGE, JOINT_STATE,
+                                    NS, POSE_STAMPED,
                                     STAMP_PREFIX, STRING, BoundContract, Contract, EpisodeAssembler, EpisodeInfo,
                                     MessageError, StoreSink, TopicBinding, to_ns)
 from robot_rl.data.store import TIMESTAMP, EpisodeStore
@@ -144,14 +149,16 @@ def _parse_times(times: Any, where: str) -> list[tuple[float, float]]:
 def bag_to_store(bag_path: str | os.PathLike, out: str | os.PathLike, *, robot: str | RobotSpec,
                  contract: str | Contract = "sim", split: str = "events", gap_s: float = 1.0,
                  times: Any = None, task: str | None = None, cameras: Sequence[str] | None = None,
-                 distro: str | None = None, fps: float | None = None, empty: str = "error") -> dict[str, Any]:
+                 distro: str | None = None, fps: float | None = None, empty: str = "error",
+                 image_codecs: dict[str, str] | None = None) -> dict[str, Any]:
     """Convert a bag into a NEW episode store at ``out`` (see module doc); returns a report.
 
     ``split``: ``events`` (the contract's event topic), ``gaps`` (a silence longer than
     ``gap_s`` in the contract topics ends an episode) or ``times`` (``[[t0, t1], ...]`` in
     seconds from the bag's first message). ``task`` defaults to the bag's name (a start
     event's ``task=`` wins). ``empty``: an episode without aligned steps is an ``error``
-    (default) or ``skip``\\ ped."""
+    (default) or ``skip``\\ ped. ``image_codecs``: per image key "lossless" / "jpeg[:q]" for
+    the new store (default: the store's, by image size)."""
     t_begin = time.perf_counter()
     bag_path, out = Path(bag_path), Path(out).absolute()
     if split not in SPLITS:
@@ -183,7 +190,7 @@ def bag_to_store(bag_path: str | os.PathLike, out: str | os.PathLike, *, robot: 
         store = None
         n_msgs = 0
         try:
-            store = EpisodeStore.create(tmp, spec)
+            store = EpisodeStore.create(tmp, spec, **({"image_codecs": dict(image_codecs)} if image_codecs else {}))
             sink = StoreSink(store, bound.fps, source="converted", empty=empty, describe=describe,
                              extra={"bag": str(bag_path), "contract": bound.name, "split": split})
             asm = EpisodeAssembler(bound, sink, task=task)
@@ -295,6 +302,43 @@ def _js_layout(tb: TopicBinding, keys: list[str]) -> tuple[list[str], list[tuple
     return names, place
 
 
+def _codec(store: EpisodeStore, key: str) -> str | None:
+    fn = getattr(store, "codec", None)  # stores from before per-key codecs: all lossless
+    return fn(key) if callable(fn) else None
+
+
+def _stored_jpegs(store: EpisodeStore, key: str, rows: np.ndarray) -> list[bytes]:
+    """The JPEG bytes of ``rows`` of a JPEG-coded image key, exactly as stored (no decode,
+    no generation loss). A frame the store holds no bytes for (an all-zero frame, which zarr
+    does not store) or a layout the store's frame reader does not know is encoded afresh
+    at the key's quality."""
+    out: list[bytes | None] = [None] * len(rows)
+    # EpisodeStore's own shard reader (what read_frames uses); not public API, hence the guard
+    layout, frames = getattr(store, "_jpeg_layout", None), getattr(store, "_jpeg_frames", None)
+    if callable(layout) and callable(frames):
+        crc = layout(key)
+        if crc is not None:
+            out = list(frames(key, store.schema[key], np.asarray(rows, np.int64), crc))
+    missing = [j for j, b in enumerate(out) if b is None]
+    if missing:
+        from robot_rl.data.codecs import jpeg_encode_frame, jpeg_quality
+        q = jpeg_quality(str(_codec(store, key))) or 90
+        for j, f in zip(missing, store.read_frames(key, rows[missing])):
+            out[j] = jpeg_encode_frame(f, q)
+    return out  # type: ignore[return-value]
+
+
+def _png(frame: np.ndarray) -> bytes:
+    import cv2
+    f = np.ascontiguousarray(frame, np.uint8)
+    if f.ndim == 3 and f.shape[2] in (3, 4):
+        f = cv2.cvtColor(f, cv2.COLOR_RGB2BGR if f.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", f)
+    if not ok:
+        raise ConvertError(f"cannot encode a {frame.shape} frame as PNG")
+    return buf.tobytes()
+
+
 def _quote(v: Any) -> str:
     return urllib.parse.quote(str(v), safe="")
 
@@ -338,7 +382,11 @@ def store_to_bag(dataset: str | os.PathLike, out: str | os.PathLike, *, contract
         for name, tb in bound.topics.items():
             ks = [k for k in tb.keys if k in schema]
             if ks:
-                mapped[name] = (tb, ks, _export_type(tb, [schema[k].dtype for k in ks]))
+                mt = _export_type(tb, [schema[k].dtype for k in ks])
+                if mt == IMAGE and str(_codec(store, ks[0]) or "").startswith("jpeg"):
+                    # the stored JPEG goes out as it is, the way image_transport names it
+                    name, mt = name.rstrip("/") + "/compressed", COMPRESSED_IMAGE
+                mapped[name] = (tb, ks, mt)
         covered = {k for _, ks, _ in mapped.values() for k in ks}
         warnings = [f"key {k!r} has no topic in contract {bound.name}: not exported"
                     for k in data_keys if k not in covered]
@@ -347,7 +395,7 @@ def store_to_bag(dataset: str | os.PathLike, out: str | os.PathLike, *, contract
         for name, (tb, ks, mt) in mapped.items():
             for k in ks:
                 ksp = schema[k]
-                if mt == IMAGE and (ksp.dtype != np.uint8 or len(ksp.shape) != 3 or ksp.shape[2] not in (1, 3, 4)):
+                if mt in (IMAGE, COMPRESSED_IMAGE) and (ksp.dtype != np.uint8 or len(ksp.shape) != 3 or ksp.shape[2] not in (1, 3, 4)):
                     raise ConvertError(f"{dataset}: key {k!r} ({ksp.dtype} {ksp.shape}) is not an HxWx1/3/4 uint8 "
                                        f"image; it cannot go on {name}")
         which = list(range(store.n_episodes)) if episodes is None else [int(i) for i in episodes]
@@ -387,8 +435,16 @@ def _write_episode(w: BagWriter, store: EpisodeStore, i: int, bound: BoundContra
                    gap_ns: int) -> tuple[int, int, list[str]]:
     meta = store.episode_meta(i)
     stamp_keys = {k: STAMP_PREFIX + k for _, ks, _ in mapped.values() for k in ks if STAMP_PREFIX + k in store.schema}
-    keys = [TIMESTAMP] + [k for _, ks, _ in mapped.values() for k in ks] + list(stamp_keys.values())
+    # CompressedImage keys: JPEG-coded ones pass their stored bytes; lossless ones (a contract
+    # that asks for CompressedImage) go out as PNG, still lossless
+    jpeg_keys = [ks[0] for _, ks, mt in mapped.values()
+                 if mt == COMPRESSED_IMAGE and str(_codec(store, ks[0]) or "").startswith("jpeg")]
+    keys = [TIMESTAMP] + [k for _, ks, _ in mapped.values() for k in ks if k not in jpeg_keys] \
+        + list(stamp_keys.values())
     ep = store.episode(i, keys=keys)
+    lo = int(store.episode_ends[i - 1]) if i else 0
+    rows = np.arange(lo, lo + len(ep[TIMESTAMP]), dtype=np.int64)
+    jpegs = {k: _stored_jpegs(store, k, rows) for k in jpeg_keys}
     ns = [to_ns(float(x)) for x in ep[TIMESTAMP]]
     n = len(ns)
     warnings = []
@@ -437,6 +493,11 @@ def _write_episode(w: BagWriter, store: EpisodeStore, i: int, bound: BoundContra
                 pos = ep[sel["position"]][k] if "position" in sel else np.zeros(3)
                 quat = ep[sel["orientation"]][k] if "orientation" in sel else np.array([1.0, 0, 0, 0])
                 msg = w.pose_stamped(st, np.asarray(pos, np.float64), np.asarray(quat, np.float64))
+            elif mt == COMPRESSED_IMAGE:
+                if ks[0] in jpegs:
+                    msg = w.compressed_image(st, jpegs[ks[0]][k], "jpeg")
+                else:
+                    msg = w.compressed_image(st, _png(ep[ks[0]][k]), "png")
             elif tb.type == IMAGE:
                 msg = w.image(st, ep[ks[0]][k])
             elif mt in (F32_ARRAY, F64_ARRAY):

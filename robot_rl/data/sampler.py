@@ -19,11 +19,22 @@ for an episode of ``L`` steps; the defaults ``pad_before = n_obs_steps - 1`` and
 ``pad_after = horizon - n_obs_steps`` make every step of every episode the current step
 of exactly one window (``len(sampler) == total steps``). An episode too short for any
 window (``L + pad_before + pad_after < horizon``) contributes none.
+
+Images
+------
+Image keys (uint8 ``(H, W, C)`` rows) that are stored at the size the policy wants and
+losslessly are loaded into memory with the other keys. An image key whose stored size differs
+from ``image_size`` (``(h, w)``), or that is JPEG-coded in the store, is *not* loaded: each batch
+reads just its rows, decoded and resized to ``image_size`` with area interpolation
+(``EpisodeStore.read_frames``, which decodes JPEG at a DCT-scaled size; for a plain dict /
+zarr group, ``arr[rows]`` + ``cv2.resize(INTER_AREA)``). That work releases the GIL, so a
+trainer can run several loader threads (``robot_rl.learn.train.Prefetcher``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -55,6 +66,81 @@ def episode_split(n_episodes: int, val_ratio: float = 0.1, seed: int = 0,
     return train, val
 
 
+ImageSize = "tuple[int, int] | Mapping[str, tuple[int, int]] | None"
+
+
+def _hw(size: Any, what: str) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    if not (isinstance(size, (tuple, list)) and len(size) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"{what} must be (height, width) in pixels (or an int: square), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """``(n, H, W, C)`` uint8 frames resized to ``size`` = (h, w) with area interpolation --
+    the recorder's and ``EpisodeStore.read_frames``' resize; unchanged when they fit."""
+    frames = np.asarray(frames)
+    if size is None or frames.shape[1:3] == tuple(size):
+        return frames
+    import cv2
+    h, w = int(size[0]), int(size[1])
+    out = np.empty((len(frames), h, w, frames.shape[3]), frames.dtype)
+    for i, f in enumerate(frames):
+        r = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+        out[i] = r.reshape(h, w, -1)
+    return out
+
+
+def _gather_rows(arr: Any, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` for numpy arrays and zarr arrays (orthogonal selection); rows sorted unique."""
+    if isinstance(arr, np.ndarray):
+        return arr[rows]
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):  # one contiguous run
+        return np.asarray(arr[int(rows[0]): int(rows[-1]) + 1])
+    if hasattr(arr, "get_orthogonal_selection"):
+        return np.asarray(arr.get_orthogonal_selection((rows,)))
+    return np.asarray(arr[rows])
+
+
+class _FrameReader:
+    """Random-access, resized rows of one image key: ``store.read_frames`` when the source
+    has it, else the key's array + :func:`resize_frames`. Thread-safe."""
+
+    def __init__(self, store: Any, key: str, arr: Any, size: tuple[int, int] | None) -> None:
+        self.key, self.arr, self.size = key, arr, size
+        fn = getattr(store, "read_frames", None)
+        self._read = fn if callable(fn) else None
+        # a zarr array is fine to read from several threads; a foreign array-like may not be
+        self._lock = None if self._read is not None or isinstance(arr, np.ndarray) or \
+            hasattr(arr, "get_orthogonal_selection") else threading.Lock()
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Frames of the (global, source) ``rows`` in any order / with repeats."""
+        rows = np.asarray(rows, np.int64)
+        flat = rows.reshape(-1)
+        uniq, inv = np.unique(flat, return_inverse=True)
+        if self._read is not None:
+            frames = np.asarray(self._read(self.key, uniq, self.size))
+        elif self._lock is not None:
+            with self._lock:
+                frames = resize_frames(_gather_rows(self.arr, uniq), self.size)
+        else:
+            frames = resize_frames(_gather_rows(self.arr, uniq), self.size)
+        return frames[inv].reshape(*rows.shape, *frames.shape[1:])
+
+
+def _codec(store: Any, key: str) -> str | None:
+    fn = getattr(store, "codec", None)
+    if not callable(fn):
+        return None
+    try:
+        return fn(key)
+    except (KeyError, ValueError):
+        return None
+
+
 def _resolve_source(src: Any) -> tuple[Mapping[str, Any], np.ndarray]:
     """-> (key -> array-like with rows along axis 0, episode_ends)."""
     if isinstance(src, (str, os.PathLike)):
@@ -82,12 +168,16 @@ class SequenceSampler:
     ``episode_mask``: bool mask (or index list) of the episodes to use.
     ``in_memory``: load the selected keys of the selected episodes once (fast random
     access); otherwise every item reads its rows lazily from the (zarr) arrays.
+    ``image_size``: ``(h, w)`` (or an int: square) every image key is delivered at, or a
+    mapping ``{key: (h, w)}`` (keys not in it keep their stored size); None keeps every
+    stored size. Image keys stored at another size, or JPEG-coded, are read per batch,
+    decoded and resized (see module doc: :attr:`lazy_images`), never loaded whole.
     """
 
     def __init__(self, store_or_arrays: Any, obs_keys: Sequence[str], action_key: str = "action",
                  n_obs_steps: int = 2, horizon: int = 16, pad_before: int | None = None,
                  pad_after: int | None = None, episode_mask: Sequence[bool] | np.ndarray | None = None,
-                 in_memory: bool = True) -> None:
+                 in_memory: bool = True, image_size: Any = None) -> None:
         if isinstance(obs_keys, str):
             obs_keys = [obs_keys]
         obs_keys = list(obs_keys)
@@ -107,11 +197,34 @@ class SequenceSampler:
         self.pad_before, self.pad_after = pad_before, pad_after
         self.in_memory = in_memory
 
+        if isinstance(store_or_arrays, (str, os.PathLike)):
+            store_or_arrays = EpisodeStore.open(Path(store_or_arrays))
         arrays, ends = _resolve_source(store_or_arrays)
         keys = obs_keys + [action_key]
         missing = [k for k in keys if k not in arrays]
         if missing:
             raise KeyError(f"SequenceSampler: keys {missing} not in the data; it has {sorted(arrays)}")
+        self.image_size = image_size
+        # image keys read per batch (decoded + resized): key -> reader
+        self._frames: dict[str, _FrameReader] = {}
+        self.image_shapes: dict[str, tuple[int, ...]] = {}  # (h, w, c) each image key is delivered at
+        self.source_image_shapes: dict[str, tuple[int, ...]] = {}
+        for k in obs_keys:
+            shape = tuple(int(x) for x in getattr(arrays[k], "shape", ()))
+            dt = getattr(arrays[k], "dtype", None)
+            if len(shape) != 4 or dt is None or np.dtype(dt) != np.uint8 or shape[3] not in (1, 3, 4):
+                if isinstance(image_size, Mapping) and k in image_size:
+                    raise ValueError(f"image_size names {k!r}, which is not an image key (uint8 rows of "
+                                     f"HxWx1/3/4; its rows are {dt} {shape[1:]})")
+                continue
+            src = shape[1:3]
+            want = image_size.get(k) if isinstance(image_size, Mapping) else image_size
+            want = src if want is None else _hw(want, f"image_size of {k!r}")
+            self.source_image_shapes[k] = shape[1:]
+            self.image_shapes[k] = (*want, shape[3])
+            codec = _codec(store_or_arrays, k)
+            if want != src or (codec is not None and str(codec).startswith("jpeg")):
+                self._frames[k] = _FrameReader(store_or_arrays, k, arrays[k], None if want == src else want)
         n_eps = len(ends)
         if episode_mask is None:
             mask = np.ones(n_eps, bool)
@@ -139,8 +252,10 @@ class SequenceSampler:
                     runs[-1] = (runs[-1][0], int(b))
                 else:
                     runs.append((int(a), int(b)))
-            self._arrays = {}
+            self._arrays = {k: arrays[k] for k in self._frames}  # the lazy sources
             for k in keys:
+                if k in self._frames:
+                    continue
                 arr = arrays[k]
                 parts = [np.asarray(arr[a:b]) for a, b in runs]
                 self._arrays[k] = (np.concatenate(parts) if len(parts) != 1 else parts[0]) if parts \
@@ -150,6 +265,7 @@ class SequenceSampler:
         else:
             self._arrays = {k: arrays[k] for k in keys}
             self._starts = src_starts
+        self._src_starts = src_starts.astype(np.int64)
         self._lengths = lengths
         n_win = np.where(lengths > 0, np.maximum(0, lengths - horizon + pad_before + pad_after + 1), 0)
         self._cum = np.cumsum(n_win)
@@ -161,8 +277,14 @@ class SequenceSampler:
     @property
     def arrays(self) -> Mapping[str, Any]:
         """The rows of the selected episodes, per key (numpy in memory, else lazy arrays of
-        the whole source)."""
+        the whole source; :attr:`lazy_images` keys are always the whole source at its stored
+        size)."""
         return self._arrays
+
+    @property
+    def lazy_images(self) -> list[str]:
+        """Image keys read, decoded and resized per batch instead of held in memory."""
+        return list(self._frames)
 
     @property
     def n_episodes(self) -> int:
@@ -188,19 +310,25 @@ class SequenceSampler:
         seq = np.arange(s, s + self.horizon)
         idx = np.clip(seq, 0, L - 1)
         out: dict[str, np.ndarray] = {}
+        for k, read in self._frames.items():
+            out[k] = read(int(self._src_starts[e]) + idx[: self.n_obs_steps])
         if self.in_memory:
             for k in self.obs_keys:
+                if k in self._frames:
+                    continue
                 out[k] = self._arrays[k][base + idx[: self.n_obs_steps]]
             out[self.action_key] = self._arrays[self.action_key][base + idx]
         else:
             lo, hi = int(idx[0]), int(idx[-1]) + 1  # obs rows lie inside the action rows
             for k in self.obs_keys:
+                if k in self._frames:
+                    continue
                 rows = np.asarray(self._arrays[k][base + lo: base + int(idx[self.n_obs_steps - 1]) + 1])
                 out[k] = rows[idx[: self.n_obs_steps] - lo]
             rows = np.asarray(self._arrays[self.action_key][base + lo: base + hi])
             out[self.action_key] = rows[idx - lo]
         out["is_pad"] = (seq < 0) | (seq >= L)
-        return out
+        return {k: out[k] for k in [*self.obs_keys, self.action_key, "is_pad"]}
 
     def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """Items ``indices`` stacked along a new axis 0 -- the same as stacking
@@ -217,8 +345,12 @@ class SequenceSampler:
         s = ind - before - self.pad_before
         L, base = self._lengths[e], self._starts[e]
         seq = s[:, None] + np.arange(self.horizon)[None]
-        rows = base[:, None] + np.clip(seq, 0, (L - 1)[:, None])
-        out = {k: self._arrays[k][rows[:, : self.n_obs_steps]] for k in self.obs_keys}
+        clipped = np.clip(seq, 0, (L - 1)[:, None])
+        rows = base[:, None] + clipped
+        obs_rows = rows[:, : self.n_obs_steps]
+        src_rows = self._src_starts[e][:, None] + clipped[:, : self.n_obs_steps]
+        out = {k: (self._frames[k](src_rows) if k in self._frames else self._arrays[k][obs_rows])
+               for k in self.obs_keys}
         out[self.action_key] = self._arrays[self.action_key][rows]
         out["is_pad"] = (seq < 0) | (seq >= L[:, None])
         return out
@@ -235,14 +367,15 @@ class SequenceSampler:
             masks.append(full)
         kw = dict(obs_keys=self.obs_keys, action_key=self.action_key, n_obs_steps=self.n_obs_steps,
                   horizon=self.horizon, pad_before=self.pad_before, pad_after=self.pad_after,
-                  in_memory=self.in_memory)
+                  in_memory=self.in_memory, image_size=self.image_size)
         return (SequenceSampler(self._source, episode_mask=masks[0], **kw),
                 SequenceSampler(self._source, episode_mask=masks[1], **kw))
 
     def __repr__(self) -> str:
         return (f"<SequenceSampler windows={self._n} episodes={self.n_episodes} obs={self.obs_keys} "
                 f"action={self.action_key!r} n_obs_steps={self.n_obs_steps} horizon={self.horizon} "
-                f"pad=({self.pad_before}, {self.pad_after}) {'in-memory' if self.in_memory else 'lazy'}>")
+                f"pad=({self.pad_before}, {self.pad_after}) {'in-memory' if self.in_memory else 'lazy'}"
+                + (f" decoded-per-batch={self.lazy_images}" if self._frames else "") + ">")
 
 
-__all__ = ["SequenceSampler", "episode_split", "StoreError"]
+__all__ = ["SequenceSampler", "episode_split", "resize_frames", "StoreError"]

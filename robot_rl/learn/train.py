@@ -3,13 +3,18 @@
 Readable top to bottom:
 
 1. open the episode store, pick the task's episodes (optionally the first N), and load
-   the windows the policy needs into memory (``SequenceSampler``);
+   the windows the policy needs into memory (``SequenceSampler``) -- except camera frames
+   stored at another size than the policy's ``image_size`` or JPEG-coded: those are read,
+   decoded and resized (area interpolation) per batch by the loader threads. The size the
+   policy sees is set explicitly (``image_size``) or is the stored one, which must then
+   match the robot spec's cameras; the checkpoint metadata records ``image_size``, the
+   stored ``image_source_size`` and the ``image_resize`` used;
 2. build the policy (state dims and action dim from the store, normaliser fitted on the
    training episodes) from the hydra config ``conf/policy/<name>.yaml``;
 3. train with AdamW, linear warm-up then cosine decay, and an EMA copy of the weights
    (Diffusion Policy's power-law warm-up of the EMA decay). The schedule follows
    whichever budget binds first: ``steps`` or ``max_minutes`` of wall time. Batches come
-   from a background thread so the step never waits on indexing; the share of step time
+   from background loader threads (in a seed-fixed order) so the step never waits on indexing or decoding; the share of step time
    spent waiting for data is measured and logged. Mixed precision (bf16, or fp16 with a
    grad scaler) on CUDA;
 4. every ``eval_every`` steps, evaluate the EMA policy in the twin on held-out seeds
@@ -89,58 +94,99 @@ def policy_keys(pcfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return state, cams
 
 
-class Prefetcher:
-    """Random batches from a sampler, assembled on a background thread (numpy releases
-    the GIL in the gathers) into tensors; ``wait_s`` accumulates the time the training
-    loop spent blocked on ``next()``."""
+def default_loader_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
-    def __init__(self, sampler: SequenceSampler, batch_size: int, seed: int, device: torch.device, depth: int = 4):
+
+class Prefetcher:
+    """Random batches from a sampler, assembled into tensors by ``loader_threads`` background
+    threads; ``wait_s`` accumulates the time the training loop spent blocked on ``next()``.
+
+    The batch *order* is fixed by ``seed`` alone: batch ``b``'s windows are drawn in
+    sequence (a permutation per pass) whatever thread assembles it, and ``next()`` hands the
+    batches out in order ``0, 1, 2 ...`` -- the same batches for any ``loader_threads``.
+    Threads pay off when the sampler decodes and resizes images per batch
+    (``sampler.lazy_images``): numpy gathers, libjpeg and cv2 release the GIL. ``None``
+    (default): ``min(4, cores)`` threads for such a sampler, one otherwise. At most
+    ``max(depth, loader_threads)`` batches are assembled ahead of the loop."""
+
+    def __init__(self, sampler: SequenceSampler, batch_size: int, seed: int, device: torch.device, depth: int = 4,
+                 loader_threads: int | None = None):
         self.sampler, self.batch_size, self.device = sampler, int(batch_size), device
+        if loader_threads is None:
+            loader_threads = default_loader_threads() if getattr(sampler, "lazy_images", None) else 1
+        if int(loader_threads) < 1:
+            raise TrainError(f"loader_threads must be >= 1, got {loader_threads}")
+        self.loader_threads = int(loader_threads)
+        self.depth = max(int(depth), self.loader_threads)
         self.rng = np.random.default_rng(seed)
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.wait_s = 0.0
+        self._n = len(sampler)
+        if self._n == 0:
+            raise TrainError("the sampler holds no training windows (episodes too short for the horizon?)")
+        self._perm, self._pos = self.rng.permutation(self._n), 0
+        self._cv = threading.Condition()
+        self._issued = 0  # batches whose indices were drawn
+        self._taken = 0  # batches handed to the loop
+        self._ready: dict[int, dict[str, torch.Tensor]] = {}
         self._stop = threading.Event()
         self._err: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"prefetch-{i}", daemon=True)
+                         for i in range(self.loader_threads)]
+        for t in self._threads:
+            t.start()
+
+    def _draw(self) -> np.ndarray:
+        """The next batch's window indices (caller holds the lock)."""
+        n, bs = self._n, self.batch_size
+        if self._pos + bs > n:
+            self._perm, self._pos = self.rng.permutation(n), 0
+        idx = self._perm[self._pos: self._pos + bs] if bs <= n else self.rng.integers(0, n, bs)
+        self._pos += bs
+        return idx
 
     def _run(self) -> None:
-        n = len(self.sampler)
-        perm, pos = self.rng.permutation(n), 0
         try:
-            while not self._stop.is_set():
-                if pos + self.batch_size > n:
-                    perm, pos = self.rng.permutation(n), 0
-                idx = perm[pos: pos + self.batch_size] if self.batch_size <= n else self.rng.integers(0, n, self.batch_size)
-                pos += self.batch_size
+            while True:
+                with self._cv:
+                    while not self._stop.is_set() and self._issued - self._taken >= self.depth:
+                        self._cv.wait(0.1)
+                    if self._stop.is_set():
+                        return
+                    b, idx = self._issued, self._draw()
+                    self._issued += 1
                 batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.sampler.get_batch(idx).items()}
                 if self.device.type == "cuda":
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                while not self._stop.is_set():
-                    try:
-                        self.q.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                with self._cv:
+                    self._ready[b] = batch
+                    self._cv.notify_all()
         except BaseException as e:  # surfaced in next()
-            self._err = e
+            with self._cv:
+                self._err = e
+                self._cv.notify_all()
 
     def next(self) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
-        while True:
-            if self._err is not None:
-                raise self._err
-            try:
-                batch = self.q.get(timeout=0.5)
-                break
-            except queue.Empty:
-                continue
+        with self._cv:
+            while self._taken not in self._ready:
+                if self._err is not None:
+                    raise self._err
+                if not any(t.is_alive() for t in self._threads):
+                    raise TrainError("the batch loader threads stopped")
+                self._cv.wait(0.5)
+            batch = self._ready.pop(self._taken)
+            self._taken += 1
+            self._cv.notify_all()
         self.wait_s += time.perf_counter() - t0
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._cv:
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
 
 
 # -- model pieces ----------------------------------------------------------------------------
@@ -344,23 +390,71 @@ def plot_training(out: Path) -> Path | None:
 
 # -- the loop ---------------------------------------------------------------------------------
 def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: int, out: Path,
-             execution: str) -> Any:
+             execution: str, image_size: int | tuple[int, int] | None = None) -> Any:
     from robot_rl.learn.evaluate import evaluate, write_report
     d = out / "eval" / f"step_{step:07d}"
     res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
                    n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
-                   video_dir=d, progress=False, image_size=_image_size(spec, policy))
+                   video_dir=d, progress=False,
+                   image_size=image_size if image_size is not None else _image_size(spec, policy))
     write_report(res, d, title=f"{policy.type_name} {task} step {step}")
     return res
 
 
-def _image_size(spec: RobotSpec, policy: Policy) -> int | None:
+def _image_size(spec: RobotSpec, policy: Policy) -> int | tuple[int, int] | None:
+    """The spec's size of the policy's first camera: an int when square, else (width, height)."""
     cams = {c.name: c for c in spec.cameras}
     for k in policy.config.cameras:
         c = cams.get(k.removeprefix("image_"))
         if c is not None:
-            return int(c.width)
+            return int(c.width) if c.width == c.height else (int(c.width), int(c.height))
     return None
+
+
+def _wh_text(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def parse_image_size(value: Any) -> tuple[int, int] | None:
+    """``image_size`` setting (an int: square, or ``[width, height]`` as ``robot-rl eval``
+    takes it) -> (height, width)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        v = list(value)
+        if len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            return int(v[1]), int(v[0])
+    elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return int(value), int(value)
+    raise TrainError(f"image_size must be a positive int (square) or [width, height], got {value!r}")
+
+
+def resolve_image_size(store: EpisodeStore, cams: list[str], value: Any) -> tuple[tuple[int, int] | None,
+                                                                                  dict[str, tuple[int, int]]]:
+    """(size the policy sees as (h, w), or None for the stored size; stored (h, w) per camera key).
+
+    Resizing happens only when ``image_size`` asks for it. Without it, the stored frames
+    must all have one size and match the robot spec's cameras (the size evaluation renders
+    and deployment delivers): anything else is a TrainError naming both sizes."""
+    source = {c: (int(store.schema[c].shape[0]), int(store.schema[c].shape[1])) for c in cams}
+    want = parse_image_size(value)
+    if not cams or want is not None:
+        return want, source
+    sizes = sorted(set(source.values()))
+    if len(sizes) > 1:
+        listed = ", ".join(f"{c} {_wh_text(hw)}" for c, hw in source.items())
+        raise TrainError(f"{store.path} stores the policy's cameras at different sizes ({listed}); set "
+                         f"image_size=W or image_size=[W,H] to train the policy at one size (resized with area "
+                         f"interpolation while training)")
+    spec_cams = {c.name: c for c in store.spec.cameras}
+    for c, hw in source.items():
+        sc = spec_cams.get(c.removeprefix("image_"))
+        if sc is not None and (int(sc.height), int(sc.width)) != hw:
+            raise TrainError(f"{store.path} stores {c} at {_wh_text(hw)} but its robot spec's camera {sc.name!r} is "
+                             f"{sc.width}x{sc.height} (the size evaluation renders and the robot delivers); set "
+                             f"image_size={sc.width if sc.width == sc.height else [sc.width, sc.height]} to train at "
+                             f"the spec's size, or image_size=[{hw[1]},{hw[0]}] to keep the stored size")
+    return None, source
 
 
 def train(cfg: DictConfig) -> dict:
@@ -380,12 +474,20 @@ def train(cfg: DictConfig) -> dict:
         n_obs, horizon = int(pcfg.get("n_obs_steps", 2)), int(pcfg.get("horizon", 16))
         mask = np.zeros(store.n_episodes, bool)
         mask[episodes] = True
+        want_hw, source_hw = resolve_image_size(store, cams, cfg.get("image_size"))
         sampler = SequenceSampler(store, obs_keys=state_keys + cams, action_key=pcfg.get("action_key", "action"),
-                                  n_obs_steps=n_obs, horizon=horizon, episode_mask=mask)
+                                  n_obs_steps=n_obs, horizon=horizon, episode_mask=mask, image_size=want_hw)
         policy = build_policy(pcfg, sampler, store).to(device)
         action_mode = store.episode_meta(int(episodes[0]))["extra"].get("action_mode", "ee_delta")
-    finally:
+    except BaseException:
         store.close()
+        raise
+    if not sampler.lazy_images:  # everything is in memory
+        store.close()
+    # the size the policy sees (int when square, else [width, height], as robot-rl eval takes it)
+    policy_hw = want_hw or (next(iter(source_hw.values())) if source_hw else None)
+    policy_image_size = None if policy_hw is None else \
+        (policy_hw[0] if policy_hw[0] == policy_hw[1] else [policy_hw[1], policy_hw[0]])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
@@ -398,12 +500,19 @@ def train(cfg: DictConfig) -> dict:
     execution = cfg.eval_execution or pcfg.get("execution", "chunk")
     metadata = {"task": task, "action_mode": action_mode, "dataset": str(Path(cfg.dataset).resolve()),
                 "episodes": int(len(episodes)), "execution": execution,
-                "image_size": _image_size(spec, policy)}
+                "image_size": policy_image_size,
+                # stored camera sizes ([width, height] per key) and how they became image_size
+                "image_source_size": {c: [hw[1], hw[0]] for c, hw in source_hw.items()},
+                "image_resize": "area" if any(hw != policy_hw for hw in source_hw.values()) else None}
 
     step, elapsed0 = 0, 0.0
     state_dir = out / "train_state"
     if cfg.resume and (state_dir / "state.json").exists():
         meta = load_train_state(state_dir, policy, ema, opt)
+        was = (meta.get("train_config") or {}).get("image_size")
+        if was != cfg_dict.get("image_size"):
+            raise TrainError(f"cannot resume from {state_dir}: it was trained with image_size={was}, not "
+                             f"{cfg_dict.get('image_size')}; use a new out= or the same settings")
         step, elapsed0 = int(meta["step"]), float(meta["elapsed_s"])
         print(f"resumed from {state_dir} at step {step} ({elapsed0 / 60:.1f} min trained)")
     total_steps = int(cfg.steps) if cfg.steps else None
@@ -420,10 +529,13 @@ def train(cfg: DictConfig) -> dict:
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
     batch_size = int(cfg.batch_size or optim.get("batch_size", 256))
-    pre = Prefetcher(sampler, batch_size, int(cfg.seed) + step, device)
+    pre = Prefetcher(sampler, batch_size, int(cfg.seed) + step, device,
+                     loader_threads=None if cfg.get("loader_threads") is None else int(cfg.loader_threads))
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"train {policy.type_name} on {task}: {len(episodes)} episodes, {len(sampler)} windows, "
           f"{n_params / 1e6:.2f}M parameters, device {device}, "
+          + (f"images {', '.join(f'{c} {_wh_text(source_hw[c])}' for c in sampler.lazy_images)} decoded and resized "
+             f"to {_wh_text(policy_hw)} by {pre.loader_threads} loader threads, " if sampler.lazy_images else "") +
           f"budget {total_steps or '-'} steps / {cfg.max_minutes or '-'} min")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {policy.type_name}", unit="step",
                disable=not cfg.progress, dynamic_ncols=True)
@@ -476,7 +588,8 @@ def train(cfg: DictConfig) -> dict:
         t0 = time.perf_counter()
         model = ema.model if ema else policy
         model.eval()
-        res = run_eval(model, cfg, spec, task, step, out, execution)
+        res = run_eval(model, cfg, spec, task, step, out, execution,
+                       image_size=tuple(policy_image_size) if isinstance(policy_image_size, list) else policy_image_size)
         policy.train()
         eval_s += time.perf_counter() - t0
         row = {"step": step, "elapsed_s": time.perf_counter() - t_start, "train_s": train_time(),
@@ -565,5 +678,7 @@ def train(cfg: DictConfig) -> dict:
         return summary
     finally:
         pre.close()
+        if sampler.lazy_images:
+            store.close()
         logger.close()
         bar.close()
