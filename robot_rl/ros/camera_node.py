@@ -182,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90, help="quality of /compressed (0: do not publish it)")
     p.add_argument("--raw", choices=("auto", "always", "never"), default="auto",
                    help="publish image_raw: auto = only while subscribed")
-    p.add_argument("--qos", choices=("sensor", "reliable"), default="sensor")
-    p.add_argument("--depth", type=int, default=5, help="publisher queue depth")
+    p.add_argument("--qos", choices=("sensor", "reliable"), default="reliable",
+                   help="reliable (default) serves best-effort and reliable subscribers alike; a recorder then "
+                        "loses no frame to a momentary stall; sensor = best effort")
+    p.add_argument("--depth", type=int, default=10, help="publisher queue depth (frames)")
     p.add_argument("--calibration", default=None, help="camera_info YAML (ROS format): publish camera_info")
     p.add_argument("--frame-id", default=None, help="header.frame_id (default camera_<name>)")
     p.add_argument("--reconnects", type=int, default=5, help="reconnect attempts before giving up")

@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="pick_cube",
                    help="task name stored with each episode (a start event's task= wins)")
     p.add_argument("--cameras", default="all", help="comma-separated camera names, 'all' or 'none'")
-    p.add_argument("--image-size", type=int, default=None, help="square image size (default: the spec's)")
+    p.add_argument("--image-size", default=None,
+                   help="camera size in the stored robot spec: N (square) or WxH, e.g. 640x480 (default: the spec's)")
     p.add_argument("--fps", type=float, default=None,
                    help="dataset rate in Hz = the robot's control rate (default: contract fps, else the spec's "
                         "control_hz)")
@@ -408,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-hz", type=float, default=50.0, help="how often due steps are emitted")
     p.add_argument("--diag-hz", type=float, default=1.0, help="/diagnostics rate (0: only after each episode)")
     p.add_argument("--name", default="recorder", help="node name")
+    p.add_argument("--codec", action="append", default=[], metavar="KEY=CODEC",
+                   help="image codec of a new store's key: lossless | jpeg | jpeg:<quality> (repeatable; default: "
+                        "lossless below 224 px, jpeg:90 from 224 px, e.g. 640x480 cameras)")
     return p
 
 
@@ -425,8 +429,15 @@ def open_outputs(args) -> tuple[Any, Any, Any]:
         cams = []
     else:
         cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
-    size = args.image_size
-    spec = spec.with_cameras(cams, size, size) if size else spec.with_cameras(cams)
+    w = h = None
+    if args.image_size:
+        try:
+            w, _, hh = str(args.image_size).lower().partition("x")
+            w, h = int(w), int(hh or w)
+            assert w > 0 and h > 0
+        except (ValueError, AssertionError):
+            raise ValueError(f"--image-size {args.image_size!r}: expected N or WxH, e.g. 96 or 640x480") from None
+    spec = spec.with_cameras(cams, w, h) if w else spec.with_cameras(cams)
     bound = Contract.load(args.contract).bind(spec, cameras=cams, fps=args.fps)
     bag = None
     if args.bag:
@@ -434,7 +445,13 @@ def open_outputs(args) -> tuple[Any, Any, Any]:
         if os.path.exists(args.bag):
             raise ValueError(f"--bag {args.bag} exists already; choose a new path (nothing was recorded)")
         bag = BagWriter(args.bag, storage="mcap")
-    store = EpisodeStore.open_or_create(args.out, spec)
+    codecs = {}
+    for item in args.codec:
+        key, sep, codec = item.partition("=")
+        if not sep or not key or not codec:
+            raise ValueError(f"--codec {item!r}: expected KEY=CODEC, e.g. image_front=jpeg:90")
+        codecs[key.strip()] = codec.strip()
+    store = EpisodeStore.open_or_create(args.out, spec, **({"image_codecs": codecs} if codecs else {}))
     return bound, store, bag
 
 
