@@ -225,18 +225,28 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 class MJPEGServer:
     """Serve `frame_source` as MJPEG over HTTP on `host`:`port` (0 = a free port) at `fps`.
 
-    One producer thread renders, impairs and JPEG-encodes frame k at ``t0 + k / fps``
-    (slots it is too late for are skipped and counted as ``overruns``, so the frame
-    number, and the twin's sim time ``k / fps``, stay locked to the clock); every client
-    handler sends each new frame once. A slow client skips to the newest frame.
+    A producer thread renders, impairs and JPEG-encodes frame k (the source's frame k is
+    the scene at time ``k / fps``) up to `lookahead` frames ahead of its slot, and a pacer
+    thread releases frame k at ``t0 + k / fps``, like a sensor's readout clock: a moment's
+    CPU starvation of the renderer is absorbed instead of skipping a slot. A slot whose frame
+    is not ready is skipped and counted as an ``overrun`` (the frame number stays locked to
+    the clock); the producer then jumps ahead to the next slot it can make. Every client
+    handler sends each new frame once; a slow client skips to the newest frame.
     ``stall()`` stops sending (connections stay open, as a hung camera's do);
     ``resume()`` starts again; `stall_after_s` stalls automatically that long after start.
     """
 
     def __init__(self, frame_source: FrameSource, host: str = "127.0.0.1", port: int = 0, fps: float = 30.0,
-                 quality: int = 90, impairments: Impairments | None = None, stall_after_s: float | None = None):
+                 quality: int = 90, impairments: Impairments | None = None, stall_after_s: float | None = None,
+                 lookahead: int = 4):
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
+        if lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1 frame, got {lookahead}")
+        self.lookahead = int(lookahead)
+        self._ready: dict[int, bytes | None] = {}  # frame index -> JPEG (None: dropped on purpose)
+        self._slot = 0                              # the slot the pacer releases next
+        self._t0 = 0.0
         self.source, self.host, self.fps, self.quality = frame_source, host, float(fps), int(quality)
         self.impairments = impairments or Impairments()
         self.stall_after_s = stall_after_s
@@ -264,7 +274,9 @@ class MJPEGServer:
         self._httpd.daemon_threads = True
         self._threads = [threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                           name="mjpeg-http", daemon=True),
-                         threading.Thread(target=self._produce, name="mjpeg-producer", daemon=True)]
+                         threading.Thread(target=self._produce, name="mjpeg-producer", daemon=True),
+                         threading.Thread(target=self._pace, name="mjpeg-pacer", daemon=True)]
+        self._t0 = time.monotonic() + 0.1  # slot 0: the producer gets a head start of a few frames
         for t in self._threads:
             t.start()
         return self
@@ -319,46 +331,71 @@ class MJPEGServer:
 
     # -- producer ----------------------------------------------------------------------
     def _produce(self) -> None:
+        """Render + impair + encode frames ahead of their slots (at most `lookahead` ahead)."""
         period = 1.0 / self.fps
-        t0 = time.monotonic()
         k = 0
         while not self._stop.is_set():
-            if self._stop.wait(max(0.0, t0 + k * period - time.monotonic())):
+            with self._cond:
+                # wait for room: frames up to slot + lookahead may be made in advance
+                while not self._stop.is_set() and k >= self._slot + self.lookahead:
+                    self._cond.wait(0.1)
+                if self._stop.is_set():
+                    break
+                # a frame whose slot has passed is useless: jump to the next slot still ahead
+                k = max(k, self._slot + (1 if time.monotonic() > self._t0 + self._slot * period else 0))
+            frame = self._make_frame(k)
+            if frame is False:  # the source failed (logged): stop serving
+                return
+            with self._cond:
+                self._ready[k] = frame
+                self._cond.notify_all()
+            k += 1
+
+    def _pace(self) -> None:
+        """Release frame k at t0 + k / fps; count a slot whose frame is not ready as an overrun."""
+        period = 1.0 / self.fps
+        while not self._stop.is_set():
+            with self._cond:
+                k = self._slot
+            if self._stop.wait(max(0.0, self._t0 + k * period - time.monotonic())):
                 break
-            if self.stall_after_s is not None and time.monotonic() - t0 >= self.stall_after_s:
+            if self.stall_after_s is not None and time.monotonic() - self._t0 >= self.stall_after_s:
                 self.stall_after_s = None
                 self._stalled.set()
-            if not self._stalled.is_set():
-                self._make_frame(k)
-            # the next slot in the future (slots we are already late for are skipped)
-            late = int((time.monotonic() - t0) / period) + 1
             with self._cond:
-                self._counts["overruns"] += max(0, late - (k + 1))
-            k = max(k + 1, late)
+                ready = k in self._ready
+                jpeg = self._ready.pop(k, None)
+                for old in [i for i in self._ready if i < k]:  # made too late (never released)
+                    del self._ready[old]
+                if not ready:
+                    self._counts["overruns"] += 1
+                elif jpeg is not None and not self._stalled.is_set():
+                    self._jpeg, self._seq, self._stamp = jpeg, self._seq + 1, time.time()
+                    self._counts["frames_published"] += 1
+                self._slot = k + 1
+                self._cond.notify_all()
 
-    def _make_frame(self, index: int) -> None:
-        """Render, impair, encode and publish frame `index` (= its slot: a late or stalled
-        camera skips frame numbers, as a free-running sensor would)."""
+    def _make_frame(self, index: int) -> "bytes | None | bool":
+        """Render, impair and encode frame `index`: JPEG bytes, None when dropped on purpose,
+        False when the source failed."""
         t = time.perf_counter()
         try:
             img = self.source.frame(index, index / self.fps)
         except Exception:  # a broken source must not kill the server silently
             log.exception("virtual camera: the frame source failed on frame %d", index)
             self._stop.set()
-            return
+            return False
         t1 = time.perf_counter()
         if self.impairments.drop():
             with self._cond:
                 self._counts["dropped_injected"] += 1
-            return
+            return None
         jpeg = encode_jpeg(self.impairments.apply(img), self.quality)
         t2 = time.perf_counter()
         with self._cond:
-            self._jpeg, self._seq, self._stamp = jpeg, self._seq + 1, time.time()
-            self._counts["frames_published"] += 1
             _push(self._source_s, t1 - t)
             _push(self._encode_s, t2 - t1)
-            self._cond.notify_all()
+        return jpeg
 
     def _next_frame(self, after_seq: int, timeout: float = 0.25) -> tuple[int, float, bytes] | None:
         """The newest frame newer than `after_seq`, or None after `timeout` (or when stopping)."""
