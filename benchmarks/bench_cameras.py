@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import socket
 import sys
@@ -130,7 +131,7 @@ def run_pipeline(a, work: Path, diag: DiagListener, seconds: float, with_raw: bo
         procs[f"camera_{cam}"] = spawn(
             "robot_rl.ros.camera_node", "--name", cam, "--source", f"http://127.0.0.1:{ports[cam]}/stream.mjpg",
             "--width", str(a.width), "--height", str(a.height), "--fps", str(a.fps), "--jpeg-quality",
-            str(a.jpeg_quality), "--max-age", "0.5", log=work / f"{tag}_camera_{cam}.log")
+            str(a.jpeg_quality), "--max-age", "0.5", "--wait-subscribers", "1", log=work / f"{tag}_camera_{cam}.log")
     rec_args = ["--contract", str(contract), "--out", str(store), "--robot", str(spec), "--task", "camera_session",
                 "--cameras", ",".join(CAMS), "--mode", "realtime", "--fps", str(a.fps)]
     for cam in CAMS:
@@ -170,67 +171,98 @@ def run_pipeline(a, work: Path, diag: DiagListener, seconds: float, with_raw: bo
     wall = time.monotonic() - t0
     cpu1 = {n: cpu_s(p.pid) for n, p in procs.items()}
     time.sleep(1.5)  # the last episode's steps are emitted after the latency
-    cam_stats = {c: diag.wait_fresh(f"camera/{c}", timeout=3.0) for c in CAMS}
-    server_stats = {}
+    # exact counts at every boundary: stop the sources first, let the last frames through,
+    # then read the final counters of the camera nodes and the recorder
+    live = {c: diag.wait_fresh(f"camera/{c}", timeout=3.0) for c in CAMS}  # achieved fps while streaming
+    rcs, server_stats = {}, {}
     for c in CAMS:
-        try:
-            server_stats[c] = http_json(f"http://127.0.0.1:{ports[c]}/stats")
-        except OSError as e:
-            server_stats[c] = {"error": str(e)}
-    rcs = {"recorder": stop(procs.pop("recorder"))}
+        rcs[f"virtual_{c}"] = stop(procs.pop(f"virtual_{c}"))
+        m = re.search(r"virtual camera stopped: (\d+) frames, (\d+) sent, (\d+) dropped on purpose, (\d+) late",
+                      (work / f"{tag}_virtual_{c}.log").read_text())
+        server_stats[c] = ({"frames_published": int(m[1]), "frames_served": int(m[2]), "dropped_injected": int(m[3]),
+                            "overruns": int(m[4])} if m else {"error": "no final stats in the log"})
+    time.sleep(1.5)
+    cam_stats = {c: diag.wait_fresh(f"camera/{c}", timeout=3.0) for c in CAMS}
+    rec_stats = diag.wait_fresh("recorder", timeout=3.0)
+    rcs["recorder"] = stop(procs.pop("recorder"))
     for n, p in procs.items():
         rcs[n] = stop(p)
     if rcs["recorder"] != 0:
         raise SystemExit(f"recorder exited {rcs['recorder']}:\n" + (work / f"{tag}_recorder.log").read_text()[-3000:])
     cpu = {n: round((cpu1[n] - cpu0[n]) / wall, 3) for n in cpu1 if cpu1[n] is not None and cpu0[n] is not None}
     return {"store": store, "wall_s": wall, "cpu_share": cpu, "camera_diag": cam_stats, "server": server_stats,
-            "episodes": n_eps, "rc": rcs}
+            "camera_live": live, "recorder_diag": rec_stats, "episodes": n_eps, "rc": rcs}
 
 
 def frame_accounting(store_path: Path, res: dict, a) -> tuple[list[dict], dict]:
+    """Per camera, frames at every boundary (exact counters, read after the sources stopped):
+    virtual camera sent -> camera node captured -> published -> recorder received; then the
+    dataset: grid steps, steps skipped for want of a fresh frame, and how the 30 Hz grid
+    sampled the camera's frames (once / twice / not at all: two free-running cameras on one
+    grid, with host receive stamps that jitter)."""
     from robot_rl.data.store import EpisodeStore
-    rows, extra = [], {}
+    rows = []
+    period = 1.0 / a.fps
     with EpisodeStore.open(store_path) as st:
         summ = st.summary()
         metas = st.episodes_meta()
+        ends = st.episode_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        grid = np.asarray(st.data["timestamp"][:])
         for cam in CAMS:
             key = f"image_{cam}"
             topic = f"/camera/{cam}/image_raw/compressed"
             stamps = np.asarray(st.data[f"stamp_{key}"][:])
-            ends = st.episode_ends
-            starts = np.concatenate([[0], ends[:-1]])
-            once = twice = 0
-            rate = []
-            received = gaps = skipped = 0
+            once = twice = in_episode = skipped = 0
+            jitter, age = [], []
             for i, m in enumerate(metas):
-                s = stamps[starts[i]:ends[i]]
-                _, counts = np.unique(s, return_counts=True)
+                s_ep = stamps[starts[i]:ends[i]]
+                u, counts = np.unique(s_ep, return_counts=True)
                 once += int((counts == 1).sum())
                 twice += int((counts > 1).sum())
                 cad = m["extra"].get("cadence", {})
-                received += int(cad.get("messages", {}).get(topic, 0))
-                gaps += int(cad.get("drops", {}).get(topic, 0))
+                in_episode += int(cad.get("messages", {}).get(topic, 0))
                 skipped += int(cad.get("skipped_steps_by_topic", {}).get(topic, 0))
-                if len(s) > 1:
-                    rate.append((len(np.unique(s)) - 1) / (s.max() - s.min()))
+                d = np.diff(u)
+                jitter.append(np.abs(d[d < 1.5 * period] - period))
+                age.append(np.abs(grid[starts[i]:ends[i]] - s_ep))
+            jit = np.concatenate(jitter) * 1e3 if jitter else np.zeros(0)
+            age_ms = np.concatenate(age) * 1e3 if age else np.zeros(0)
             d = res["camera_diag"].get(cam, {})
             srv = res["server"].get(cam, {})
+            captured, published = int(d.get("frames", -1)), int(d.get("published_compressed", -1))
+            before = int(d.get("skipped_before_start", 0))  # captured before the recorder listened
+            received = int(res["recorder_diag"].get(f"received{topic}", -1))
+            sent = srv.get("frames_served")
             k = summ["keys"][key]
-            raw = k["raw_bytes"]
+            n_steps = int(ends[-1]) if len(ends) else 0
+            span = float(sum(grid[e - 1] - grid[s0] for s0, e in zip(starts, ends) if e > s0))
             rows.append({
-                "camera": cam, "server_sent": srv.get("frames_served"), "server_overruns": srv.get("overruns"),
-                "server_dropped(injected)": srv.get("dropped_injected"),
-                "captured": d.get("frames"), "capture_dropped": d.get("dropped"),
-                "published": d.get("published_compressed"), "recorder_received": received,
-                "recorder_gaps": gaps, "steps_skipped": skipped, "steps": int(ends[-1]) if len(ends) else 0,
-                "frames_recorded_once": once, "frames_recorded_twice": twice,
-                "achieved_fps(capture)": float(d.get("achieved_fps", "nan") or "nan"),
-                "achieved_fps(stamps)": round(float(np.mean(rate)), 3) if rate else None,
-                "bytes": k["bytes"], "raw_bytes": raw, "raw/bytes": round(raw / k["bytes"], 2) if k["bytes"] else None,
-                "codec": k.get("codec"),
+                "camera": cam, "server_overruns": srv.get("overruns"), "sent": sent, "captured": captured,
+                "before_recorder": before, "published": published, "received": received,
+                "lost_sent_to_captured": None if sent is None else sent - captured,
+                "lost_captured_to_published": captured - before - published,
+                "lost_published_to_received": published - received,
+                "received_in_episodes": in_episode, "steps": n_steps, "steps_skipped": skipped,
+                "frames_stored_once": once, "frames_stored_twice": twice,
+                "frames_not_stored": in_episode - once - twice,
+                "max_frame_age_ms": round(float(age_ms.max()), 2) if age_ms.size else None,
+                "stamp_jitter_ms_p50": round(float(np.percentile(jit, 50)), 2) if jit.size else None,
+                "stamp_jitter_ms_p99": round(float(np.percentile(jit, 99)), 2) if jit.size else None,
+                "camera_fps(capture stamps)": _float(res["camera_live"].get(cam, {}).get("achieved_fps")),
+                "dataset_hz(grid stamps)": round((n_steps - len(metas)) / span, 3) if span > 0 else None,
+                "bytes": k["bytes"], "raw_bytes": k["raw_bytes"],
+                "raw/bytes": round(k["raw_bytes"] / k["bytes"], 2) if k["bytes"] else None, "codec": k.get("codec"),
             })
         extra = {"summary": {kk: v for kk, v in summ.items() if kk != "per_task"}}
     return rows, extra
+
+
+def _float(v) -> float | None:
+    try:
+        return round(float(v), 3)
+    except (TypeError, ValueError):
+        return None
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -297,11 +329,14 @@ def main() -> None:
         if a.minutes > 0:
             res = run_pipeline(a, work, diag, a.minutes * 60, with_raw=False, tag="session")
             rows, extra = frame_accounting(res["store"], res, a)
-            cols = ["camera", "server_sent", "server_overruns", "captured", "capture_dropped", "published", "recorder_received",
-                    "recorder_gaps", "steps_skipped", "steps", "frames_recorded_once", "frames_recorded_twice",
-                    "achieved_fps(capture)", "achieved_fps(stamps)"]
+            cols = ["camera", "server_overruns", "sent", "captured", "before_recorder", "published", "received", "lost_sent_to_captured",
+                    "lost_captured_to_published", "lost_published_to_received"]
             print_table(rows, cols, f"session: {a.minutes:g} min, 2 cameras {a.width}x{a.height} at {a.fps:g} fps, "
-                                    f"realtime, {res['episodes']} episodes")
+                                    f"realtime, {res['episodes']} episodes: frames at every boundary")
+            print_table(rows, ["camera", "received_in_episodes", "steps", "steps_skipped", "frames_stored_once",
+                               "frames_stored_twice", "frames_not_stored", "max_frame_age_ms", "stamp_jitter_ms_p50",
+                               "stamp_jitter_ms_p99", "camera_fps(capture stamps)", "dataset_hz(grid stamps)"],
+                        "session: the dataset (30 Hz grid; a step takes the frame nearest its time within 1 period)")
             print_table(rows, ["camera", "codec", "bytes", "raw_bytes", "raw/bytes"], "session: bytes on disk")
             cpu_rows = [{"process": n, "cpu_share_of_one_core": v} for n, v in res["cpu_share"].items()]
             print_table(cpu_rows, ["process", "cpu_share_of_one_core"], "session: CPU")

@@ -89,3 +89,22 @@ def test_size_only_for_images():
     with pytest.raises(ContractError, match="not an image type"):
         Contract.from_dict({"name": "t", "topics": [{"topic": "/x", "type": "std_msgs/msg/Float32MultiArray",
                                                      "fields": {"x": {"field": "data", "size": [2, 2]}}}]})
+
+
+def test_inference_node_resizes_camera_frames_only_by_the_checkpoints_rule():
+    from robot_rl.ros.inference_node import CameraFrames
+    img = _frame(480, 640)
+    # trained from 640x480 frames resized (area) to 96x96: deployment resizes the same way
+    f = CameraFrames({"image_size": 96, "image_resize": "area"})
+    np.testing.assert_array_equal(f("image_front", img), cv2.resize(img, (96, 96), interpolation=cv2.INTER_AREA))
+    assert f.counts == {"resized": 1, "refused_size": 0}
+    # non-square sizes are [width, height] in the metadata
+    assert CameraFrames({"image_size": [128, 96], "image_resize": "area"})("image_front", img).shape == (96, 128, 3)
+    # trained on 96x96 frames as stored: a 640x480 camera is refused, not silently resized
+    g = CameraFrames({"image_size": 96, "image_resize": None})
+    with pytest.raises(ValueError, match="camera sends 640x480 but the policy was trained at 96x96"):
+        g("image_front", img)
+    assert g.counts["refused_size"] == 1
+    small = _frame(96, 96)
+    assert g("image_front", small) is small
+    assert CameraFrames(None)("image_front", img) is img  # no size known: as sent

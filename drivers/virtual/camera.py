@@ -238,7 +238,7 @@ class MJPEGServer:
 
     def __init__(self, frame_source: FrameSource, host: str = "127.0.0.1", port: int = 0, fps: float = 30.0,
                  quality: int = 90, impairments: Impairments | None = None, stall_after_s: float | None = None,
-                 lookahead: int = 4):
+                 lookahead: int = 8):
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if lookahead < 1:
@@ -276,7 +276,7 @@ class MJPEGServer:
                                           name="mjpeg-http", daemon=True),
                          threading.Thread(target=self._produce, name="mjpeg-producer", daemon=True),
                          threading.Thread(target=self._pace, name="mjpeg-pacer", daemon=True)]
-        self._t0 = time.monotonic() + 0.1  # slot 0: the producer gets a head start of a few frames
+        self._t0 = time.monotonic() + 0.25  # slot 0: the producer gets a head start of a few frames
         for t in self._threads:
             t.start()
         return self

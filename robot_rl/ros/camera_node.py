@@ -65,6 +65,7 @@ class CameraNode:
         self.pub_diag = self.node.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, topics.reliable_qos(10))
         self._Image, self._CompressedImage = Image, CompressedImage
         self.published = {"raw": 0, "compressed": 0}
+        self.skipped_before_start = 0  # frames captured before publishing began (--wait-subscribers)
         self.stale = False
         self.failed: str | None = None
         self._stop = threading.Event()
@@ -83,6 +84,15 @@ class CameraNode:
     def _run(self) -> None:
         from robot_rl.drivers.cameras import CameraError, StaleFrameError
         seq = -1
+        if self.args.wait_subscribers > 0:  # publish nothing until the recorder(s) listen
+            pub = self.pub_jpeg or self.pub_raw
+            while not self._stop.is_set() and pub.get_subscription_count() < self.args.wait_subscribers:
+                time.sleep(0.02)
+            try:
+                seq = self.camera.read_latest(max_age_s=1e9).seq  # start with the next frame
+            except CameraError:
+                seq = -1
+            self.skipped_before_start = seq + 1
         while not self._stop.is_set():
             try:
                 frame = self.camera.wait_next(seq, timeout=self.args.max_age)
@@ -151,6 +161,7 @@ class CameraNode:
                 flat[k] = v
         values = {k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in flat.items()}
         values.update({"stale": str(stale).lower(), "published_compressed": str(self.published["compressed"]),
+                       "skipped_before_start": str(self.skipped_before_start),
                        "published_raw": str(self.published["raw"])})
         if self.failed:
             return DiagnosticStatus.ERROR, f"failed: {self.failed}", values
@@ -186,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reliable (default) serves best-effort and reliable subscribers alike; a recorder then "
                         "loses no frame to a momentary stall; sensor = best effort")
     p.add_argument("--depth", type=int, default=10, help="publisher queue depth (frames)")
+    p.add_argument("--wait-subscribers", type=int, default=0,
+                   help="publish nothing until this many subscribers listen (recordings that must hold every frame)")
     p.add_argument("--calibration", default=None, help="camera_info YAML (ROS format): publish camera_info")
     p.add_argument("--frame-id", default=None, help="header.frame_id (default camera_<name>)")
     p.add_argument("--reconnects", type=int, default=5, help="reconnect attempts before giving up")

@@ -171,6 +171,40 @@ def _import_ros():
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: F811
 
 
+class CameraFrames:
+    """Camera frames -> the size the policy was trained at, by the checkpoint's own rule.
+
+    ``metadata["image_size"]`` (int: square, or [width, height]) is what the policy sees;
+    ``metadata["image_resize"] == "area"`` says training resized its stored frames with area
+    interpolation, so frames of another size are resized here the same way. Without that
+    rule a frame of another size is refused (counted, logged): a policy never sees frames
+    resized by accident."""
+
+    def __init__(self, metadata: dict | None) -> None:
+        md = metadata or {}
+        size = md.get("image_size")
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            self.hw: tuple[int, int] | None = (int(size[1]), int(size[0]))
+        elif isinstance(size, (int, float)) and size:
+            self.hw = (int(size), int(size))
+        else:
+            self.hw = None
+        self.resize = md.get("image_resize") == "area"
+        self.counts = {"resized": 0, "refused_size": 0}
+
+    def __call__(self, key: str, img: np.ndarray) -> np.ndarray:
+        if self.hw is None or img.shape[:2] == self.hw:
+            return img
+        if not self.resize:
+            self.counts["refused_size"] += 1
+            raise ValueError(f"{key}: the camera sends {img.shape[1]}x{img.shape[0]} but the policy was trained at "
+                             f"{self.hw[1]}x{self.hw[0]} from frames of that size; train with image_size= (the "
+                             f"loader then resizes, and so does this node) or record with the contract's size:")
+        from robot_rl.data.contract import resize_image
+        self.counts["resized"] += 1
+        return resize_image(img, self.hw)
+
+
 def checkpoint_config(path) -> dict:
     """The checkpoint's config.json (state keys, cameras, metadata), {} when unreadable."""
     try:
@@ -187,7 +221,8 @@ class InferenceNode:
 
     def __init__(self, controller, spec, keys: list[str], *, action_mode: str = "ee_delta", rate: float | None = None,
                  output: str = "action", phase: float = 0.25, lookahead: bool = True, diag_hz: float = 2.0,
-                 node_name: str = "inference_node", settings: dict[str, Any] | None = None, rt_priority: int = 0):
+                 node_name: str = "inference_node", settings: dict[str, Any] | None = None, rt_priority: int = 0,
+                 image_metadata: dict | None = None, image_transport: str = "raw"):
         _import_ros()
         self.rt_priority = int(rt_priority)
         if output not in ("action", "trajectory"):
@@ -206,6 +241,7 @@ class InferenceNode:
         self.phase = phase
         self.lock = threading.RLock()
         self.asm = ObservationAssembler(keys)
+        self.frames = CameraFrames(image_metadata)
         self.names = spec.joint_names
         self.node = rclpy.create_node(node_name)
         self.log = self.node.get_logger()
@@ -237,11 +273,18 @@ class InferenceNode:
             n.create_subscription(PoseStamped, topics.EE_POSE, self._on_ee, rq(100))
         if "object_state" in parts:
             n.create_subscription(Float32MultiArray, topics.OBJECT_STATE, self._on_obj, rq(100))
+        if image_transport not in ("raw", "compressed"):
+            raise ValueError(f"image_transport must be 'raw' or 'compressed', got {image_transport!r}")
         for p in sorted(parts):
             if p.startswith("image_"):
                 cam = p[len("image_"):]
-                n.create_subscription(Image, topics.camera_image(cam), lambda m, p=p: self._on_image(p, m),
-                                      topics.sensor_qos(10))
+                if image_transport == "raw":
+                    n.create_subscription(Image, topics.camera_image(cam), lambda m, p=p: self._on_image(p, m),
+                                          topics.sensor_qos(10))
+                else:  # a camera node's JPEG stream (/camera/<name>/image_raw/compressed)
+                    from sensor_msgs.msg import CompressedImage
+                    n.create_subscription(CompressedImage, topics.camera_image(cam) + "/compressed",
+                                          lambda m, p=p: self._on_image(p, m, compressed=True), topics.sensor_qos(10))
         n.create_subscription(String, topics.TELEOP_EVENT, self._on_event, rq(10))
         n.create_service(Trigger, topics.INFERENCE_RESET, self._srv_reset)
         n.create_service(SetBool, topics.INFERENCE_PAUSE, self._srv_pause)
@@ -349,10 +392,15 @@ class InferenceNode:
             return
         self._observe("object_state", ns, {"object_state": np.asarray(msg.data, np.float32)})
 
-    def _on_image(self, key: str, msg) -> None:
+    def _on_image(self, key: str, msg, compressed: bool = False) -> None:
         from robot_rl.ros.msgs import image_array
         try:
-            img = image_array(msg)
+            if compressed:
+                from robot_rl.data.contract import compressed_image_rgb
+                img = compressed_image_rgb(msg, key)
+            else:
+                img = image_array(msg)
+            img = self.frames(key, img)
         except ValueError as e:
             self.log.error(f"{key}: {e}", throttle_duration_sec=5.0)
             return
@@ -574,7 +622,8 @@ class InferenceNode:
             vals["node/period_err_ms_max"] = f"{err.max():.3f}"
         if self._tick_ms:
             vals["node/tick_ms_max"] = f"{max(self._tick_ms):.3f}"
-        for k, v in {**self.counts, **self.asm.counts}.items():
+        images = {f"images_{k}": v for k, v in self.frames.counts.items()}
+        for k, v in {**self.counts, **self.asm.counts, **images}.items():
             vals[f"node/{k}"] = str(v)
         res = self._last
         held = bool(res.held) if res is not None else True
@@ -625,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--diag-hz", type=float, default=2.0, help="/diagnostics rate (0: off)")
     p.add_argument("--name", default="inference_node", help="node name")
+    p.add_argument("--image-transport", default="raw", choices=("raw", "compressed"),
+                   help="camera topics: image_raw (Image) or image_raw/compressed (a camera node's JPEG)")
     return p
 
 
@@ -680,7 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = InferenceNode(ctl, spec, keys, action_mode=action_mode, rate=args.rate, output=args.output,
                              phase=args.phase, lookahead=args.lookahead, diag_hz=args.diag_hz, node_name=args.name,
-                             settings=ctl.params(), rt_priority=args.rt_priority)
+                             settings=ctl.params(), rt_priority=args.rt_priority,
+                             image_metadata=cfg.get("metadata"), image_transport=args.image_transport)
         sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         cur = ctl.params()
         node.log.info(f"{Path(args.checkpoint)} on {spec.name}: {action_mode} actions at {node.rate:g} Hz, "

@@ -76,6 +76,7 @@ class RecorderNode:
         self.ref_topic = next((t for t, tb in bound.topics.items() if tb.has_header), None)
         self._log_ns = 0
         self.bag_counts: dict[str, int] = {}
+        self.received: dict[str, int] = {t: 0 for t in bound.topics}  # every message since start, per topic
         self._subs: dict[str, Any] = {}
         self._classes = {t: _msg_class(tb.type) for t, tb in bound.topics.items()}
         n = self.node
@@ -217,6 +218,7 @@ class RecorderNode:
 
     def _on_raw(self, topic: str, tb, cls, raw: bytes, info: dict) -> None:
         recv = self._now()
+        self.received[topic] += 1
         src = int(info.get("source_timestamp") or recv) if isinstance(info, dict) else recv
         stamp, msg = self._stamp_of(tb, cls, raw)
         item = (topic, tb, cls, raw, msg, recv)
@@ -360,6 +362,8 @@ class RecorderNode:
             for t, a in cad["age"].items():
                 vals[f"{prefix}/age_p50_ms{t}"] = str(a["p50_ms"])
                 vals[f"{prefix}/age_max_ms{t}"] = str(a["max_ms"])
+        for t, n in self.received.items():
+            vals[f"received{t}"] = str(n)
         if st.get("last"):
             vals["last/kind"] = str(st["last"].get("kind"))
             vals["last/success"] = str(st["last"].get("success")).lower()
