@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from robot_rl.drivers.cameras.stamps import StampFilter
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +60,9 @@ class CameraConfig:
     open_timeout_s / read_timeout_s: for network streams (connect, and a read that hangs).
     loop / realtime: for files, start again at the end; pace frames at the file's rate.
     buffer_frames: recent frames kept for :meth:`ThreadedCamera.wait_next`.
+    stamp_filter: live sources: stamp frames on the camera's own frame clock, estimated
+        from the receive times (:mod:`robot_rl.drivers.cameras.stamps`), instead of the
+        raw receive time, whose scheduling jitter makes a dataset grid take one frame twice.
     """
     name: str
     source: int | str
@@ -75,6 +80,7 @@ class CameraConfig:
     loop: bool = False
     realtime: bool = True
     buffer_frames: int = 16
+    stamp_filter: bool = True
 
     def __post_init__(self):
         bad = []
@@ -100,14 +106,17 @@ class CameraConfig:
 class Frame:
     """One captured image.
 
-    image: HxWx3 uint8 RGB. stamp_ns: host receive time (``time.time_ns()`` right after
-    grab). seq: 0-based counter of delivered frames. source_pos: the frame's 0-based index
-    in a video file, else None.
+    image: HxWx3 uint8 RGB. stamp_ns: host time of the frame (wall clock, ns): the receive
+    time with its scheduling jitter filtered out (``stamp_filter``), else the raw receive
+    time. recv_ns: the raw receive time (``time.time_ns()`` right after grab). seq:
+    0-based counter of delivered frames. source_pos: the frame's 0-based index in a video
+    file, else None.
     """
     image: np.ndarray
     stamp_ns: int
     seq: int
     source_pos: int | None = None
+    recv_ns: int | None = None
 
 
 @dataclass
@@ -142,6 +151,7 @@ class ThreadedCamera(ABC):
         self._ended: EndOfStreamError | None = None
         self._shortfall_warned = False
         self._resync = False                     # next frame follows a reconnect: no gap count
+        self._stamp_filter: StampFilter | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -206,6 +216,9 @@ class ThreadedCamera(ABC):
             self._release()
             raise
         n, c = self.negotiated, self.config
+        if c.stamp_filter and self._live:
+            fps = c.fps or n.fps
+            self._stamp_filter = StampFilter(1.0 / fps if fps else None)
         log.info("camera %s: %dx%d @ %s fps (requested %sx%s @ %s fps) via %s", c.name, n.width, n.height,
                  _fmt(n.fps), c.width, c.height, c.fps, n.backend)
         self._thread = threading.Thread(target=self._run, name=f"camera-{c.name}", daemon=True)
@@ -336,10 +349,11 @@ class ThreadedCamera(ABC):
                 n.extra["resolution_warned"] = True
                 log.warning("%s; using %dx%d", msg, w, h)
 
-    def _publish(self, img: np.ndarray, stamp: int, pos: int | None) -> None:
+    def _publish(self, img: np.ndarray, recv: int, pos: int | None) -> None:
         with self._cond:
             self._seq += 1
-            frame = Frame(img, stamp, self._seq, pos)
+            stamp = recv if self._stamp_filter is None else self._stamp_filter(recv)
+            frame = Frame(img, stamp, self._seq, pos, recv)
             if self._live and self._ring and not self._resync:
                 dt = (stamp - self._ring[-1][0].stamp_ns) / 1e9
                 # the source's period: the median of the recent ones (a steady 15 fps source
@@ -431,6 +445,8 @@ class ThreadedCamera(ABC):
             with self._cond:
                 self._counts["reconnected"] += 1
                 self._periods.clear()
+                if self._stamp_filter is not None:
+                    self._stamp_filter.reset()
                 self._resync = True
             log.info("%s: reconnected (attempt %d)", self._who(), attempt + 1)
             return True
