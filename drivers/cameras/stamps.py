@@ -26,7 +26,7 @@ class StampFilter:
     ``period_s``: the nominal frame period (1 / fps). The period is measured over the first
     ``learn`` intervals either way (span / slots, a slot being the median interval; stamps
     are the receive times meanwhile); it replaces the nominal period when that is unknown
-    or more than 5 % off (a camera asked for 30 fps that runs at 15). A camera clock off its nominal rate (0.1 % is typical) shows as a slow
+    or more than 20 % off (a camera asked for 30 fps that runs at 15). A camera clock off its nominal rate (0.1 % is typical) shows as a slow
     drift of the phase, which the window's lower envelope follows (lagging by the drift over
     ``window_s``: 2 ms at 0.1 %)."""
 
@@ -62,7 +62,9 @@ class StampFilter:
                 med = float(statistics.median(self._intervals))
                 slots = sum(max(1, int(iv / med + 0.25)) for iv in self._intervals)  # a late frame is no gap
                 measured = sum(self._intervals) / slots  # the span over the slots: jitter averages out
-                nominal_ok = self.nominal is not None and abs(measured - self.nominal) <= 0.05 * self.nominal
+                # start-up hiccups (bursts, a stalled first second) easily put the measured period a
+                # few % off: the nominal one wins unless the camera clearly runs at another rate
+                nominal_ok = self.nominal is not None and abs(measured - self.nominal) <= 0.2 * self.nominal
                 self.period = float(self.nominal) if nominal_ok else measured
             return self._monotonic(r)
         P = self.period

@@ -72,12 +72,16 @@ def cmd_camera(args: list[str]) -> int:
     print(f"virtual camera: {what} {a.width}x{a.height} @ {a.fps:g} fps\n"
           f"  stream   {server.url}\n  snapshot {base}/snapshot.jpg\n  stats    {base}/stats\n"
           "Ctrl-C stops it.", flush=True)
+    # SIGINT and SIGTERM stop it cleanly, also when started in the background (where a shell
+    # leaves SIGINT ignored and Python would never raise KeyboardInterrupt)
+    import signal
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
     t0 = time.monotonic()
     try:
-        while a.duration is None or time.monotonic() - t0 < a.duration:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+        while not stop and (a.duration is None or time.monotonic() - t0 < a.duration):
+            time.sleep(0.1)
     finally:
         server.close()
         source.close()

@@ -5,7 +5,8 @@
 
 - Captures with :mod:`robot_rl.drivers.cameras` (V4L2 index or ``/dev/video*``, a video
   file, an HTTP MJPEG or RTSP URL) on the driver's capture thread; this node publishes every
-  new frame once, stamped with the host time the frame was received (``header.stamp``).
+  new frame once, stamped (``header.stamp``) with the host wall-clock time of the frame on
+  the camera's own frame clock (receive times with their scheduling jitter filtered out).
 - ``/camera/<name>/image_raw`` ``sensor_msgs/Image`` ``rgb8``: published only while someone
   subscribes (a 640x480 frame is 0.9 MB; nobody pays for it unasked), unless ``--raw always``.
 - ``/camera/<name>/image_raw/compressed`` ``sensor_msgs/CompressedImage`` ``jpeg``
@@ -238,9 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     except (CameraError, ValueError, OSError) as e:
         print(f"camera_node: {e}", file=sys.stderr)
         return 1
+    import signal
+
     import rclpy
     from rclpy.executors import ExternalShutdownException
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+    # SIGINT / SIGTERM end the loop below (also when started in the background, where a shell
+    # leaves SIGINT ignored): the capture and publishing threads are then stopped in order
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = CameraNode(args, camera, intrinsics)
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{neg.get('fps')} fps ({st.get('backend')})")
         node.start()
         t_end = None if args.duration is None else time.monotonic() + args.duration
-        while rclpy.ok() and node.failed is None and (t_end is None or time.monotonic() < t_end):
+        while not stop and rclpy.ok() and node.failed is None and (t_end is None or time.monotonic() < t_end):
             rclpy.spin_once(node.node, timeout_sec=0.1)
         node.publish_diagnostics()
         return 1 if node.failed else 0

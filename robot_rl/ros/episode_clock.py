@@ -29,9 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.episodes < 1 or not a.seconds > 0:
         print("episode_clock: --episodes must be >= 1 and --seconds > 0", file=sys.stderr)
         return 2
+    import signal
+
     import rclpy
     from std_msgs.msg import String
-    rclpy.init()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
+        signal.signal(sig, interrupt)
+    from rclpy.signals import SignalHandlerOptions
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("episode_clock")
     pub = node.create_publisher(String, topics.TELEOP_EVENT, topics.reliable_qos(50))
     try:
