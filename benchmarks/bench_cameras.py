@@ -250,6 +250,8 @@ def frame_accounting(store_path: Path, res: dict, a) -> tuple[list[dict], dict]:
                 "stamp_jitter_ms_p50": round(float(np.percentile(jit, 50)), 2) if jit.size else None,
                 "stamp_jitter_ms_p99": round(float(np.percentile(jit, 99)), 2) if jit.size else None,
                 "camera_fps(capture stamps)": _float(res["camera_live"].get(cam, {}).get("achieved_fps")),
+                "stamp_period_ms": _float(d.get("stamp_period_ms")),
+                "source_skipped_slots": d.get("source_skipped_slots"),
                 "dataset_hz(grid stamps)": round((n_steps - len(metas)) / span, 3) if span > 0 else None,
                 "bytes": k["bytes"], "raw_bytes": k["raw_bytes"],
                 "raw/bytes": round(k["raw_bytes"] / k["bytes"], 2) if k["bytes"] else None, "codec": k.get("codec"),
@@ -335,7 +337,8 @@ def main() -> None:
                                     f"realtime, {res['episodes']} episodes: frames at every boundary")
             print_table(rows, ["camera", "received_in_episodes", "steps", "steps_skipped", "frames_stored_once",
                                "frames_stored_twice", "frames_not_stored", "max_frame_age_ms", "stamp_jitter_ms_p50",
-                               "stamp_jitter_ms_p99", "camera_fps(capture stamps)", "dataset_hz(grid stamps)"],
+                               "stamp_jitter_ms_p99", "stamp_period_ms", "source_skipped_slots",
+                               "camera_fps(capture stamps)", "dataset_hz(grid stamps)"],
                         "session: the dataset (30 Hz grid; a step takes the frame nearest its time within 1 period)")
             print_table(rows, ["camera", "codec", "bytes", "raw_bytes", "raw/bytes"], "session: bytes on disk")
             cpu_rows = [{"process": n, "cpu_share_of_one_core": v} for n, v in res["cpu_share"].items()]

@@ -310,6 +310,9 @@ class ThreadedCamera(ABC):
                 "age_s": age, "stale": age is None or age > self.max_age_s,
                 "ended": self._ended is not None, "dead": self._dead is not None,
                 "last_error": self._last_error,
+                "stamp_period_ms": (None if self._stamp_filter is None or self._stamp_filter.period is None
+                                    else round(self._stamp_filter.period / 1e6, 4)),
+                "source_skipped_slots": None if self._stamp_filter is None else self._stamp_filter.skipped_slots,
             }
 
     # -- capture loop ----------------------------------------------------------------------
