@@ -67,3 +67,12 @@ def test_reset_starts_a_new_phase():
     f.reset()
     later = int(recv[-1]) + 5 * 10**9 + 7_000_000  # reconnected 5 s later, other phase
     assert f(later) == later
+
+
+def test_late_frames_keep_their_slot():
+    # scheduling delays up to ~20 ms at p99 (more than half a 30 fps period): no false skips
+    slots, exposure, recv = _receive(n=1800, delay_p99_ms=20.0, seed=3)
+    f = StampFilter(1 / 30)
+    stamps = np.array([f(int(r)) for r in recv])
+    assert f.skipped_slots <= 2
+    assert np.percentile(np.abs(np.diff(stamps[90:]) - P), 99) < 1e6

@@ -71,7 +71,10 @@ class StampFilter:
         if self._n is None:
             n = 0
         else:
-            n = int((r - self._phase()) / P + 0.5)  # the nearest slot: delays under half a period are absorbed
+            # the slot: delays are one-sided (a frame is never received before it is exposed), so a
+            # frame up to 3/4 of a period late still gets its own slot, while a frame the source
+            # skipped (the next one arrives a whole period later) leaves an empty slot
+            n = int((r - self._phase()) / P + 0.25)
             if n <= self._n:  # two frames for one slot: this one is the next (a late one came before)
                 n = self._n + 1
             self.skipped_slots += max(0, n - self._n - 1)
