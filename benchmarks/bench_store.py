@@ -243,19 +243,36 @@ def camera_frames(n: int, h: int = 480, w: int = 640, sigma: float = 3.0, seed: 
     return out
 
 
+def twin_camera_frames(n: int, h: int = 480, w: int = 640, sigma: float = 3.0, seed: int = 0) -> np.ndarray:
+    """The twin's front camera at 640x480 while the pick_cube expert works (one frame per
+    30 fps slot), plus Gaussian sensor noise ``sigma``: camera-like frames of the real scene."""
+    from robot_rl.drivers.virtual.camera import TwinCameraSource
+    rng = np.random.default_rng(seed)
+    src = TwinCameraSource("pick_cube", "front", w, h, fps=30.0, seed=seed)
+    try:
+        out = np.empty((n, h, w, 3), np.uint8)
+        for t in range(n):
+            img = src.frame(t * 3).astype(np.float32)  # every 3rd slot: 10 frames per second of motion
+            out[t] = np.clip(np.round(img + rng.normal(0, sigma, img.shape)), 0, 255)
+        return out
+    finally:
+        src.close()
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf")
 
 
-def run_codecs(root: Path, n_frames: int, reads: int, fps: float = 30.0, cameras: int = 2) -> list[dict]:
+def run_codecs(root: Path, n_frames: int, reads: int, fps: float = 30.0, cameras: int = 2,
+               images: str = "twin") -> list[dict]:
     """Lossless vs jpeg:90 on 640x480 frames: ratio, PSNR, codec encode / decode ms per
     frame (one thread, no I/O), store write time per frame, read_frames -> 96x96 frames/s
     (one thread, random rows) and full-size read_frames frames/s."""
     import imagecodecs
     import numcodecs
 
-    frames = camera_frames(n_frames)
+    frames = twin_camera_frames(n_frames) if images == "twin" else camera_frames(n_frames)
     blosc = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
     rows_out = []
     rng = np.random.default_rng(0)
@@ -348,6 +365,8 @@ def main() -> None:
     ap.add_argument("--kill-image", default="480x640", help="HxW of the JPEG cameras of --codec jpeg")
     ap.add_argument("--kill-cameras", type=int, default=2, help="number of JPEG cameras of --codec jpeg")
     ap.add_argument("--codec-frames", type=int, default=60, help="640x480 frames of the codec comparison")
+    ap.add_argument("--codec-images", choices=("twin", "synthetic"), default="twin",
+                    help="codec comparison frames: the twin's front camera + sigma=3 noise, or a synthetic scene")
     ap.add_argument("--codec-reads", type=int, default=400, help="random read_frames rows per codec")
     ap.add_argument("--only", default="write,read,kill,codecs",
                     help="comma-separated sections to run: write,read,kill,codecs")
@@ -393,9 +412,9 @@ def main() -> None:
             print_table([reads], list(reads), title="read")
         codecs = None
         if "codecs" in only:
-            codecs = run_codecs(root, args.codec_frames, args.codec_reads)
+            codecs = run_codecs(root, args.codec_frames, args.codec_reads, images=args.codec_images)
             print_table(codecs, list(codecs[0]),
-                        title="image codecs (640x480x3 synthetic camera frames, Gaussian noise sigma=3; "
+                        title=f"image codecs (640x480x3 camera frames ({args.codec_images}), Gaussian noise sigma=3; "
                               "encode/decode: codec only, one thread; read_frames: one thread, random rows)")
         kill_image = (kh, kw, 3)
         kills = run_kills(root, args.kills, args.codec, kill_image, args.kill_cameras) \
@@ -421,7 +440,7 @@ def main() -> None:
                        "sections": sorted(only), "kill_codec": args.codec,
                        "kill_image": list(kill_image) if args.codec == "jpeg" else [12, 16, 3],
                        "kill_cameras": args.kill_cameras if args.codec == "jpeg" else 1,
-                       "codec_frames": args.codec_frames, "codec_images": "synthetic 640x480, sigma=3 noise",
+                       "codec_frames": args.codec_frames, "codec_images": f"{args.codec_images} 640x480, sigma=3 noise",
                        "cpus": os.cpu_count()},
             "write": rows, "speedup_vs_naive": (ours["steps_per_s"] / naive["steps_per_s"]) if naive else None,
             "read": reads, "codecs": codecs, "kill": kills,

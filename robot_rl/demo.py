@@ -7,15 +7,21 @@ the crash-safe episode store and, in the same run, an mcap rosbag2 of the raw to
 Then the summary is printed, the bag is converted back to an episode store as a check,
 and one episode is rendered to mp4 + a PNG contact sheet.
 
-Stage 4: a state-based diffusion policy is trained on those demonstrations
+Stage 4: cameras at real resolution. Two of the twin's cameras are rendered at 640x480 and
+served as MJPEG over loopback (virtual cameras, opened like IP cameras), a camera node per
+camera captures them with OpenCV and publishes JPEG, and the recorder writes one timed
+episode into an episode store with per-frame JPEG keys; frames received, lost and the
+bytes against raw are printed.
+
+Stage 5: a state-based diffusion policy is trained on those demonstrations
 (``robot-rl train``, a few minutes of CPU) and evaluated in the twin on held-out seeds
 (``robot-rl eval``): success rate with a 95% interval, a PNG report and videos.
 
-Stage 5: the trained policy is deployed through the inference node on the realtime twin
+Stage 6: the trained policy is deployed through the inference node on the realtime twin
 (robot node at the spec's rate, wall-clock time): RTI warm-started sampling, an
 asynchronous chunk queue; success rate and query-latency percentiles are printed.
 
-Stage 6: online RL with simulated interventions improves the deployed policy without
+Stage 7: online RL with simulated interventions improves the deployed policy without
 retraining it: an off-policy actor learns to choose the diffusion policy's initial noise
 (noise-space steering with noise aliasing, DSRL-NA: a critic over executed chunks, which
 also learns from the stage-1 demonstrations, teaches the noise critic) while the scripted
@@ -25,7 +31,7 @@ Success before (the policy's own Gaussian noise) and after is printed, with the 
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
                             [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--rl-steps 2000]
-                            [--skip-train]
+                            [--camera-seconds 10] [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
 re-runs itself through scripts/isolated.sh.
@@ -108,6 +114,51 @@ def round_trip_difference(live: Path, back: Path, keys=ROUND_TRIP_KEYS) -> str |
     return None
 
 
+def cameras_stage(out: Path, seconds: float, verbose: bool) -> dict | None:
+    """Stage 4: the `cameras` graph (virtual twin cameras served as MJPEG over loopback, a
+    camera node each, the recorder) for one timed episode; prints and returns what was
+    recorded and lost, None (after printing why) when it failed."""
+    from robot_rl.data import EpisodeStore
+    from robot_rl.ros.graphs import GRAPHS
+    from robot_rl.ros.launcher import Launcher
+    path = out / "cameras.zarr"
+    if path.exists():
+        shutil.rmtree(path)
+    nodes = GRAPHS["cameras"].nodes({"out": str(path), "seconds": f"{seconds:g}", "episodes": "1"})
+    for n in nodes:
+        print(f"  {n.name:<14} python -m {n.module} {' '.join(n.args)}")
+    log = sys.stdout if verbose else io.StringIO()
+    code = Launcher(nodes, out=log).run()
+    if code != 0 or not (path / "zarr.json").exists():
+        if not verbose:
+            print(log.getvalue()[-4000:])
+        print(f"demo: the camera graph failed (exit {code})", file=sys.stderr)
+        return None
+    with EpisodeStore.open(path) as st:
+        summ = st.summary()
+        meta = st.episodes_meta()
+    if summ["episodes"] != 1 or not summ["steps"]:
+        print(f"demo: the camera recording holds {summ['episodes']} episodes, {summ['steps']} steps", file=sys.stderr)
+        return None
+    cad = meta[0]["extra"].get("cadence", {})
+    res = {"steps": summ["steps"], "rate_hz": cad.get("rate_hz"), "cameras": {}}
+    for key, k in summ["keys"].items():
+        if not k["image"]:
+            continue
+        topic = f"/camera/{key.removeprefix('image_')}/image_raw/compressed"
+        skipped = cad.get("skipped_steps_by_topic", {}).get(topic, 0)
+        c = {"shape": k["shape"], "codec": k.get("codec"), "bytes": k["bytes"],
+             "raw_over_stored": round(k["compression_ratio"], 1), "messages": cad.get("messages", {}).get(topic),
+             "stamp_gaps": cad.get("drops", {}).get(topic, 0) - skipped, "steps_skipped": skipped}
+        res["cameras"][key] = c
+        h, w = k["shape"][:2]
+        print(f"  {key}: {w}x{h} {c['codec']}, {c['messages']} frames received ({c['stamp_gaps']} gaps in the "
+              f"camera's frame clock), {skipped} steps without a fresh frame, {k['bytes'] / 1e6:.1f} MB on disk "
+              f"= 1/{c['raw_over_stored']} of raw")
+    print(f"recorded {summ['steps']} steps at {res['rate_hz']} Hz into {path} (robot-rl info {path})")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--robot", default="so101")
@@ -120,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deploy-episodes", type=int, default=20, help="episodes through the inference node (0: skip)")
     ap.add_argument("--rl-steps", type=int, default=2000, help="env steps of online RL fine-tuning (0: skip)")
     ap.add_argument("--rl-eval-episodes", type=int, default=30)
-    ap.add_argument("--skip-train", action="store_true", help="stop after recording and rendering")
+    ap.add_argument("--skip-train", action="store_true", help="stop after recording, rendering and the cameras")
+    ap.add_argument("--camera-seconds", type=float, default=10.0,
+                    help="length of the 640x480 camera recording of stage 4 (0: skip it)")
     args = ap.parse_args(argv)
     ensure_isolated()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -142,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/6 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    stage(f"1/7 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
     nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
                                             "episodes": str(args.episodes), "out": str(store_path),
                                             "bag": str(bag_path)})
@@ -163,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
           f"(two 96x96 cameras); rosbag2: {bag_path}")
 
-    stage("2/6 rosbag2 (mcap) -> episode store, compared with the live recording")
+    stage("2/7 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
     with EpisodeStore.open(back_path) as b:
@@ -175,14 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bag -> store: {n_back} episodes, {steps_back} steps; identical to the live recording")
     report["bag_round_trip"] = {"episodes": n_back, "steps": steps_back, "identical": True}
 
-    stage("3/6 render an episode")
+    stage("3/7 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
         print(f"wrote {f}")
 
+    if args.camera_seconds > 0:
+        stage(f"4/7 cameras at real resolution: two virtual 640x480 twin cameras (MJPEG) -> camera nodes -> "
+              f"recorder -> JPEG episode store, {args.camera_seconds:g} s")
+        cams = cameras_stage(out, args.camera_seconds, args.verbose)
+        if cams is None:
+            return 1
+        report["cameras"] = cams
+
     if not args.skip_train:
-        stage(f"4/6 train a state-based diffusion policy on the {args.episodes} demos "
+        stage(f"5/7 train a state-based diffusion policy on the {args.episodes} demos "
               f"({args.train_minutes:g} min of CPU), evaluate it in the twin")
         from robot_rl.cli.main import main as cli
         run_dir = out / f"diffusion_{args.task}"
@@ -210,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
 
         if args.deploy_episodes > 0:
-            stage(f"5/6 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
+            stage(f"6/7 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
                   "RTI warm start, async chunk queue")
             from robot_rl.ros.deploy import DeployError, format_summary, run_deploy_episodes
             print(f"  python -m robot_rl.ros.deploy {ck} --task {args.task} --episodes {args.deploy_episodes} "
@@ -226,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "worker_latency_ms", "nfe_per_query", "robot_overruns")}
 
         if args.rl_steps > 0:
-            stage(f"6/6 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
+            stage(f"7/7 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
             rl_dir = out / f"rl_steer_{args.task}"
             if rl_dir.exists():
                 shutil.rmtree(rl_dir)

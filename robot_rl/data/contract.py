@@ -428,7 +428,7 @@ def _image_rgb(msg: Any, topic: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _compressed_rgb(msg: Any, topic: str) -> np.ndarray:
+def compressed_image_rgb(msg: Any, topic: str) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png, any ``format`` spelling image_transport uses:
     ``jpeg``, ``rgb8; jpeg compressed bgr8`` ...) -> HxWx3 RGB uint8."""
     import cv2
@@ -538,7 +538,7 @@ class TopicBinding:
                         [msg.pose.orientation.w, msg.pose.orientation.x, msg.pose.orientation.y,
                          msg.pose.orientation.z], dtype=dt)))
             elif t in IMAGE_TYPES:
-                decode = _image_rgb if t == IMAGE else _compressed_rgb
+                decode = _image_rgb if t == IMAGE else compressed_image_rgb
                 if fb.size is None:
                     parts.append(lambda msg, key=key, decode=decode: (key, decode(msg, topic)))
                 else:

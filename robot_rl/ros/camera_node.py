@@ -33,8 +33,7 @@ from robot_rl.ros import topics
 DIAG_PREFIX = "camera/"
 
 
-def compressed_topic(name: str) -> str:
-    return topics.camera_image(name) + "/compressed"
+compressed_topic = topics.camera_compressed
 
 
 def encode_jpeg(rgb, quality: int) -> bytes:

@@ -2,7 +2,8 @@
 
     python -m robot_rl.ros.episode_clock --episodes 3 --seconds 20 [--task camera_session]
 
-Waits until something (a recorder) subscribes to the event topic, then sends ``start
+Waits until something (a recorder) subscribes to the event topic and every ``--wait-for``
+topic has a publisher (the cameras), then sends ``start
 task=<task>``, waits ``--seconds``, sends ``success``, ``--gap`` s between episodes, and
 exits 0 after the last one (which ends a launched graph). For recording cameras alone, or
 any contract, on a fixed schedule.
@@ -24,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap", type=float, default=1.0, help="s between episodes")
     p.add_argument("--task", default="", help="task= of each start event (empty: the recorder's --task)")
     p.add_argument("--wait", type=float, default=60.0, help="s to wait for a subscriber (a recorder)")
-    p.add_argument("--settle", type=float, default=2.0, help="s to wait after it appears (cameras warming up)")
+    p.add_argument("--wait-for", action="append", default=[], metavar="TOPIC",
+                   help="also wait until TOPIC has a publisher (repeatable)")
+    p.add_argument("--settle", type=float, default=2.5,
+                   help="s to wait after that (a camera's stamp clock locks on in its first 2 s)")
     a = p.parse_args(argv)
     if a.episodes < 1 or not a.seconds > 0:
         print("episode_clock: --episodes must be >= 1 and --seconds > 0", file=sys.stderr)
@@ -50,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                       "(is the recorder running?)", file=sys.stderr)
                 return 1
             rclpy.spin_once(node, timeout_sec=0.1)
+        for topic in a.wait_for:
+            while node.count_publishers(topic) == 0:
+                if time.monotonic() > end:
+                    print(f"episode_clock: nothing publishes {topic} after {a.wait:g} s", file=sys.stderr)
+                    return 1
+                rclpy.spin_once(node, timeout_sec=0.1)
         time.sleep(a.settle)
 
         def send(text: str) -> None:

@@ -209,8 +209,9 @@ def _cameras(p: dict[str, str]) -> list[NodeDef]:
            "--cameras", ",".join(cams), "--image-size", f"{p['width']}x{p['height']}", "--fps", p["fps"],
            "--mode", "realtime"]
     nodes.append(NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False))
+    waits = [w for cam in cams for w in ("--wait-for", f"/camera/{cam}/image_raw/compressed")]
     nodes.append(NodeDef("episodes", "robot_rl.ros.episode_clock",
-                         ("--episodes", p["episodes"], "--seconds", p["seconds"]), start_delay_s=1.0))
+                         ("--episodes", p["episodes"], "--seconds", p["seconds"], *waits), start_delay_s=1.0))
     return nodes
 
 

@@ -283,7 +283,7 @@ class InferenceNode:
                                           topics.sensor_qos(10))
                 else:  # a camera node's JPEG stream (/camera/<name>/image_raw/compressed)
                     from sensor_msgs.msg import CompressedImage
-                    n.create_subscription(CompressedImage, topics.camera_image(cam) + "/compressed",
+                    n.create_subscription(CompressedImage, topics.camera_compressed(cam),
                                           lambda m, p=p: self._on_image(p, m, compressed=True), topics.sensor_qos(10))
         n.create_subscription(String, topics.TELEOP_EVENT, self._on_event, rq(10))
         n.create_service(Trigger, topics.INFERENCE_RESET, self._srv_reset)

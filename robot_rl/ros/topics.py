@@ -7,7 +7,9 @@ Standard messages only. Conventions (also in docs/ros.md):
   joints (0 for the gripper). Header stamp = time of the measurement.
 - ``/ee_pose`` ``geometry_msgs/PoseStamped``: tool centre point in the base frame.
 - ``/camera/<name>/image_raw`` ``sensor_msgs/Image`` (encoding ``rgb8``), sensor-data QoS;
-  ``/camera/<name>/camera_info`` ``sensor_msgs/CameraInfo`` (K from the spec).
+  ``/camera/<name>/image_raw/compressed`` ``sensor_msgs/CompressedImage`` (``jpeg``, from a
+  camera node); ``/camera/<name>/camera_info`` ``sensor_msgs/CameraInfo`` (K from the spec,
+  or a camera node's calibration file).
 - ``/object_state`` ``std_msgs/Float32MultiArray``: privileged task state (twin only).
 - ``/reward`` ``std_msgs/Float32`` and ``/success`` ``std_msgs/Bool`` (twin only).
 - Commands into the robot node:
@@ -67,6 +69,10 @@ ALL_EVENTS = EVENTS + ROBOT_EVENTS
 
 def camera_image(name: str) -> str:
     return f"/camera/{name}/image_raw"
+
+
+def camera_compressed(name: str) -> str:
+    return f"/camera/{name}/image_raw/compressed"
 
 
 def camera_info(name: str) -> str:
