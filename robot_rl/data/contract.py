@@ -69,6 +69,7 @@ import yaml
 
 # the teleop event grammar is shared with the nodes (topics.py imports no rclpy)
 from robot_rl.ros.topics import EVENTS, parse_event  # noqa: F401  (re-exported)
+from robot_rl.data.frames import resize_image  # noqa: F401  (re-exported)
 from robot_rl.spec import CONF_DIR, RobotSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -443,16 +444,6 @@ def compressed_image_rgb(msg: Any, topic: str) -> np.ndarray:
     if img is None:
         raise MessageError(f"{topic}: CompressedImage of {buf.size} bytes does not decode as {msg.format!r}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``img`` (HxWxC uint8) resized to ``size`` = (h, w) with area interpolation (the
-    recorder and the training loader resize the same way); unchanged when it fits."""
-    if img.shape[:2] == tuple(size):
-        return img
-    import cv2
-    out = cv2.resize(img, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
-    return out.reshape(int(size[0]), int(size[1]), -1) if out.ndim == 2 else out
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from robot_rl.data.frames import resize_frames
 from robot_rl.data.store import EpisodeStore, StoreError
 
 
@@ -76,21 +77,6 @@ def _hw(size: Any, what: str) -> tuple[int, int]:
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ValueError(f"{what} must be (height, width) in pixels (or an int: square), got {size!r}")
     return int(size[0]), int(size[1])
-
-
-def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """``(n, H, W, C)`` uint8 frames resized to ``size`` = (h, w) with area interpolation --
-    the recorder's and ``EpisodeStore.read_frames``' resize; unchanged when they fit."""
-    frames = np.asarray(frames)
-    if size is None or frames.shape[1:3] == tuple(size):
-        return frames
-    import cv2
-    h, w = int(size[0]), int(size[1])
-    out = np.empty((len(frames), h, w, frames.shape[3]), frames.dtype)
-    for i, f in enumerate(frames):
-        r = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
-        out[i] = r.reshape(h, w, -1)
-    return out
 
 
 def _gather_rows(arr: Any, rows: np.ndarray) -> np.ndarray:

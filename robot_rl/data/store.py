@@ -74,6 +74,7 @@ from zarr.storage import LocalStore
 
 from robot_rl.data.codecs import (DEFAULT_JPEG_QUALITY, JPEG_MIN_SIDE, LOSSLESS, JpegCodec,
                                    jpeg_quality, parse_codec_name)
+from robot_rl.data.frames import resize_image
 from robot_rl.spec import RobotSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -230,15 +231,6 @@ def _dir_bytes(path: Path) -> int:
 _NO_CHUNK = 2**64 - 1  # sharding index entry of an absent inner chunk
 
 
-def _resize(frame: np.ndarray, h: int, w: int) -> np.ndarray:
-    """(H, W, C) uint8 -> (h, w, C) with cv2 INTER_AREA."""
-    import cv2
-    if frame.shape[:2] == (h, w):
-        return frame
-    c = frame.shape[2]
-    return cv2.resize(np.ascontiguousarray(frame), (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, c)
-
-
 def _decode_jpeg(buf: bytes, shape: tuple[int, ...], size: tuple[int, int] | None) -> np.ndarray:
     """One stored JPEG -> (H, W, C), or (h, w, C) for ``size``: libjpeg DCT-scaled decode
     (1/8, 1/4, 1/2, the smallest that stays >= the target) then INTER_AREA resize."""
@@ -262,7 +254,7 @@ def _decode_jpeg(buf: bytes, shape: tuple[int, ...], size: tuple[int, int] | Non
         if C == 3:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         img = img.reshape(img.shape[0], img.shape[1], C)
-    return _resize(img, h, w)
+    return resize_image(img, (h, w))
 
 
 class _TrackingLocalStore(LocalStore):
@@ -1171,7 +1163,7 @@ class EpisodeStore:
                 return frames
             out = np.empty((len(idx), h, w, C), np.uint8)
             for i, f in enumerate(frames):
-                out[i] = _resize(f, h, w)
+                out[i] = resize_image(f, (h, w))
             return out
         out = np.zeros((len(idx),) + (ks.shape if size is None else (h, w, C)), np.uint8)
         for i, buf in enumerate(self._jpeg_frames(key, ks, idx, crc)):

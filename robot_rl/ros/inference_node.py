@@ -200,7 +200,7 @@ class CameraFrames:
             raise ValueError(f"{key}: the camera sends {img.shape[1]}x{img.shape[0]} but the policy was trained at "
                              f"{self.hw[1]}x{self.hw[0]} from frames of that size; train with image_size= (the "
                              f"loader then resizes, and so does this node) or record with the contract's size:")
-        from robot_rl.data.contract import resize_image
+        from robot_rl.data.frames import resize_image
         self.counts["resized"] += 1
         return resize_image(img, self.hw)
 
