@@ -147,7 +147,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert all(c["shape"] == [480, 640, 3] and c["codec"] == "jpeg:90" and c["raw_over_stored"] > 10
                for c in cams.values()), cams
     assert rep["bag_round_trip"]["identical"] and rep["eval"]["episodes"] == 3 and rep["deploy"]["episodes"] == 2
-    assert 0 < sum(rep["stage_seconds"].values()) <= rep["total_seconds"]
+    # each stage time and the total are rounded to 0.1 s: the sum may exceed the total by the roundings
+    assert 0 < sum(rep["stage_seconds"].values()) <= rep["total_seconds"] + 0.05 * len(rep["stage_seconds"])
 
 
 def test_demo_round_trip_check_finds_any_difference(tmp_path):
