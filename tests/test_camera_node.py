@@ -46,8 +46,9 @@ class Client:
         self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
         self.jpeg, self.raw, self.diag = [], [], []
+        # reliable, as the camera node publishes (a best-effort reader may lose frames on a busy machine)
         self.node.create_subscription(CompressedImage, "/camera/front/image_raw/compressed",
-                                      lambda m: self.jpeg.append((m, time.monotonic())), topics.sensor_qos(100))
+                                      lambda m: self.jpeg.append((m, time.monotonic())), topics.reliable_qos(100))
         if raw:
             self.node.create_subscription(Image, "/camera/front/image_raw", self.raw.append, topics.sensor_qos(100))
         self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self.diag.append, topics.reliable_qos(100))
@@ -101,11 +102,15 @@ def test_streams_every_frame_in_order_with_host_stamps_and_goes_stale_on_a_stall
         with camera_node("--source", srv.url, "--width", str(W), "--height", str(H), "--fps", "30",
                          "--max-age", "0.3") as p:
             c.spin_until(lambda: len(c.jpeg) >= 5 and len(c.raw) >= 5, 30, "first frames", p)
-            n0 = len(c.jpeg)
+            n0, overruns0 = len(c.jpeg), srv.stats()["overruns"]
             c.spin_until(lambda: len(c.jpeg) >= n0 + 45, 10, "45 more frames", p)
             run = c.jpeg[n0:]
             nums = _numbers(run)
-            assert nums == list(range(nums[0], nums[0] + len(nums))), "frames lost or reordered"
+            # frame numbers follow the server's clock: a slot it was too late to render (a busy
+            # machine) is skipped there, so only those gaps are allowed, and nothing reordered
+            skipped_by_server = srv.stats()["overruns"] - overruns0
+            assert all(b > a for a, b in zip(nums, nums[1:])), f"frames reordered: {nums}"
+            assert nums[-1] - nums[0] + 1 - len(nums) <= skipped_by_server, f"frames lost: {nums}"
             stamps = [_stamp_ns(m) for m, _ in run]
             assert all(b > a for a, b in zip(stamps, stamps[1:])), "header stamps must increase"
             period = np.median(np.diff(stamps)) / 1e9
