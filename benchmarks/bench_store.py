@@ -222,25 +222,10 @@ def run_read(path: str) -> dict:
     return out
 
 
-def camera_frames(n: int, h: int = 480, w: int = 640, sigma: float = 3.0, seed: int = 0) -> np.ndarray:
-    """Synthetic 640x480-style camera frames: shaded room, textured table, checker poster,
-    a moving cube, Gaussian sensor noise ``sigma`` (no twin renderer in this tree)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([60 + 80 * yy / h, 70 + 40 * xx / w, 90 + 30 * (yy + xx) / (h + w)], -1)
-    table = yy > h * 0.55
-    base[table] = [150, 120, 90]
-    base[table] += (12 * np.sin(xx / 7 + 3 * np.sin(yy / 23)))[table][:, None]
-    poster = (((xx // 16) + (yy // 16)) % 2 == 0) & (w * 0.05 < xx) & (xx < w * 0.3) & (h * 0.05 < yy) & (yy < h * 0.4)
-    base[poster] = [30, 30, 30]
-    out = np.empty((n, h, w, 3), np.uint8)
-    for t in range(n):
-        img = base.copy()
-        cx, cy = w / 2 + w / 4 * np.sin(t / 15), h * 0.7 + h / 12 * np.cos(t / 20)
-        img[(np.abs(xx - cx) < w / 14) & (np.abs(yy - cy) < w / 14)] = [200, 40, 40]
-        img = img * (1 + 0.05 * np.sin(xx / 40 + t / 10))[..., None] + rng.normal(0, sigma, img.shape)
-        out[t] = np.clip(img, 0, 255)
-    return out
+def camera_frames(n: int) -> np.ndarray:
+    """Synthetic 640x480 camera frames with sigma=3 noise (no MuJoCo)."""
+    from robot_rl.drivers.virtual.camera import camera_like_frames
+    return camera_like_frames(n)
 
 
 def twin_camera_frames(n: int, h: int = 480, w: int = 640, sigma: float = 3.0, seed: int = 0) -> np.ndarray:
