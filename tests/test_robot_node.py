@@ -365,6 +365,41 @@ def test_estop_latches_and_releases(client_factory):
         assert abs(c.q()[0] - 0.5) < 0.02
 
 
+def test_latched_estop_holds_on_every_path(client_factory):
+    """Reset service, teleop start event, joint command, action command, trajectory: none
+    moves the arm while the e-stop is latched (a reset would send it home)."""
+    from std_msgs.msg import String
+    from std_srvs.srv import SetBool, Trigger
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from robot_rl.ros import msgs
+    with robot_node("--mode", "realtime", "--cameras", "none", "--rate", "50", "--action-mode", "joint_pos") as proc:
+        c = client_factory(proc)
+        c.wait_streaming()
+        c.stream(lambda: c.joint_command({"shoulder_pan": 0.6}), 1.0)
+        assert abs(c.q()[0] - 0.6) < 0.02  # away from home (0.0): a reset would be visible
+        assert c.call(SetBool, "/robot/estop", data=True).success
+        c.spin(0.2)
+        q0 = c.q()
+        r = c.call(Trigger, "/robot/reset")
+        assert not r.success and "e-stop" in r.message
+        c.pub_event.publish(String(data="start seed=3"))
+        c.stream(lambda: c.joint_command({"shoulder_pan": -0.5}), 0.4)
+        c.stream(lambda: c.pub_action.publish(msgs.float_array([-0.5, 0, 0.5, 0.5, 0, 0], "joint_pos")), 0.4)
+        tr = JointTrajectory(joint_names=["shoulder_pan"])
+        tr.points = [JointTrajectoryPoint(positions=[-0.5], time_from_start=Duration(sec=0, nanosec=200_000_000))]
+        c.pub_traj.publish(tr)
+        c.spin(0.5)
+        assert np.allclose(c.q()[:5], q0[:5], atol=2e-3), (c.q(), q0)
+        assert int(c.diag_value("ignored_estop")) >= 4
+        assert int(c.diag_value("resets")) == 0
+        assert c.call(SetBool, "/robot/estop", data=False).success
+        c.spin(0.3)
+        assert np.allclose(c.q()[:5], q0[:5], atol=2e-3)  # release alone moves nothing
+        assert c.call(Trigger, "/robot/reset").success  # after the release, a reset works again
+
+
 def test_lockstep_matches_a_direct_env_run(client_factory):
     from std_msgs.msg import String
     from std_srvs.srv import Trigger

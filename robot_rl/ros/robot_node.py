@@ -205,8 +205,8 @@ class RobotNode:
         n.create_subscription(String, topics.TELEOP_EVENT, self._on_event, rq(10))
         # realtime twin: after a reset for a `start`, announce `reset seed=N stamp=T` so that a
         # realtime recorder starts the episode at the first post-reset observation
-        self.pub_event = (n.create_publisher(String, topics.TELEOP_EVENT, rq(10))
-                          if mode == "realtime" and self.is_sim else None)
+        self.pub_event_any = n.create_publisher(String, topics.TELEOP_EVENT, rq(10))
+        self.pub_event = self.pub_event_any if mode == "realtime" and self.is_sim else None
         n.create_service(SetBool, topics.ESTOP, self._srv_estop)
         n.create_service(Trigger, topics.RESET, self._srv_reset)
         if diag_hz > 0:
@@ -282,8 +282,20 @@ class RobotNode:
 
     # -- the control loop ---------------------------------------------------------------------------
     def _run(self) -> None:
+        from robot_rl.runtime.robot import RobotDisconnected
         try:
             self._loop()
+        except RobotDisconnected as e:
+            # the robot is gone: one line, the episode ends as failed (the recorder closes it,
+            # keeping what it committed), diagnostics say why; the node stays up, idle
+            self.failed = e
+            self.log.error(f"{e}: safe state, the control loop has stopped")
+            try:
+                self.pub_event_any.publish(String(data=topics.format_event(
+                    "failure", source="robot", reason="disconnected")))
+                self._publish_diagnostics()
+            except Exception:  # noqa: BLE001
+                pass
         except Exception as e:  # noqa: BLE001
             if self._stop.is_set() or not self.node.context.ok():
                 return  # shutting down (publishers already gone)
@@ -363,7 +375,8 @@ class RobotNode:
         """Publish one control step's observations (joint_states first) and the applied action."""
         r = self.robot
         obs = r.observe(images=False) if self.is_sim else r.observe()
-        stamp = self.clock()
+        # hardware: the measurement's own stamp (taken when the bus read returned)
+        stamp = self.clock() if self.is_sim or r.measured_at is None else float(r.measured_at)
         js = msgs.joint_state(self.joint_names, np.r_[obs["joint_pos"], obs["gripper"][:1]] if self.spec.gripper
                               else obs["joint_pos"],
                               np.r_[obs["joint_vel"], 0.0] if self.spec.gripper else obs["joint_vel"], stamp)
@@ -437,16 +450,22 @@ class RobotNode:
             sim_t = self.robot.sim_time if self.is_sim else None
             latched, n_latched = self._grip_latched, self.counts["rejected_gripper_latched"]
         safety["gripper_latched_nonfinite"] = int(latched)
+        fault = self.robot.fault
+        if self.failed is not None and fault is None:
+            fault = str(self.failed)
+        driver = self.robot.status()
         arr = DiagnosticArray()
         arr.header.stamp = self.node.get_clock().now().to_msg()
         s = DiagnosticStatus(name=f"{self.node.get_name()}: safety", hardware_id=self.spec.name)
         msg = ["e-stop engaged"] if safety["estop_engaged"] else []
         if latched:
             msg.append(f"{self._LATCH_MSG} (rejected_gripper_latched={n_latched})")
-        s.level = (DiagnosticStatus.ERROR if latched else DiagnosticStatus.WARN if safety["estop_engaged"]
+        if fault:
+            msg.append(f"fault: {fault}")
+        s.level = (DiagnosticStatus.ERROR if latched or fault else DiagnosticStatus.WARN if safety["estop_engaged"]
                    else DiagnosticStatus.OK)
         s.message = "; ".join(msg) or "ok"
-        s.values = [KeyValue(key=k, value=str(v)) for k, v in safety.items()]
+        s.values = [KeyValue(key=k, value=str(v)) for k, v in {**safety, "fault": fault or "", **driver}.items()]
         loop = DiagnosticStatus(name=f"{self.node.get_name()}: loop", hardware_id=self.spec.name)
         loop.level = DiagnosticStatus.OK
         loop.message = f"{self.mode} {achieved:.1f} Hz"
@@ -653,6 +672,10 @@ class RobotNode:
             return
         if event != "start":
             return
+        if self._ready and self.robot.safety.estopped:
+            self.counts["ignored_estop"] += 1
+            self.log.warning(f"teleop event {msg.data!r} ignored: the e-stop is engaged (release it first)")
+            return
         seed = None
         if "seed" in args:
             try:
@@ -677,6 +700,8 @@ class RobotNode:
         """Reset the twin (in the robot thread) and publish the step-0 observation; returns
         its stamp."""
         def do():
+            if self.robot.safety.estopped:  # checked in the robot thread, where resets happen
+                raise RuntimeError("the e-stop is engaged: release it before a reset")
             self.robot.reset(seed)
             self._cmd = None
             self._set_grip(None, "reset")
@@ -688,6 +713,13 @@ class RobotNode:
             self._publish_obs(None, None)
             return self._last_stamp
         return self._in_robot_thread(do)
+
+    def _clear_fault(self) -> str:
+        out = self.robot.clear_fault()
+        self._cmd = None  # a command from before the fault never resumes by itself
+        self._set_grip(None, "reset")
+        self.counts["resets"] += 1
+        return out
 
     def _srv_estop(self, req, resp):
         if not self._ready:
@@ -703,9 +735,19 @@ class RobotNode:
         return resp
 
     def _srv_reset(self, req, resp):
-        if not self.is_sim or not self._ready:
-            resp.success = False
-            resp.message = "reset is only available on the twin" if not self.is_sim else "robot not connected yet"
+        if not self._ready:
+            resp.success, resp.message = False, "robot not connected yet"
+            return resp
+        if self.robot.safety.estopped:
+            self.counts["ignored_estop"] += 1
+            resp.success, resp.message = False, "the e-stop is engaged: release it (/robot/estop false) before a reset"
+            return resp
+        if not self.is_sim:  # hardware: a reset clears a latched fault; it never moves the arm
+            try:
+                resp.message = self._in_robot_thread(self._clear_fault)
+                resp.success = True
+            except Exception as e:  # noqa: BLE001
+                resp.success, resp.message = False, f"reset failed: {e}"
             return resp
         try:
             self.reset(None)
@@ -721,7 +763,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robot_rl.ros.robot_node", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--robot", default="so101", help="robot spec name or YAML path")
-    p.add_argument("--driver", default="sim", choices=["sim"], help="robot backend (hardware drivers to come)")
+    p.add_argument("--driver", default="sim",
+                   help="robot backend: sim (the MuJoCo twin), feetech / dynamixel (servo-bus arms, e.g. the SO-101 "
+                        "follower), ros2_control (arms behind a ros2_control controller), or a registered plugin")
+    hw = p.add_argument_group("hardware drivers (docs/hardware.md)")
+    hw.add_argument("--port", default=None, help="feetech/dynamixel: serial port of the arm (robot-rl find-port)")
+    hw.add_argument("--calibration", default=None, help="feetech/dynamixel: calibration file (robot-rl calibrate)")
+    hw.add_argument("--hardware", default=None, help="feetech/dynamixel: hardware description (default: the "
+                                                    "calibration's, e.g. so101_follower)")
+    hw.add_argument("--baudrate", type=int, default=None, help="feetech/dynamixel: bus baud (default: the hardware's)")
+    hw.add_argument("--max-relative-target", type=float, default=None,
+                    help="feetech/dynamixel: largest joint target step from the measured position, rad (default 0.5)")
+    hw.add_argument("--estop-hold", type=float, default=None,
+                    help="feetech/dynamixel: s the arm holds after an e-stop or servo alarm before torque goes off")
+    hw.add_argument("--controller", default=None, help="ros2_control: controller name")
+    hw.add_argument("--interface", default=None, choices=["trajectory", "forward"],
+                    help="ros2_control: JointTrajectoryController or forward command controller")
+    hw.add_argument("--joint-map", default=None, help="ros2_control: preset (ur, franka) or spec=controller,... pairs")
+    hw.add_argument("--driver-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other driver option (repeatable)")
     p.add_argument("--task", default="pick_cube", help="twin task (reach, pick_cube, push, insert)")
     p.add_argument("--mode", default="realtime", choices=MODES)
     p.add_argument("--action-mode", default="ee_delta", choices=ACTION_MODES,
@@ -751,24 +811,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_HW_OPTS = {"port": "port", "calibration": "calibration", "hardware": "hardware", "baudrate": "baudrate",
+            "max_relative_target": "max_relative_target", "estop_hold": "estop_hold_s", "controller": "controller",
+            "interface": "interface", "joint_map": "joint_map"}
+
+
+def _parse_opt(v: str):
+    import yaml
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+
 def make_robot(args):
-    from robot_rl.runtime.robot import SimRobot
-    from robot_rl.sim.tasks import TASKS
+    from robot_rl.drivers.registry import make_driver
     from robot_rl.spec import load_spec
-    if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}; available: {sorted(TASKS)}")
     spec = load_spec(args.robot)
-    if args.cameras == "all":
-        cams = [c.name for c in spec.cameras]
-    elif args.cameras in ("", "none"):
-        cams = []
-    else:
-        cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
     safety = dict(margin=args.joint_margin, velocity_scale=args.velocity_scale, max_acceleration=args.max_accel,
                   timeout_s=args.timeout if args.timeout > 0 else None, limit_policy=args.limit_policy,
                   workspace=not args.no_workspace_limit)
-    return SimRobot(spec, args.task, args.action_mode, cameras=cams, image_size=args.image_size,
-                    control_hz=args.rate, reward_type=args.reward_type, seed=args.seed, safety=safety)
+    opts = {}
+    for kv in args.driver_opt:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise ValueError(f"--driver-opt must be KEY=VALUE, got {kv!r}")
+        opts[k.replace("-", "_")] = _parse_opt(v)
+    if args.driver == "sim":
+        if args.cameras == "all":
+            cams = [c.name for c in spec.cameras]
+        elif args.cameras in ("", "none"):
+            cams = []
+        else:
+            cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
+        opts.update(task=args.task, cameras=cams, image_size=args.image_size, reward_type=args.reward_type,
+                    seed=args.seed)
+    for a, k in _HW_OPTS.items():
+        v = getattr(args, a, None)
+        if v is not None:
+            opts[k] = v
+    return make_driver(args.driver, robot=spec, action_mode=args.action_mode, safety=safety, control_hz=args.rate,
+                       **opts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -785,11 +868,19 @@ def main(argv: list[str] | None = None) -> int:
         print("robot_node: --mode lockstep needs --driver sim", file=sys.stderr)
         return 2
     try:
-        robot = make_robot(args)  # validates robot, task, action mode, cameras; connects in start()
-    except (ValueError, RuntimeError, KeyError) as e:  # SpecError is a ValueError
+        robot = make_robot(args)  # validates robot, task, action mode, cameras, driver options; connects in start()
+    except (ValueError, RuntimeError, KeyError) as e:  # SpecError, DriverError are ValueErrors
         print(f"robot_node: {e}", file=sys.stderr)
         return 2
     rclpy.init(args=argv)
+    if args.driver != "sim":
+        # hardware: connect here, so that a wrong port / baud / model / calibration is one line and exit 2
+        try:
+            robot.connect()
+        except Exception as e:  # noqa: BLE001
+            print(f"robot_node: {e}", file=sys.stderr)
+            rclpy.try_shutdown()
+            return 2
     node = None
     try:
         node = RobotNode(robot, args.mode, rate=args.rate, image_qos=args.image_qos, camera_hz=args.camera_hz,

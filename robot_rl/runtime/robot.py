@@ -24,6 +24,15 @@ from robot_rl.runtime.safety import BAD_SHAPE, JOINT_LIMIT, NONFINITE, WORKSPACE
 from robot_rl.spec import RobotSpec, resolve_spec
 
 
+class RobotFault(RuntimeError):
+    """The robot stopped itself (a servo alarm, lost communication): it holds or has its
+    torque off, and takes no command until the fault is cleared (``clear_fault``)."""
+
+
+class RobotDisconnected(RobotFault):
+    """The robot's link went away (USB adapter unplugged, driver process gone)."""
+
+
 @dataclass
 class ActResult:
     """What one ``act`` call did."""
@@ -43,6 +52,7 @@ class Robot(abc.ABC):
     action_mode: str
     safety: SafetyFilter
     simulated: bool = False  # True for the twin (sim time, reset, reward/success)
+    measured_at: float | None = None  # hardware: wall time (time.time()) of the latest measurement
 
     # -- the interface -------------------------------------------------------------------
     @abc.abstractmethod
@@ -77,6 +87,21 @@ class Robot(abc.ABC):
             self.safety.engage_estop(q)
         else:
             self.safety.release_estop(q)
+
+    @property
+    def fault(self) -> str | None:
+        """A latched fault (servo alarm, lost link), or None. While set the robot holds or is
+        limp and takes no command."""
+        return None
+
+    def clear_fault(self) -> str:
+        """Clear a latched fault once its cause is gone (the reset service on hardware);
+        returns what was done. Raises RobotFault when it cannot be cleared."""
+        return "no fault"
+
+    def status(self) -> dict[str, str]:
+        """Driver key/values for /diagnostics (bus statistics, torque, fault)."""
+        return {}
 
     def __enter__(self):
         self.connect()
@@ -351,4 +376,4 @@ class SimRobot(Robot):
         return self.twin.ee_pose()
 
 
-__all__ = ["ActResult", "Robot", "SimRobot", "make_safety_filter", "BAD_SHAPE", "NONFINITE"]
+__all__ = ["ActResult", "Robot", "RobotFault", "RobotDisconnected", "SimRobot", "make_safety_filter", "BAD_SHAPE", "NONFINITE"]
