@@ -127,7 +127,8 @@ class RobotNode:
 
     def __init__(self, robot, mode: str = "realtime", *, rate: float | None = None, image_qos: str = "sensor",
                  camera_hz: float | None = None, diag_hz: float = 2.0, loop: str = "thread",
-                 rt_priority: int = 0, spin_us: float = 0.0, node_name: str = "robot_node"):
+                 rt_priority: int = 0, spin_us: float = 0.0, node_name: str = "robot_node",
+                 wake_on_command: bool | None = None):
         _import_ros()
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes: {list(MODES)}")
@@ -174,6 +175,12 @@ class RobotNode:
         self._render_idle.set()
         self._render_thread: threading.Thread | None = None
         self.counts["camera_frames"] = 0
+        self.counts["command_wakeups"] = 0
+        # wake the control loop when a command arrives (hardware in realtime mode; on the twin
+        # an extra step would advance sim time faster than the wall clock)
+        self.wake_on_command = (mode == "realtime" and not self.is_sim and loop == "thread"
+                                if wake_on_command is None else bool(wake_on_command) and not self.is_sim)
+        self._wake = threading.Event()
         self.counts["camera_frames_dropped"] = 0
 
         n = self.node
@@ -331,12 +338,38 @@ class RobotNode:
             return
         period, spin = self.period, self.spin_s
         deadline = time.monotonic() + period
+        last_tick = -np.inf
         while not self._stop.is_set():
             rest = deadline - time.monotonic()
-            if rest > spin:
+            woken = False
+            if self.wake_on_command:
+                # hardware: a fresh command is applied when it arrives (a leader arm streaming at
+                # 60 Hz would otherwise wait up to a period), then the grid restarts from it, 1.5
+                # periods out, so a command stream at the node's rate locks the loop to it. Never
+                # sooner than 0.75 period after the last step: the safety filter's per-step
+                # velocity bound then allows at most 1.33x the velocity limit.
+                earliest = last_tick + 0.75 * period
+                while not self._stop.is_set():
+                    now = time.monotonic()
+                    if now >= deadline:
+                        break
+                    if self._wake.wait(deadline - now):
+                        self._wake.clear()
+                        now = time.monotonic()
+                        if now < earliest:
+                            time.sleep(earliest - now)
+                        woken = True
+                        break
+            elif rest > spin:
                 time.sleep(rest - spin)
-            while time.monotonic() < deadline:  # optional short busy-wait for the last `spin` s
+            while not woken and time.monotonic() < deadline:  # optional short busy-wait for the last `spin` s
                 pass
+            last_tick = time.monotonic()
+            if woken:
+                self.counts["command_wakeups"] += 1
+                self._tick()
+                deadline = time.monotonic() + 1.5 * period
+                continue
             if self._tick():
                 # a reset published step 0: step 1 comes a full period after it, even when the
                 # reset overran the deadline (no catch-up tick a few ms after step 0)
@@ -558,6 +591,7 @@ class RobotNode:
                 self._lockstep(a, mode, stamp)
                 return
             self._cmd = _ActionCmd(time.monotonic(), self._last_stamp if stamp is None else stamp, mode, a)
+            self._wake.set()
 
     def _lockstep(self, action, mode, stamp) -> None:
         res = self.robot.act(action, mode)
@@ -590,6 +624,7 @@ class RobotNode:
             st = msgs.from_time(msg.header.stamp)
             self.counts["commands"] += 1
             self._cmd = _JointCmd(time.monotonic(), st if st > 0 else self._last_stamp, q, g)
+            self._wake.set()
 
     def _on_twist(self, msg) -> None:
         with self.lock:
@@ -807,6 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="realtime mode: SCHED_FIFO priority of the control thread where the OS allows it (0: off)")
     p.add_argument("--spin-us", type=float, default=0.0, help="busy-wait the last N microseconds before each tick")
     p.add_argument("--diag-hz", type=float, default=2.0, help="/diagnostics rate (0: off)")
+    p.add_argument("--wake-on-command", default="auto", choices=["auto", "on", "off"],
+                   help="realtime hardware: apply a fresh /joint_command or /action_command when it arrives, not at "
+                        "the next tick (auto: on for hardware drivers)")
     p.add_argument("--name", default="robot_node", help="node name")
     return p
 
@@ -885,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         node = RobotNode(robot, args.mode, rate=args.rate, image_qos=args.image_qos, camera_hz=args.camera_hz,
                          diag_hz=args.diag_hz, loop=args.loop, rt_priority=args.rt_priority, spin_us=args.spin_us,
-                         node_name=args.name)
+                         node_name=args.name,
+                         wake_on_command=None if args.wake_on_command == "auto" else args.wake_on_command == "on")
         if args.mode == "realtime":
             sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         gc.collect()

@@ -66,6 +66,7 @@ class TeleopNode:
         self.pub_action = n.create_publisher(Float32MultiArray, topics.ACTION_COMMAND, rq(100))
         self.pub_twist = n.create_publisher(TwistStamped, topics.EE_DELTA_COMMAND, rq(10))
         self.pub_grip = n.create_publisher(Float64, topics.GRIPPER_COMMAND, rq(10))
+        self.pub_joint = n.create_publisher(JointState, topics.JOINT_COMMAND, rq(10))
         # observations by stamp (ns): the expert needs joint_states + ee_pose + object_state
         self.obs: dict[str, dict[int, Any]] = {"js": {}, "ee": {}, "obj": {}}
         # /success has no stamp: the robot node publishes exactly one with every observation, so
@@ -201,6 +202,16 @@ class TeleopNode:
             m.layout.dim.append(MultiArrayDimension(label=f"{msgs.STAMP_PREFIX}{stamp_label(stamp_ns)}", size=1,
                                                     stride=1))
         self.pub_action.publish(m)
+
+    def send_joints(self, names: list[str], q: np.ndarray, gripper: float | None) -> None:
+        """A leader arm's absolute joint positions (+ gripper closure) on /joint_command."""
+        from sensor_msgs.msg import JointState
+        m = JointState()
+        m.header.stamp = self.node.get_clock().now().to_msg()
+        arm = [n for n in names if n != topics.GRIPPER_JOINT]
+        m.name = list(arm) + ([topics.GRIPPER_JOINT] if gripper is not None and self.spec.gripper else [])
+        m.position = [float(v) for v in q] + ([float(gripper)] if gripper is not None and self.spec.gripper else [])
+        self.pub_joint.publish(m)
 
     def send_twist(self, cmd: TeleopCommand, stamp_ns: int | None = None, hz: float | None = None) -> None:
         """Twist + gripper; ``stamp_ns``: the observation it was chosen from (default: now);
@@ -432,6 +443,12 @@ def run_human(tn: TeleopNode, dev, args) -> int:
     tn.log.info(HELP.get(args.device, ""))
     if args.device == "keyboard":
         print(HELP["keyboard"], file=sys.stderr)
+    joint_names = list(getattr(dev, "joint_names", []) or [])
+    if args.device == "leader":
+        missing = [n for n in tn.spec.joint_names if n not in joint_names]
+        if missing:
+            raise DeviceError(f"the leader arm's joints {joint_names} do not match robot {tn.spec.name!r}: "
+                              f"missing {missing}")
     nxt = time.monotonic()
     while True:
         cmd = dev.poll()
@@ -454,7 +471,9 @@ def run_human(tn: TeleopNode, dev, args) -> int:
         if cmd.intervention != last_interv or now - interv_sent > 1.0:
             tn.intervention(cmd.intervention)
             last_interv, interv_sent = cmd.intervention, now
-        if args.mode == "lockstep":
+        if cmd.joints is not None:  # a leader arm: absolute joint positions, in both modes
+            tn.send_joints(joint_names, cmd.joints, cmd.gripper)
+        elif args.mode == "lockstep":
             ns = tn.newest_complete(last_ns) if active else None
             if ns is not None:
                 tn.send_action(cmd.ee_delta_action(), ns)
@@ -473,7 +492,14 @@ def run_human(tn: TeleopNode, dev, args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robot_rl.ros.teleop_node", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="keyboard", choices=["keyboard", "gamepad", "spacemouse", "expert"])
+    p.add_argument("--device", default="keyboard", choices=["keyboard", "gamepad", "spacemouse", "expert", "leader"])
+    p.add_argument("--leader-port", default="", help="leader: serial port of the leader arm")
+    p.add_argument("--leader-calibration", default=None, help="leader: calibration file (robot-rl calibrate arm=leader)")
+    p.add_argument("--leader-hardware", default=None, help="leader: hardware description (default: the calibration's)")
+    p.add_argument("--events", default="keyboard",
+                   help="leader: where episode events come from: keyboard (this terminal), none, or the virtual "
+                        "person's URL (robot-rl virtual so101 prints it)")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="leader + virtual person: episode time limit")
     p.add_argument("--robot", default="so101", help="robot spec name or YAML path")
     p.add_argument("--task", default="pick_cube", help="task (the expert's; also stored by the recorder)")
     p.add_argument("--mode", default=None, choices=["lockstep", "realtime"],
@@ -516,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         kw: dict[str, Any] = {}
         if args.device == "expert":
             kw = dict(task=args.task, robot=spec, hold_steps=args.hold_steps, max_steps=args.max_steps)
+        elif args.device == "leader":
+            kw = dict(robot=spec, port=args.leader_port, calibration=args.leader_calibration,
+                      hardware=args.leader_hardware, events=args.events, episodes=args.episodes, seed=args.seed,
+                      max_seconds=args.max_seconds)
         elif args.speed is not None:
             kw = dict(speed=args.speed)
         dev = make_device(args.device, **kw)
@@ -543,7 +573,19 @@ def main(argv: list[str] | None = None) -> int:
             tn.recorder_base = int((tn.recorder or {}).get("episodes_closed", "0") or 0)
             rc = (run_expert_lockstep if args.mode == "lockstep" else run_expert_realtime)(tn, dev, args)
         else:
-            rc = run_human(tn, dev, args)
+            tn.recorder_base = 0
+            if args.device == "leader" and args.wait_recorder > 0:
+                if tn.wait_for_recorder(args.wait_recorder):
+                    tn.recorder_base = int((tn.recorder or {}).get("episodes_closed", "0") or 0)
+                    tn.spin_until(lambda: False, 0.3)
+            try:
+                rc = run_human(tn, dev, args)
+            except DeviceError as e:  # the leader arm went away mid-episode, or does not fit the robot
+                tn.log.error(str(e))
+                tn.event("failure", source="teleop", reason="device")
+                rc = 1
+            if args.device == "leader" and rc == 0:
+                wait_recorder_done(tn, args.episodes, args)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -43,6 +43,7 @@ class TeleopCommand:
     events: list[str] = field(default_factory=list)
     action: np.ndarray | None = None  # a complete action (the expert), else None
     quit: bool = False
+    joints: np.ndarray | None = None  # a leader arm: absolute joint positions (rad, spec order), else None
 
     def ee_delta_action(self) -> np.ndarray:
         """The command as an ``ee_delta`` action (6 + gripper)."""
@@ -468,7 +469,125 @@ DEVICES: dict[str, type[TeleopDevice]] = {
     "keyboard": KeyboardDevice, "gamepad": GamepadDevice, "spacemouse": SpaceMouseDevice,
     "expert": ExpertDevice,
 }
-HELP = {"keyboard": KEYBOARD_HELP, "gamepad": GAMEPAD_HELP, "spacemouse": SPACEMOUSE_HELP,
+# ---------------------------------------------------------------------------------------
+# leader arm (servo bus): absolute joint positions
+# ---------------------------------------------------------------------------------------
+LEADER_HELP = """\
+leader arm teleop: move the leader arm by hand; the follower follows its joint positions
+(joint_pos commands), and the recorded action is the leader's joint positions.
+  episodes: keys in this terminal (Enter start, y success, n failure, x discard, z re-record,
+  Ctrl-D quit), or the virtual person's events (events=URL)"""
+
+
+class PersonEvents:
+    """Episode events from the virtual SO-101's scripted person (``robot-rl virtual so101``
+    prints its URL): on connect it is asked to teleoperate `episodes` episodes; its
+    start / success / failure "key presses" are polled from ``GET /events``."""
+
+    def __init__(self, url: str, episodes: int, seed: int, max_seconds: float = 30.0, timeout_s: float = 2.0):
+        self.url = url.rstrip("/")
+        self.episodes, self.seed, self.max_seconds, self.timeout_s = episodes, seed, max_seconds, timeout_s
+        self.after = -1
+        self.ended = 0
+        self._next_poll = 0.0
+
+    def _http(self, path: str, body: dict | None = None) -> dict:
+        import json
+        import urllib.error
+        import urllib.request
+        req = urllib.request.Request(self.url + path, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                return json.loads(r.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise DeviceError(f"the person at {self.url} does not answer ({e}): is `robot-rl virtual so101` "
+                              f"running?") from None
+
+    def connect(self) -> None:
+        evs = self._http("/events?after=-1").get("events", [])
+        self.after = max([e["k"] for e in evs], default=-1)  # old presses are not ours
+        self._http("/person", {"do": "teleop", "episodes": self.episodes, "seed": self.seed,
+                               "max_seconds": self.max_seconds})
+
+    def poll(self) -> tuple[list[str], bool]:
+        now = time.monotonic()
+        if now < self._next_poll:
+            return [], False
+        self._next_poll = now + 0.05
+        out = []
+        for e in self._http(f"/events?after={self.after}").get("events", []):
+            self.after = max(self.after, int(e["k"]))
+            out.append(str(e["event"]))
+            if e["event"] in ("success", "failure"):
+                self.ended += 1
+        return out, self.ended >= self.episodes
+
+
+class LeaderDevice(TeleopDevice):
+    """A leader arm on a servo bus (SO-101 leader on Feetech, Koch leader on Dynamixel),
+    torque off, read as absolute joint positions + gripper closure every poll."""
+
+    name = "leader"
+
+    def __init__(self, robot: Any = "so101", port: str = "", calibration: Any = None, hardware: str | None = None,
+                 events: str = "keyboard", episodes: int = 10, seed: int = 0, max_seconds: float = 30.0,
+                 fd: int | None = None):
+        self.robot, self.port, self.calibration, self.hardware = robot, port, calibration, hardware
+        self.events, self.episodes, self.seed, self.max_seconds, self.fd = events, episodes, seed, max_seconds, fd
+        self.leader = None
+        self.keys: KeyboardDevice | None = None
+        self.person: PersonEvents | None = None
+        self.joint_names: list[str] = []
+
+    def connect(self) -> None:
+        from robot_rl.drivers.servo_arm import ArmSetupError, LeaderArm
+        from robot_rl.drivers.servo.errors import ServoError
+        try:
+            self.leader = LeaderArm(self.robot, port=self.port, calibration=self.calibration, hardware=self.hardware)
+            self.leader.connect()
+        except (ArmSetupError, ServoError, ValueError) as e:
+            raise DeviceError(f"leader arm: {e}") from None
+        self.joint_names = list(self.leader.names)
+        if self.events.startswith("http"):
+            self.person = PersonEvents(self.events, self.episodes, self.seed, self.max_seconds)
+            self.person.connect()
+        elif self.events == "keyboard":
+            self.keys = KeyboardDevice(fd=self.fd)
+            self.keys.connect()
+        elif self.events != "none":
+            raise DeviceError(f"leader events must be keyboard, none or the person's http URL, got {self.events!r}")
+
+    def close(self) -> None:
+        if self.keys is not None:
+            self.keys.close()
+        if self.leader is not None:
+            self.leader.close()
+            self.leader = None
+
+    def poll(self, obs=None) -> TeleopCommand:
+        from robot_rl.runtime.robot import RobotDisconnected
+        from robot_rl.drivers.servo.errors import ServoError
+        cmd = TeleopCommand(intervention=True)
+        if self.keys is not None:
+            k = self.keys.poll()
+            cmd.events, cmd.quit = k.events, k.quit
+        elif self.person is not None:
+            cmd.events, cmd.quit = self.person.poll()
+        try:
+            q, g = self.leader.read()
+        except RobotDisconnected as e:
+            raise DeviceError(str(e)) from None
+        except ServoError:  # a glitch (dropped / corrupt reply after retries): no fresh joints this poll
+            return cmd
+        cmd.joints = np.asarray(q, np.float64)
+        cmd.gripper = float(g) if g is not None else 0.0
+        return cmd
+
+
+DEVICES["leader"] = LeaderDevice
+
+HELP = {"keyboard": KEYBOARD_HELP, "gamepad": GAMEPAD_HELP, "spacemouse": SPACEMOUSE_HELP, "leader": LEADER_HELP,
         "expert": "scripted expert: acts on observations, no keys"}
 
 
