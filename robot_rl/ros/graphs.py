@@ -37,9 +37,22 @@ class Graph:
         return self.build(p)
 
 
+def _hardware(p: dict[str, str]) -> bool:
+    return p.get("driver", "sim") not in ("", "sim")
+
+
 def _robot(p: dict[str, str], mode: str) -> NodeDef:
-    args = ["--robot", p["robot"], "--task", p["task"], "--mode", mode, "--cameras", p["cameras"],
-            "--image-size", p["image_size"]]
+    if _hardware(p):  # a real (or virtual) arm: cameras are camera nodes of their own
+        if not p.get("port") and p["driver"] in ("feetech", "dynamixel"):
+            raise KeyError(f"driver={p['driver']} needs port=... (robot-rl find-port, or what robot-rl virtual so101 "
+                           f"printed) and calibration=FILE (robot-rl calibrate)")
+        args = ["--robot", p["robot"], "--driver", p["driver"], "--mode", "realtime", "--cameras", "none"]
+        for key, flag in (("port", "--port"), ("calibration", "--calibration")):
+            if p.get(key):
+                args += [flag, p[key]]
+    else:
+        args = ["--robot", p["robot"], "--task", p["task"], "--mode", mode, "--cameras", p["cameras"],
+                "--image-size", p["image_size"]]
     if p.get("rate"):
         args += ["--rate", p["rate"]]
     if mode == "lockstep":
@@ -47,7 +60,58 @@ def _robot(p: dict[str, str], mode: str) -> NodeDef:
     return NodeDef("robot", "robot_rl.ros.robot_node", tuple(args))
 
 
+def _camera_nodes(p: dict[str, str]) -> tuple[list[NodeDef], list[str]]:
+    """Hardware graphs: one camera node per `sources` entry (device, file or URL), named by
+    `cameras`; returns the nodes and the camera names."""
+    sources = [x.strip() for x in p.get("sources", "").split(",") if x.strip()]
+    cams = [c.strip() for c in p["cameras"].split(",") if c.strip() and c.strip() != "none"]
+    if not sources:
+        return [], []
+    if len(sources) != len(cams):
+        raise KeyError(f"{len(sources)} camera sources for cameras={p['cameras']!r}: give one name per source")
+    return [NodeDef(f"camera_{c}", "robot_rl.ros.camera_node", ("--name", c, "--source", src), required=False)
+            for c, src in zip(cams, sources)], cams
+
+
+def _teleop_record_hardware(p: dict[str, str]) -> list[NodeDef]:
+    """A real (or virtual) arm: robot node on a hardware driver in joint_pos, camera nodes,
+    a leader arm (or another human device), the recorder on the `hardware` contract."""
+    if p["device"] == "expert":
+        raise KeyError("driver=feetech|dynamixel|ros2_control records a person: pass device=leader (with "
+                       "leader.port= and leader.calibration=) or keyboard / gamepad / spacemouse")
+    robot = _robot(p, "realtime")
+    leader = p["device"] == "leader"
+    if leader:  # the follower takes the leader's joint positions; the recorded action is them
+        robot = NodeDef(robot.name, robot.module, robot.args + ("--action-mode", "joint_pos"))
+    cams, names = _camera_nodes(p)
+    rate = p.get("rate") or ""
+    teleop = ["--device", p["device"], "--robot", p["robot"], "--task", p["task"], "--mode", "realtime",
+              "--episodes", p["episodes"], "--seed", p["seed"]]
+    if rate:
+        teleop += ["--rate", rate]
+    if leader:
+        if not p.get("leader.port"):
+            raise KeyError("device=leader needs leader.port=... and leader.calibration=FILE")
+        teleop += ["--leader-port", p["leader.port"], "--events", p["events"]]
+        if p.get("leader.calibration"):
+            teleop += ["--leader-calibration", p["leader.calibration"]]
+    contract = p["contract"] if p["contract"] != "sim" else "hardware"
+    rec = ["--contract", contract, "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
+           "--cameras", ",".join(names) or "none", "--mode", "realtime"]
+    if rate:
+        rec += ["--fps", rate]
+    if p.get("image_size") and p["image_size"] != "96":
+        rec += ["--image-size", p["image_size"]]
+    if p["bag"]:
+        rec += ["--bag", p["bag"]]
+    return [robot, *cams,
+            NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False),
+            NodeDef("teleop", "robot_rl.ros.teleop_node", tuple(teleop), start_delay_s=2.0)]
+
+
 def _teleop_record(p: dict[str, str]) -> list[NodeDef]:
+    if _hardware(p):
+        return _teleop_record_hardware(p)
     mode = p["mode"] or ("lockstep" if p["device"] == "expert" else "realtime")
     teleop = ["--device", p["device"], "--robot", p["robot"], "--task", p["task"], "--mode", mode,
               "--episodes", p["episodes"], "--seed", p["seed"]]
@@ -97,14 +161,16 @@ def _sim(p: dict[str, str]) -> list[NodeDef]:
 
 
 _COMMON = {"robot": "so101", "task": "pick_cube", "cameras": "front,wrist", "image_size": "96", "rate": ""}
+# hardware drivers (docs/hardware.md): driver=feetech port=/dev/ttyACM0 calibration=FILE
+_HW = {"driver": "sim", "port": "", "calibration": "", "sources": ""}
 
 GRAPHS: dict[str, Graph] = {
     "teleop_record": Graph(
         "teleop_record",
         "robot node (twin) + teleop device + recorder: record demonstrations into an episode store "
         "(and an mcap bag)",
-        {**_COMMON, "device": "expert", "mode": "", "episodes": "10", "seed": "0", "contract": "sim",
-         "out": "data/teleop.zarr", "bag": ""},
+        {**_COMMON, **_HW, "device": "expert", "mode": "", "episodes": "10", "seed": "0", "contract": "sim",
+         "out": "data/teleop.zarr", "bag": "", "leader.port": "", "leader.calibration": "", "events": "keyboard"},
         _teleop_record),
     "replay": Graph(
         "replay", "play a rosbag2 onto its topics (optionally re-recording it into an episode store)",
@@ -121,7 +187,7 @@ def _deploy(p: dict[str, str]) -> list[NodeDef]:
     if not p["checkpoint"]:
         raise KeyError("graph 'deploy' needs checkpoint=PATH")
     robot = _robot(p, "realtime")
-    extra = ["--seed", p["seed"]]
+    extra = [] if _hardware(p) else ["--seed", p["seed"]]
     if p["action_mode"]:
         extra += ["--action-mode", p["action_mode"]]  # the robot node's /action is then in the policy's mode
     robot = NodeDef(robot.name, robot.module, robot.args + tuple(extra))
@@ -147,7 +213,7 @@ def _deploy(p: dict[str, str]) -> list[NodeDef]:
 GRAPHS["deploy"] = Graph(
     "deploy", "realtime twin + inference node: a trained policy drives the robot (robot_rl.ros.deploy runs "
     "episodes against it)",
-    {**_COMMON, "cameras": "none", "checkpoint": "", "mode": "warm", "execution": "async", "worker": "thread",
+    {**_COMMON, **_HW, "cameras": "none", "checkpoint": "", "mode": "warm", "execution": "async", "worker": "thread",
      "output": "action", "action_mode": "", "stale_after": "", "params": "", "seed": "0"},
     _deploy)
 
