@@ -324,3 +324,19 @@ def test_compare_without_the_sdk_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "scservo_sdk", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install feetech-servo-sdk"):
         sdk_compare.compare(n=1)
+
+
+def test_a_garbled_length_ending_inside_the_next_header_does_not_lose_the_next_reply():
+    """A corrupt reply whose LEN is one too long ends its window on the first FF of the next
+    packet's header: the resync must keep that FF."""
+    from robot_rl.drivers.feetech.protocol import FeetechProtocol
+    p = FeetechProtocol()
+    good = p.status(1, 0, b"\x10\x20")
+    bad = bytearray(p.status(2, 0, b"\x01\x02\x03"))
+    bad[3] += 1  # LEN one too long
+    bad[5] ^= 0x40  # and a flipped bit, so the checksum fails
+    buf = bytes(bad) + good
+    pk, consumed, _ = p.find_packet(buf, True)
+    assert pk is None and consumed == len(bad) - 1
+    pk, _, _ = p.find_packet(buf[consumed:], True)
+    assert pk is not None and pk.id == 1 and pk.params == b"\x10\x20"

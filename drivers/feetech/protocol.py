@@ -282,7 +282,9 @@ class FeetechProtocol(Protocol):
             raw = bytes(buf[i:i + total])
             if raw[-1] == checksum(raw[2:-1]):
                 return Scan(Packet(raw[2], raw[4], raw[5:-1], raw), i + total, i)
-            inner = buf.find(HEADER, i + 2, i + total)
+            # a header starting inside the bad packet -- or on its last byte: a garbled LEN can
+            # end the window between the two FF bytes of the next packet's header
+            inner = buf.find(HEADER, i + 2, i + total + 1)
             end = inner if inner >= 0 else i + total
             return Scan(None, end, end, True)
 
