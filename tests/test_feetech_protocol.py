@@ -337,6 +337,6 @@ def test_a_garbled_length_ending_inside_the_next_header_does_not_lose_the_next_r
     bad[5] ^= 0x40  # and a flipped bit, so the checksum fails
     buf = bytes(bad) + good
     pk, consumed, _ = p.find_packet(buf, True)
-    assert pk is None and consumed == len(bad) - 1
+    assert pk is None and consumed == len(bad)  # up to, not into, the next header
     pk, _, _ = p.find_packet(buf[consumed:], True)
     assert pk is not None and pk.id == 1 and pk.params == b"\x10\x20"

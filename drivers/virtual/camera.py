@@ -183,6 +183,62 @@ class TwinCameraSource:
         self.env.close()
 
 
+class LiveSceneSource:
+    """A camera watching a live MuJoCo scene that another thread steps (the virtual SO-101's
+    follower): each frame copies the scene's state (``sync(data)`` fills a private MjData of
+    the same model, under the scene's lock), computes its kinematics and renders `camera`.
+
+    Serve it with ``MJPEGServer(source, fps=..., lookahead=1)``: a live camera renders a
+    frame just before its slot, never several frames ahead (that would be stale).
+    """
+
+    def __init__(self, model, sync, camera: str, width: int, height: int):
+        import mujoco
+        self._mj = mujoco
+        try:
+            model.camera(camera)
+        except KeyError:
+            names = [model.camera(i).name for i in range(model.ncam)]
+            raise ValueError(f"the scene has no camera {camera!r} (cameras: {names})") from None
+        if width > model.vis.global_.offwidth or height > model.vis.global_.offheight:
+            raise ValueError(f"camera {camera!r}: {width}x{height} exceeds the scene's offscreen buffer "
+                             f"{model.vis.global_.offwidth}x{model.vis.global_.offheight}")
+        self.model, self.sync, self.camera = model, sync, camera
+        self.width, self.height = int(width), int(height)
+        self._data = mujoco.MjData(model)
+        self._renderer = None
+        self._render_s: list[float] = []
+
+    def frame(self, index: int = 0, t: float | None = None) -> np.ndarray:
+        mj = self._mj
+        self.sync(self._data)
+        mj.mj_kinematics(self.model, self._data)
+        mj.mj_comPos(self.model, self._data)
+        mj.mj_camlight(self.model, self._data)
+        try:
+            if self._renderer is None:  # made on the thread that renders (the server's producer)
+                self._renderer = r = mj.Renderer(self.model, self.height, self.width)
+                r.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = False
+                r.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = False
+                r.scene.flags[mj.mjtRndFlag.mjRND_SKYBOX] = False
+            t0 = time.perf_counter()
+            self._renderer.update_scene(self._data, camera=self.camera)
+            img = self._renderer.render().copy()
+            _push(self._render_s, time.perf_counter() - t0)
+        finally:
+            _release_gl()
+        return img
+
+    @property
+    def render_ms(self) -> float:
+        return 1e3 * float(np.mean(self._render_s)) if self._render_s else float("nan")
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
 def _release_gl() -> None:
     """Let go of the GL context on this thread. An EGL context is current to one thread at
     a time and mujoco's Renderer does not let go after rendering, so a source built on one

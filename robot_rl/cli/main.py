@@ -30,6 +30,10 @@ commands:
   reward-classifier train store=PATH cameras=[front] out=DIR
                                train an image success classifier (a learned reward) on an episode store
   virtual camera [--fps F ...] serve a twin (or synthetic) camera as HTTP MJPEG on loopback
+  find-port [--list]           find a servo-bus arm's serial port (unplug it when asked)
+  setup-motors robot=R port=P  give each servo of an arm its id and baud rate, one motor at a time
+  calibrate robot=R port=P id=NAME
+                               calibrate an arm (ticks <-> joint angles); import_lerobot= / export_lerobot=
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -186,6 +190,13 @@ def cmd_virtual(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_motors(name: str) -> Callable[[list[str]], int]:
+    def run(args: list[str]) -> int:
+        from robot_rl.cli import motors
+        return getattr(motors, name)(args)
+    return run
+
+
 def cmd_bench(args: list[str]) -> int:
     if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
         raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
@@ -207,7 +218,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record":
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
                                                    "eval": cmd_eval, "rl": cmd_rl,
                                                    "reward-classifier": cmd_reward_classifier,
-                                                   "virtual": cmd_virtual}
+                                                   "virtual": cmd_virtual, "find-port": cmd_motors("cmd_find_port"),
+                                                   "setup-motors": cmd_motors("cmd_setup_motors"),
+                                                   "calibrate": cmd_motors("cmd_calibrate")}
 
 
 def main(argv: list[str] | None = None) -> int:
