@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +61,139 @@ def spawn(module: str, *args: str, env: dict | None = None, **kw) -> subprocess.
     e = {**os.environ, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", module, *args], env=e, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# -- the robot node, as a process, and a test-side client of it -------------------------------
+@contextmanager
+def robot_node(*args: str):
+    """A robot_node process, always terminated (then killed) on the way out; its output is
+    printed when the test fails."""
+    p = spawn("robot_rl.ros.robot_node", *(() if "--robot" in args else ("--robot", "so101")), "--diag-hz", "5", *args)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            out, err = p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        p.log = out + err  # the node's console log, for tests that check what it said
+        print("---- robot_node stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
+
+
+class Client:
+    """The test-side node: subscribes to everything the robot node publishes."""
+
+    def __init__(self, images=(), image_qos="sensor"):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseStamped, TwistStamped
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Float32, Float32MultiArray, Float64, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from robot_rl.ros import topics
+        self.topics = topics
+        self.proc = None  # the robot_node process: waits fail fast when it dies
+        self.ctx = Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("test_client", context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        n, rq = self.node, topics.reliable_qos(100)
+        self.js, self.ee, self.diag, self.action, self.reward, self.success = [], [], [], [], [], []
+        self.images = {c: [] for c in images}
+        self.sub_js = n.create_subscription(JointState, topics.JOINT_STATES, self.js.append, rq)
+        n.create_subscription(PoseStamped, topics.EE_POSE, self.ee.append, rq)
+        n.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self.diag.append, rq)
+        n.create_subscription(Float32MultiArray, topics.ACTION, self.action.append, rq)
+        n.create_subscription(Float32, topics.REWARD, self.reward.append, rq)
+        n.create_subscription(Bool, topics.SUCCESS, self.success.append, rq)
+        iq = topics.sensor_qos(50) if image_qos == "sensor" else rq
+        for c in images:
+            n.create_subscription(Image, topics.camera_image(c), self.images[c].append, iq)
+        self.pub_action = n.create_publisher(Float32MultiArray, topics.ACTION_COMMAND, rq)
+        self.pub_joint = n.create_publisher(JointState, topics.JOINT_COMMAND, rq)
+        self.pub_twist = n.create_publisher(TwistStamped, topics.EE_DELTA_COMMAND, rq)
+        self.pub_grip = n.create_publisher(Float64, topics.GRIPPER_COMMAND, rq)
+        self.pub_traj = n.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY, rq)
+        self.pub_event = n.create_publisher(String, topics.TELEOP_EVENT, rq)
+
+    def close(self):
+        self.node.destroy_node()
+        self.ex.shutdown()
+        self.ctx.try_shutdown()
+
+    def spin(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def spin_until(self, pred, timeout: float = 10.0, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while not pred():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"robot_node exited (rc {self.proc.returncode}) while waiting for {what}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def wait_ready(self, timeout: float = 20.0):
+        """Until the node publishes joint states and all command publishers are matched."""
+        pubs = [self.pub_action, self.pub_joint, self.pub_twist, self.pub_grip, self.pub_traj, self.pub_event]
+        self.spin_until(lambda: self.sub_js.get_publisher_count() > 0
+                        and all(p.get_subscription_count() > 0 for p in pubs), timeout, "robot_node to come up")
+
+    def wait_streaming(self, n: int = 5, timeout: float = 20.0):
+        """wait_ready, then until at least n joint states and n ee poses have arrived: a matched
+        publisher does not mean data is here yet (a loaded CI machine showed both lists empty
+        0.2 s after matching)."""
+        self.wait_ready(timeout)
+        self.spin_until(lambda: len(self.js) >= n and len(self.ee) >= n, timeout, f"{n} joint states and ee poses")
+
+    def q(self) -> np.ndarray:
+        return np.array(self.js[-1].position)
+
+    def call(self, srv_type, name: str, **fields):
+        cli = self.node.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+        fut = cli.call_async(srv_type.Request(**fields))
+        self.spin_until(fut.done, 10.0, f"{name} response")
+        self.node.destroy_client(cli)
+        return fut.result()
+
+    def diag_value(self, key: str):
+        for arr in reversed(self.diag):
+            for s in arr.status:
+                for kv in s.values:
+                    if kv.key == key:
+                        return kv.value
+        return None
+
+    def joint_command(self, positions: dict):
+        from robot_rl.ros import msgs
+        self.pub_joint.publish(msgs.joint_state(list(positions), list(positions.values())))
+
+    def stream(self, fn, seconds: float, hz: float = 25.0):
+        """Call fn() at hz for `seconds` while spinning."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            fn()
+            self.spin(1.0 / hz)
+
+
+@pytest.fixture
+def client_factory(ros_domain):
+    made = []
+
+    def make(proc=None, **kw):
+        c = Client(**kw)
+        c.proc = proc
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()

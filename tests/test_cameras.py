@@ -285,7 +285,7 @@ def test_twin_camera_source_renders_640x480():
 def test_cli_virtual_camera(capsys):
     from robot_rl.cli.main import main
     assert main(["virtual"]) == 2
-    assert "robot-rl virtual {camera}" in capsys.readouterr().err
+    assert "robot-rl virtual {camera|so101}" in capsys.readouterr().err
     rc = main(["virtual", "camera", "--synthetic", "--port", "0", "--duration", "0.3", "--noise", "2"])
     out = capsys.readouterr().out
     assert rc == 0 and "stream   http://127.0.0.1:" in out and "virtual camera stopped" in out

@@ -21,7 +21,7 @@ commands:
   info PATH [json=true]        episodes, steps, success rate and sizes of an episode store
   view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
   convert SRC DST [key=value]  rosbag2 -> episode store, or episode store -> rosbag2 (mcap/sqlite3)
-  launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim) and supervise it
+  launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim, deploy, ...) and supervise it
   train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
   eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
   bench inference CHECKPOINT   samplers and execution modes: latency, success vs delay, jitter
@@ -30,6 +30,8 @@ commands:
   reward-classifier train store=PATH cameras=[front] out=DIR
                                train an image success classifier (a learned reward) on an episode store
   virtual camera [--fps F ...] serve a twin (or synthetic) camera as HTTP MJPEG on loopback
+  virtual so101 [unit=FILE]    an SO-101 on this machine: follower + leader servo buses on pseudo-terminals,
+                               the twin's physics, two cameras, a scripted person (docs/hardware.md)
   find-port [--list]           find a servo-bus arm's serial port (unplug it when asked)
   setup-motors robot=R port=P  give each servo of an arm its id and baud rate, one motor at a time
   calibrate robot=R port=P id=NAME

@@ -176,6 +176,7 @@ class RobotNode:
         self._render_thread: threading.Thread | None = None
         self.counts["camera_frames"] = 0
         self.counts["command_wakeups"] = 0
+        self.counts["forwarded_trajectories"] = 0
         # wake the control loop when a command arrives (hardware in realtime mode; on the twin
         # an extra step would advance sim time faster than the wall clock)
         self.wake_on_command = (mode == "realtime" and not self.is_sim and loop == "thread"
@@ -662,6 +663,19 @@ class RobotNode:
                 self.log.error(f"/joint_trajectory rejected: {e}")
                 return
             self.counts["commands"] += 1
+            if self.robot.supports_trajectory and self.mode == "realtime":
+                # the robot's controller runs the chunk (one message with time_from_start per
+                # point); the ticks then only measure (act(None) leaves it running)
+                t0 = self.clock()  # the plan's times are on the node clock (header stamp or receipt)
+                tfs = cmd.times[1:] - t0
+                res = self.robot.send_trajectory(np.maximum(tfs, 0.0), cmd.q[1:],
+                                                 None if cmd.grip is None else cmd.grip[1:])
+                if getattr(res, "rejected", False):
+                    self.counts["rejected_trajectory"] += 1
+                    self.log.error(f"/joint_trajectory rejected by the driver: {getattr(res, 'message', '')}")
+                self._cmd = None
+                self.counts["forwarded_trajectories"] += 1
+                return
             self._count_latched()  # it starts from the current gripper target
             self._cmd = cmd
 
@@ -929,7 +943,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         gc.collect()
         gc.freeze()  # keep the long-lived objects out of the collector's scans (fewer pauses)
-        node.log.info(f"{robot.spec.name} / {args.task}: {args.mode} at {node.rate:g} Hz, action mode "
+        where = args.task if args.driver == "sim" else f"driver {args.driver}"
+        node.log.info(f"{robot.spec.name} / {where}: {args.mode} at {node.rate:g} Hz, action mode "
                       f"{args.action_mode}, cameras {[c.name for c in robot.spec.cameras]}")
         node.start()
         ex = SingleThreadedExecutor()

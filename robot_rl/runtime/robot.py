@@ -103,6 +103,15 @@ class Robot(abc.ABC):
         """Driver key/values for /diagnostics (bus statistics, torque, fault)."""
         return {}
 
+    # a robot whose controller runs whole trajectories (ros2_control's JointTrajectoryController)
+    # takes an action chunk as one message; the robot node then forwards /joint_trajectory
+    supports_trajectory: bool = False
+
+    def send_trajectory(self, times_from_start, q, gripper=None):
+        """Hand a whole trajectory (action chunk) to the robot's own controller, through the
+        safety filter's limits; afterwards ``act(None)`` leaves it running."""
+        raise NotImplementedError(f"{type(self).__name__} does not run trajectories itself")
+
     def __enter__(self):
         self.connect()
         return self
