@@ -21,6 +21,10 @@ class ServoTimeout(ServoError):
 class ServoCorrupt(ServoError):
     """Replies arrived but failed their checksum / CRC on every attempt."""
 
+    def __init__(self, msg: str, ids: tuple[int, ...] = ()):
+        super().__init__(msg)
+        self.ids = tuple(ids)
+
 
 class ServoStatusError(ServoError):
     """A status packet reported error bits. ``bits`` is the raw error byte, ``names``
