@@ -190,9 +190,13 @@ class LiveSceneSource:
 
     Serve it with ``MJPEGServer(source, fps=..., lookahead=1)``: a live camera renders a
     frame just before its slot, never several frames ahead (that would be stale).
+    `watched` (optional, e.g. "the server has stream clients"): while it says no, the scene
+    is rendered at most every `idle_period_s` and the last image repeated in between (a rig
+    nobody looks at costs little CPU; ``/snapshot.jpg`` may then be that old).
     """
 
-    def __init__(self, model, sync, camera: str, width: int, height: int):
+    def __init__(self, model, sync, camera: str, width: int, height: int, *, watched=None,
+                 idle_period_s: float = 0.5):
         import mujoco
         self._mj = mujoco
         try:
@@ -208,8 +212,16 @@ class LiveSceneSource:
         self._data = mujoco.MjData(model)
         self._renderer = None
         self._render_s: list[float] = []
+        self.watched, self.idle_period_s = watched, float(idle_period_s)
+        self._last: np.ndarray | None = None
+        self._last_t = -math.inf
+        self.renders = 0
 
     def frame(self, index: int = 0, t: float | None = None) -> np.ndarray:
+        now = time.monotonic()
+        if (self._last is not None and self.watched is not None and now - self._last_t < self.idle_period_s
+                and not self.watched()):
+            return self._last
         mj = self._mj
         self.sync(self._data)
         mj.mj_kinematics(self.model, self._data)
@@ -227,6 +239,8 @@ class LiveSceneSource:
             _push(self._render_s, time.perf_counter() - t0)
         finally:
             _release_gl()
+        self._last, self._last_t = img, now
+        self.renders += 1
         return img
 
     @property
