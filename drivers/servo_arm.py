@@ -37,6 +37,7 @@ log = logging.getLogger("robot_rl.drivers.servo_arm")
 
 # a SYNC_READ that fails this many control steps in a row is a lost link, not a glitch
 MAX_FAILED_READS = 10
+SETUP_TIMEOUT_S = 0.05  # per reply while connecting
 
 
 class ArmSetupError(RuntimeError):
@@ -90,8 +91,11 @@ class _Bus:
         from robot_rl.drivers.servo.errors import PortError
         from robot_rl.drivers.servo.protocols import get_table
         models = {m.id: m.model for m in self.hw.motors}
-        bus = ServoBus(self.port, self.hw.protocol, self.baudrate, timeout_s=self.timeout_s, retries=self.retries,
-                       models=models)
+        # setup (ping, model and offset checks) with a patient timeout: a loaded machine or a
+        # USB adapter's latency timer can hold a reply for several ms; the control loop then
+        # uses the short one, where a late reply is a retry, not a missed period
+        bus = ServoBus(self.port, self.hw.protocol, self.baudrate, timeout_s=max(self.timeout_s, SETUP_TIMEOUT_S),
+                       retries=max(self.retries, 3), models=models)
         try:
             bus.open()
         except PortError as e:
@@ -121,6 +125,7 @@ class _Bus:
             bus.close()
             self.bus = None
             raise
+        bus.timeout_s, bus.retries = self.timeout_s, self.retries
         return bus
 
     def _ping_all(self) -> dict[int, int]:
@@ -181,7 +186,7 @@ class ServoArm(Robot):
     def __init__(self, robot: str | RobotSpec = "so101", action_mode: str = "joint_pos", safety: dict | None = None,
                  control_hz: float | None = None, *, port: str = "", calibration: Any = None,
                  hardware: str | None = None, baudrate: int | None = None, max_relative_target: float | None = 0.5,
-                 estop_hold_s: float = 0.5, bus_timeout_s: float = 0.004, bus_retries: int = 2):
+                 estop_hold_s: float = 0.5, bus_timeout_s: float = 0.01, bus_retries: int = 2):
         self.spec = _spec(robot)
         if control_hz:
             from dataclasses import replace
@@ -431,7 +436,7 @@ class LeaderArm:
     """A leader arm (torque off, moved by hand) read as absolute joint positions."""
 
     def __init__(self, robot: str | RobotSpec = "so101", *, port: str = "", calibration: Any = None,
-                 hardware: str | None = None, baudrate: int | None = None, bus_timeout_s: float = 0.004,
+                 hardware: str | None = None, baudrate: int | None = None, bus_timeout_s: float = 0.01,
                  bus_retries: int = 2):
         self.spec = _spec(robot)
         self.arm = _Bus(self.spec, port, calibration, hardware, "leader", baudrate, bus_timeout_s, bus_retries)
@@ -461,9 +466,11 @@ class LeaderArm:
 
 def _arm(protocol: str, robot: str = "so101", action_mode: str = "joint_pos", safety: dict | None = None,
          control_hz: float | None = None, *, port: str = "", calibration: Any = None, hardware: str | None = None,
-         baudrate: int | None = None, max_relative_target: float | None = 0.5, estop_hold_s: float = 0.5):
+         baudrate: int | None = None, max_relative_target: float | None = 0.5, estop_hold_s: float = 0.5,
+         bus_timeout_s: float = 0.01, bus_retries: int = 2):
     arm = ServoArm(robot, action_mode, safety, control_hz, port=port, calibration=calibration, hardware=hardware,
-                   baudrate=baudrate, max_relative_target=max_relative_target, estop_hold_s=estop_hold_s)
+                   baudrate=baudrate, max_relative_target=max_relative_target, estop_hold_s=estop_hold_s,
+                   bus_timeout_s=bus_timeout_s, bus_retries=bus_retries)
     if arm.arm.hw.protocol != protocol:
         raise ArmSetupError(f"driver {protocol!r} with hardware {arm.arm.hw.name!r}, a {arm.arm.hw.protocol} arm: "
                             f"use --driver {arm.arm.hw.protocol}")

@@ -98,6 +98,8 @@ def _teleop_record_hardware(p: dict[str, str]) -> list[NodeDef]:
     contract = p["contract"] if p["contract"] != "sim" else "hardware"
     rec = ["--contract", contract, "--out", p["out"], "--robot", p["robot"], "--task", p["task"],
            "--cameras", ",".join(names) or "none", "--mode", "realtime"]
+    if leader:
+        rec += ["--action-mode", "joint_pos"]
     if rate:
         rec += ["--fps", rate]
     if p.get("image_size") and p["image_size"] != "96":

@@ -698,8 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     prog = "inference_node"
     try:
+        import dataclasses
+
         from robot_rl.spec import load_spec
         spec = load_spec(args.robot)
+        if args.rate and float(args.rate) != spec.control_hz:  # the robot's control rate (a recording at 30 Hz
+            spec = dataclasses.replace(spec, control_hz=float(args.rate))  # trains a 30 Hz policy)
         cfg = checkpoint_config(args.checkpoint)
         action_mode = args.action_mode or (cfg.get("metadata") or {}).get("action_mode") or "ee_delta"
         if args.output == "trajectory" and action_mode != "joint_pos":

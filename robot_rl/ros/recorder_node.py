@@ -192,6 +192,8 @@ class RecorderNode:
         from robot_rl.ros.recorder import Recorder
         a = self.args
         extra = {"contract": self.bound.name, "recorded_by": "recorder_node", "robot_rate_hz": a.fps}
+        if a.action_mode:  # what the recorded /action means (training reads it; default ee_delta)
+            extra["action_mode"] = a.action_mode
         if a.bag:
             extra["bag"] = os.path.abspath(a.bag)
         self.recorder = Recorder(self.bound, self.store, task=a.task, mode=self.mode, source=a.source,
@@ -394,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", default="all", help="comma-separated camera names, 'all' or 'none'")
     p.add_argument("--image-size", default=None,
                    help="camera size in the stored robot spec: N (square) or WxH, e.g. 640x480 (default: the spec's)")
+    p.add_argument("--action-mode", default=None, choices=["joint_pos", "joint_delta", "ee_delta"],
+                   help="the robot node's action mode (stored with each episode; training defaults to ee_delta)")
     p.add_argument("--fps", type=float, default=None,
                    help="dataset rate in Hz = the robot's control rate (default: contract fps, else the spec's "
                         "control_hz)")

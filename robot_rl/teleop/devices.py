@@ -486,6 +486,8 @@ class PersonEvents:
 
     def __init__(self, url: str, episodes: int, seed: int, max_seconds: float = 30.0, timeout_s: float = 2.0):
         self.url = url.rstrip("/")
+        if self.url.endswith("/person"):  # the URL `robot-rl virtual so101` prints is the instruction endpoint
+            self.url = self.url[: -len("/person")]
         self.episodes, self.seed, self.max_seconds, self.timeout_s = episodes, seed, max_seconds, timeout_s
         self.after = -1
         self.ended = 0
