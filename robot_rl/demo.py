@@ -13,15 +13,22 @@ camera captures them with OpenCV and publishes JPEG, and the recorder writes one
 episode into an episode store with per-frame JPEG keys; frames received, lost and the
 bytes against raw are printed.
 
-Stage 5: a state-based diffusion policy is trained on those demonstrations
+Stage 5: real hardware, virtual. A factory-new SO-101 -- follower and leader servo buses on
+pseudo-terminals speaking the Feetech protocol, the follower's physics the twin in real time,
+two cameras, a scripted person -- goes through what a user does with an arm on the desk:
+``setup-motors``, ``calibrate``, leader teleoperation into an episode store and a bag,
+training a state policy and deploying it through the inference node onto the follower
+(``robot_rl.hardware_session``, docs/hardware.md).
+
+Stage 6: a state-based diffusion policy is trained on those demonstrations
 (``robot-rl train``, a few minutes of CPU) and evaluated in the twin on held-out seeds
 (``robot-rl eval``): success rate with a 95% interval, a PNG report and videos.
 
-Stage 6: the trained policy is deployed through the inference node on the realtime twin
+Stage 7: the trained policy is deployed through the inference node on the realtime twin
 (robot node at the spec's rate, wall-clock time): RTI warm-started sampling, an
 asynchronous chunk queue; success rate and query-latency percentiles are printed.
 
-Stage 7: online RL with simulated interventions improves the deployed policy without
+Stage 8: online RL with simulated interventions improves the deployed policy without
 retraining it: an off-policy actor learns to choose the diffusion policy's initial noise
 (noise-space steering with noise aliasing, DSRL-NA: a critic over executed chunks, which
 also learns from the stage-1 demonstrations, teaches the noise critic) while the scripted
@@ -31,7 +38,7 @@ Success before (the policy's own Gaussian noise) and after is printed, with the 
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
                             [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--rl-steps 2000]
-                            [--camera-seconds 10] [--skip-train]
+                            [--camera-seconds 10] [--hardware-episodes 2] [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
 re-runs itself through scripts/isolated.sh.
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rl-steps", type=int, default=2000, help="env steps of online RL fine-tuning (0: skip)")
     ap.add_argument("--rl-eval-episodes", type=int, default=30)
     ap.add_argument("--skip-train", action="store_true", help="stop after recording, rendering and the cameras")
+    ap.add_argument("--hardware-episodes", type=int, default=2,
+                    help="leader-teleop episodes on the virtual SO-101 of stage 5 (0: skip the stage)")
     ap.add_argument("--camera-seconds", type=float, default=10.0,
                     help="length of the 640x480 camera recording of stage 4 (0: skip it)")
     args = ap.parse_args(argv)
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(p)  # the demo starts from scratch each run
     out.mkdir(parents=True, exist_ok=True)
 
-    stage(f"1/7 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
+    stage(f"1/8 teleop -> twin -> recorder over ROS 2: {args.episodes} expert episodes, {args.robot} / {args.task}")
     nodes = GRAPHS["teleop_record"].nodes({"robot": args.robot, "task": args.task, "device": "expert",
                                             "episodes": str(args.episodes), "out": str(store_path),
                                             "bag": str(bag_path)})
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"recorded {summary['steps']} steps in {dt:.1f} s through 3 ROS 2 processes "
           f"(two 96x96 cameras); rosbag2: {bag_path}")
 
-    stage("2/7 rosbag2 (mcap) -> episode store, compared with the live recording")
+    stage("2/8 rosbag2 (mcap) -> episode store, compared with the live recording")
     from robot_rl.cli.convert import cmd_convert
     cmd_convert([str(bag_path), str(back_path), f"robot={args.robot}", f"task={args.task}"])
     with EpisodeStore.open(back_path) as b:
@@ -228,22 +237,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bag -> store: {n_back} episodes, {steps_back} steps; identical to the live recording")
     report["bag_round_trip"] = {"episodes": n_back, "steps": steps_back, "identical": True}
 
-    stage("3/7 render an episode")
+    stage("3/8 render an episode")
     files = view(str(store_path), OmegaConf.create({"episode": 0, "format": "mp4", "out": str(out),
                                                      "fps": None, "sheet_frames": 12, "scale": 2}))
     for f in files:
         print(f"wrote {f}")
 
     if args.camera_seconds > 0:
-        stage(f"4/7 cameras at real resolution: two virtual 640x480 twin cameras (MJPEG) -> camera nodes -> "
+        stage(f"4/8 cameras at real resolution: two virtual 640x480 twin cameras (MJPEG) -> camera nodes -> "
               f"recorder -> JPEG episode store, {args.camera_seconds:g} s")
         cams = cameras_stage(out, args.camera_seconds, args.verbose)
         if cams is None:
             return 1
         report["cameras"] = cams
 
+    if args.hardware_episodes > 0:
+        stage(f"5/8 real hardware, virtual: a factory-new SO-101 (servo buses on pseudo-terminals, the twin's physics) "
+              f"-> setup-motors -> calibrate -> leader teleop ({args.hardware_episodes} episodes, two cameras) -> "
+              "train -> deploy")
+        from robot_rl.hardware_session import SessionError, run as hardware_session
+        try:
+            hw = hardware_session(out / "hardware", episodes=args.hardware_episodes, verbose=args.verbose)
+        except SessionError as e:
+            print(f"demo: hardware stage failed: {e}", file=sys.stderr)
+            return 1
+        st = hw["store"]
+        print(f"virtual SO-101: {st['episodes']} leader episodes ({st['successes']} successful, {st['steps']} steps, "
+              f"cameras + joints, no privileged keys) in {hw['record_s']:.0f} s; the trained policy moved the "
+              f"follower {hw['deploy']['follower_moved_rad']:.2f} rad through the inference node; "
+              f"log {out / 'hardware' / 'session.log'}")
+        report["hardware"] = hw
+
     if not args.skip_train:
-        stage(f"5/7 train a state-based diffusion policy on the {args.episodes} demos "
+        stage(f"6/8 train a state-based diffusion policy on the {args.episodes} demos "
               f"({args.train_minutes:g} min of CPU), evaluate it in the twin")
         from robot_rl.cli.main import main as cli
         run_dir = out / f"diffusion_{args.task}"
@@ -271,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
 
         if args.deploy_episodes > 0:
-            stage(f"6/7 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
+            stage(f"7/8 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "
                   "RTI warm start, async chunk queue")
             from robot_rl.ros.deploy import DeployError, format_summary, run_deploy_episodes
             print(f"  python -m robot_rl.ros.deploy {ck} --task {args.task} --episodes {args.deploy_episodes} "
@@ -287,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "worker_latency_ms", "nfe_per_query", "robot_overruns")}
 
         if args.rl_steps > 0:
-            stage(f"7/7 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
+            stage(f"8/8 online RL with simulated interventions: steer the policy's noise for {args.rl_steps} env steps")
             rl_dir = out / f"rl_steer_{args.task}"
             if rl_dir.exists():
                 shutil.rmtree(rl_dir)

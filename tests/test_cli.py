@@ -116,12 +116,12 @@ def test_view_of_missing_episode(recorded):
 
 @pytest.mark.slow  # (make test-slow; CI runs it)
 def test_demo_runs_end_to_end(tmp_path):
-    # every stage, shortened: 2 demos, 3 s of two 640x480 cameras, ~5 s of training, 3 evaluation episodes, 2 deployed episodes,
+    # every stage, shortened: 2 demos, 3 s of two 640x480 cameras, 2 leader episodes on the virtual SO-101, ~5 s of training, 3 evaluation episodes, 2 deployed episodes,
     # 300 env steps of online RL
     r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path),
                         "--train-minutes", "0.08", "--camera-seconds", "3", "--eval-episodes", "3", "--deploy-episodes", "2",
                         "--rl-steps", "300", "--rl-eval-episodes", "2"],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+                       capture_output=True, text=True, timeout=420, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0, r.stderr
     assert "demo finished" in r.stdout
     assert (tmp_path / "so101_pick_cube_ep0_sheet.png").exists()
@@ -134,14 +134,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (run / "training.png").exists() and (run / "eval" / "eval.png").exists()
     dep = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
     assert dep["episodes"] == 2 and len(dep["outcomes"]) == 2, dep
-    assert "6/7 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
+    assert "7/8 deploy through the inference node" in r.stdout and "inference latency ms" in r.stdout
     rl = json.loads((tmp_path / "rl_steer_pick_cube" / "summary.json").read_text())
     assert rl["env_steps"] >= 300 and rl["updates"] > 0 and 0 <= rl["base_success"] <= 1
     assert rl["demo_decisions"] > 0 and (tmp_path / "rl_steer_pick_cube" / "bank.safetensors").exists()  # DSRL-NA
     assert "success before online RL" in r.stdout and (tmp_path / "rl_steer_pick_cube" / "curve.png").exists()
     assert "identical to the live recording" in r.stdout
     rep = json.loads((tmp_path / "demo.json").read_text())
-    assert set(rep["stage_seconds"]) == {"1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7", "done"}
+    assert set(rep["stage_seconds"]) == {"1/8", "2/8", "3/8", "4/8", "5/8", "6/8", "7/8", "8/8", "done"}
+    hw = rep["hardware"]  # the virtual SO-101: leader episodes recorded, a policy trained on them moved the follower
+    assert hw["store"]["episodes"] == 2 and "image_front" in hw["store"]["keys"] and "object_state" not in hw["store"]["keys"]
+    assert hw["deploy"]["follower_moved_rad"] > 0.01
     cams = rep["cameras"]["cameras"]
     assert set(cams) == {"image_front", "image_wrist"} and rep["cameras"]["steps"] > 30
     assert all(c["shape"] == [480, 640, 3] and c["codec"] == "jpeg:90" and c["raw_over_stored"] > 10

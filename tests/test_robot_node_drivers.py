@@ -100,3 +100,201 @@ def test_ros2_control_robot_node_forwards_chunks_and_estop_holds_every_path(clie
         c.spin(0.4)
         assert np.allclose(_positions(c.js, UR), q0, atol=5e-3)  # release alone moves nothing
         assert fake.poll() is None and proc.poll() is None
+
+
+# -- the SO-101 follower on the Feetech driver, against the virtual SO-101 ---------------------------
+SO101 = load_spec("so101")
+
+
+@pytest.fixture(scope="module")
+def so101(tmp_path_factory):
+    """A virtual SO-101 (no cameras) with a calibrated follower and leader: (rig, follower file, leader file)."""
+    from robot_rl.calibration.prompter import PersonPrompter
+    from robot_rl.calibration.procedures import calibrate
+    from robot_rl.drivers.virtual.so101 import VirtualSO101, random_unit
+    unit = random_unit(11, cameras=[])
+    rig = VirtualSO101(unit)
+    info = rig.start()
+    d = tmp_path_factory.mktemp("so101_cal")
+    files = {}
+    try:
+        for arm in ("follower", "leader"):
+            cal = calibrate(info[f"{arm}_port"], rig.hardware[arm], SO101, PersonPrompter(info["person"], quiet=True),
+                            arm_id=arm, sweep_s=2.0, log=lambda *a, **k: None)
+            files[arm] = cal.save(d / f"{arm}.yaml")
+        yield rig, files["follower"], files["leader"]
+    finally:
+        rig.close()
+
+
+def _truth(rig):
+    from robot_rl.drivers.virtual.person import get
+    return get(rig.info["person"], "/truth")
+
+
+def test_servo_arm_setup_errors_are_one_clear_message(so101, tmp_path):
+    """Wrong port, wrong baud, missing id, wrong model, uncalibrated arm, a calibration from
+    another arm, leader/follower joint mismatch: each one error naming the cause."""
+    import yaml
+
+    from robot_rl.drivers.servo_arm import ArmSetupError, ServoArm
+    from robot_rl.teleop.devices import DeviceError, LeaderDevice
+    rig, fcal, lcal = so101
+    port = rig.info["follower_port"]
+
+    def err(**kw) -> str:
+        arm = ServoArm("so101", **{"port": port, "calibration": fcal, **kw})
+        with pytest.raises(ArmSetupError) as e:
+            arm.connect()
+        assert not arm.is_connected
+        return str(e.value)
+
+    assert "cannot open /dev/ttyNOPE" in err(port="/dev/ttyNOPE")
+    m = err(baudrate=500_000)
+    assert "at 500000 baud, but they answer at 1000000 baud" in m, m
+    rig.unplug("follower", "wrist_roll")  # a motor cable out of the daisy chain
+    try:
+        m = err()
+        assert "wrist_roll (id 5) do not answer" in m, m
+    finally:
+        rig.plug("follower", "wrist_roll")
+    servo = rig.servos["follower"]["elbow_flex"]
+    real = servo.get("Model_Number")
+    servo.set("Model_Number", 1060)
+    try:
+        m = err()
+        assert "elbow_flex (id 3) is model number 1060, expected 777" in m, m
+    finally:
+        servo.set("Model_Number", real)
+    assert "is not calibrated: run `robot-rl calibrate" in ArmSetupError_text(lambda: ServoArm("so101", port=port))
+    other = yaml.safe_load(open(fcal))
+    next(iter(other["motors"].values()))["homing_offset"] += 7  # another arm's file
+    bad = tmp_path / "other.yaml"
+    bad.write_text(yaml.safe_dump(other, sort_keys=False))
+    m = err(calibration=bad)
+    assert "Homing_Offset does not match" in m, m
+    # a leader whose joints are not the follower's robot: the arm6 spec has other joints
+    dev = LeaderDevice(robot="arm6", port=rig.info["leader_port"], calibration=lcal, events="none")
+    with pytest.raises(DeviceError) as e:
+        dev.connect()
+    assert "leader arm" in str(e.value) and "arm6" in str(e.value), str(e.value)
+    # and it all left the arm usable
+    arm = ServoArm("so101", port=port, calibration=fcal)
+    arm.connect()
+    arm.disconnect()
+
+
+def ArmSetupError_text(make) -> str:
+    from robot_rl.drivers.servo_arm import ArmSetupError
+    with pytest.raises(ArmSetupError) as e:
+        make().connect()
+    return str(e.value)
+
+
+def test_feetech_robot_node_estop_alarm_and_every_path(so101, client_factory):
+    """The follower through the robot node: joint commands move the (virtual) arm; a latched
+    e-stop holds on every path then turns torque off; an overload alarm holds, turns torque
+    off with one message and takes nothing until /robot/reset clears it."""
+    from std_msgs.msg import String
+    from std_srvs.srv import SetBool, Trigger
+
+    from robot_rl.ros import msgs
+    rig, fcal, _ = so101
+    with robot_node("--driver", "feetech", "--port", rig.info["follower_port"], "--calibration", str(fcal),
+                    "--action-mode", "joint_pos", "--rate", "50", "--timeout", "0", "--estop-hold", "0.3") as proc:
+        c = client_factory(proc)
+        c.wait_streaming(timeout=30)
+        q0 = c.q()[:5]
+        target = np.clip(q0 + [0.3, 0, 0, 0, 0], SO101.lower, SO101.upper)
+        names = SO101.joint_names
+        c.stream(lambda: c.joint_command(dict(zip(names, target))), 1.5)
+        t = _truth(rig)["follower"]
+        assert abs(t["q"]["shoulder_pan"] - target[0]) < 0.05, (t["q"], target)
+        assert abs(c.q()[0] - t["q"]["shoulder_pan"]) < 0.01  # the node's reading = the truth (calibrated)
+
+        # e-stop: nothing moves it; torque off after the hold
+        assert c.call(SetBool, "/robot/estop", data=True).success
+        c.spin(0.6)
+        assert not any(_truth(rig)["follower"]["torque"].values())
+        q_stop = _truth(rig)["follower"]["q"]
+        r = c.call(Trigger, "/robot/reset")
+        assert not r.success and "e-stop" in r.message
+        c.pub_event.publish(String(data="start seed=2"))
+        c.stream(lambda: c.joint_command(dict(zip(names, q0))), 0.5)
+        c.stream(lambda: c.pub_action.publish(msgs.float_array(np.r_[q0, 0.0], "joint_pos")), 0.5)
+        assert not any(_truth(rig)["follower"]["torque"].values())  # no path turned torque on
+        assert c.call(SetBool, "/robot/estop", data=False).success
+        c.spin(0.4)
+        t = _truth(rig)["follower"]
+        assert all(t["torque"].values())  # released: torque on where the arm is, not moving
+        assert abs(t["q"]["shoulder_pan"] - q_stop["shoulder_pan"]) < 0.05
+
+        # overload on the elbow: hold, then torque off, one ERROR line, a latched fault
+        bus = rig.buses["follower"]
+        bus.inject_error(3, ["overload"])
+        c.spin(1.0)
+        assert not any(_truth(rig)["follower"]["torque"].values())
+        c.spin_until(lambda: "servo alarm" in (c.diag_value("fault") or ""), 5.0, "the fault on /diagnostics")
+        c.stream(lambda: c.joint_command(dict(zip(names, target))), 0.5)
+        assert not any(_truth(rig)["follower"]["torque"].values())  # commands do not resume it
+        r = c.call(Trigger, "/robot/reset")
+        assert not r.success and "persists" in r.message  # the servo still reports it
+        bus.clear_error(3)
+        r = c.call(Trigger, "/robot/reset")
+        assert r.success and "cleared" in r.message, r.message
+        c.spin(0.3)
+        assert all(_truth(rig)["follower"]["torque"].values())
+        c.stream(lambda: c.joint_command(dict(zip(names, q0))), 1.5)
+        assert abs(_truth(rig)["follower"]["q"]["shoulder_pan"] - q0[0]) < 0.05  # follows again
+    log = proc.log
+    assert log.count("overload") >= 1 and log.count("[ERROR]") == 1, log[-3000:]
+
+
+def test_unplugging_the_follower_mid_episode(tmp_path, client_factory):
+    """The adapter is pulled during an episode: the robot node says so in one line and stays in a
+    safe state, the recorder closes the episode as failed, the committed episode is intact."""
+    from std_msgs.msg import String
+
+    from robot_rl.calibration.prompter import PersonPrompter
+    from robot_rl.calibration.procedures import calibrate
+    from robot_rl.data.store import EpisodeStore
+    from robot_rl.drivers.virtual.so101 import VirtualSO101, random_unit
+    rig = VirtualSO101(random_unit(12, cameras=[]))
+    info = rig.start()
+    try:
+        cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101,
+                        PersonPrompter(info["person"], quiet=True), arm_id="f", sweep_s=2.0,
+                        log=lambda *a, **k: None).save(tmp_path / "f.yaml")
+        store = tmp_path / "rec.zarr"
+        rec = spawn("robot_rl.ros.recorder_node", "--contract", "hardware", "--out", str(store), "--robot", "so101",
+                    "--task", "pick_cube", "--cameras", "none", "--mode", "realtime", "--fps", "50",
+                    "--action-mode", "joint_pos")
+        try:
+            with robot_node("--driver", "feetech", "--port", info["follower_port"], "--calibration", str(cal),
+                            "--action-mode", "joint_pos", "--rate", "50", "--timeout", "0") as proc:
+                c = client_factory(proc)
+                c.wait_streaming(timeout=30)
+                c.spin_until(lambda: c.node.count_subscribers("/teleop/event") >= 2, 20.0, "the recorder")
+                c.spin(1.0)
+                c.pub_event.publish(String(data="start seed=0"))
+                c.spin(1.0)
+                c.pub_event.publish(String(data="success"))
+                c.spin(1.0)
+                c.pub_event.publish(String(data="start seed=1"))
+                c.spin(0.8)
+                rig.buses["follower"].unplug()
+                c.spin(1.5)
+                assert proc.poll() is None  # the node stays up, idle, in its safe state
+                c.spin_until(lambda: "disconnected" in (c.diag_value("fault") or ""), 5.0, "the fault on /diagnostics")
+        finally:
+            rec.send_signal(2)
+            rec_out, rec_err = rec.communicate(timeout=20)
+        log = proc.log
+        lines = [ln for ln in log.splitlines() if "disconnected" in ln]
+        assert len(lines) == 1 and "[ERROR]" in lines[0] and "safe state" in lines[0], log[-3000:]
+        with EpisodeStore.open(store) as st:
+            meta = st.episodes_meta()
+            assert [bool(m["success"]) for m in meta] == [True, False], (meta, rec_err[-2000:])
+            assert st.episode(0)["joint_pos"].shape[0] > 30  # the committed episode, whole
+    finally:
+        rig.close()

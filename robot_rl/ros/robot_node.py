@@ -116,6 +116,28 @@ def _import_ros():
     from trajectory_msgs.msg import JointTrajectory  # noqa: F811
 
 
+def _bridge_driver_logs(ros_logger) -> None:
+    """Drivers log through Python's ``logging`` (``robot_rl.drivers...``): show their lines as
+    this node's, with their level, like every other line it prints."""
+    import logging
+
+    class ToRos(logging.Handler):
+        def emit(self, record):
+            msg = self.format(record)
+            lv = record.levelno
+            (ros_logger.error if lv >= logging.ERROR else ros_logger.warning if lv >= logging.WARNING
+             else ros_logger.info)(msg)
+
+    lg = logging.getLogger("robot_rl.drivers")
+    for h in [h for h in lg.handlers if getattr(h, "robot_rl_ros", False)]:
+        lg.removeHandler(h)  # the newest node's logger (one robot node per process in practice)
+    h = ToRos()
+    h.robot_rl_ros = True
+    lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
 class RobotNode:
     """Publishers, subscriptions, services and the control loop around one Robot.
 
@@ -148,6 +170,7 @@ class RobotNode:
         self.lock = threading.RLock()
         self.node = rclpy.create_node(node_name)
         self.log = self.node.get_logger()
+        _bridge_driver_logs(self.log)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failed: BaseException | None = None
