@@ -298,7 +298,7 @@ class ServoBusEmulator:
         self._t0 = 0.0
         self._bus_free = 0.0
         self._errors_applied: set[int] = set()
-        self._stats = {"requests": 0, "replies": 0, "dropped": 0, "corrupted": 0, "garbage_sent": 0,
+        self._stats = {"requests": 0, "replies": 0, "dropped": 0, "corrupted": 0, "faulty_requests": 0, "garbage_sent": 0,
                        "baud_mismatch": 0, "collisions": 0, "unknown_id": 0, "bad_request_bytes": 0,
                        "overflow": 0, "sync_read_ids": 0, "instructions": {}}
         self._error_codes = self._find_error_codes()
@@ -759,11 +759,18 @@ class ServoBusEmulator:
             return
         t = max(t_req_end, self._bus_free)
         f, rng, st = self.faults, self._rng, self._stats
+        faulty = False  # one request answered with at least one dropped / corrupt reply: the client sees one failed attempt
         for s, data in replies:
             if f.drop_reply and rng.random() < f.drop_reply:
                 st["dropped"] += 1
+                if not faulty:
+                    st["faulty_requests"] += 1
+                faulty = True
                 continue
             if f.corrupt_reply and rng.random() < f.corrupt_reply:
+                if not faulty:
+                    st["faulty_requests"] += 1
+                faulty = True
                 buf = bytearray(data)
                 i = rng.randrange(len(buf))
                 buf[i] ^= rng.randrange(1, 256)

@@ -139,9 +139,10 @@ class TeleopNode:
         while True:
             if cond():
                 return True
-            if time.monotonic() > end:
+            left = end - time.monotonic()
+            if left <= 0:
                 return False
-            self.spin(step)
+            self.spin(min(step, left))  # never past the end (a 60 Hz loop sleeps through here)
 
     def event(self, name: str, **kw) -> None:
         from std_msgs.msg import String
