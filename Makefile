@@ -29,7 +29,8 @@ test-slow: $(STAMP)
 	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
 
 # every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
-BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_bags.py \
+BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_servo.py bench_calibration.py \
+           bench_hardware.py bench_bags.py \
            bench_policies.py bench_data_loading.py bench_inference.py bench_rl.py bench_rl_transport.py \
            bench_reward_classifier.py bench_demo.py
 bench: $(STAMP)

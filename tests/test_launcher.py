@@ -110,3 +110,32 @@ def test_launch_files_use_the_shared_graphs():
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "generate"]
         assert calls and calls[0].args[0].value in GRAPHS, f
         assert f.name == f"{calls[0].args[0].value}.launch.py"
+
+
+def test_hardware_graphs_start_the_driver_camera_nodes_and_the_leader():
+    """teleop_record / deploy on a hardware driver: the robot node gets the port and the
+    calibration, one camera node per source, the leader's teleop node, the `hardware`
+    contract (no privileged keys) with the action mode; mistakes are one message."""
+    from robot_rl.ros.graphs import GRAPHS
+    p = {"driver": "feetech", "port": "/dev/ttyACM0", "calibration": "f.yaml", "device": "leader",
+         "leader.port": "/dev/ttyACM1", "leader.calibration": "l.yaml", "events": "keyboard",
+         "sources": "/dev/video0,/dev/video2", "cameras": "front,wrist", "rate": "30", "bag": "b"}
+    nodes = {n.name: n for n in GRAPHS["teleop_record"].nodes(p)}
+    assert set(nodes) == {"robot", "camera_front", "camera_wrist", "recorder", "teleop"}
+    r = " ".join(nodes["robot"].args)
+    assert "--driver feetech --mode realtime --cameras none --port /dev/ttyACM0 --calibration f.yaml" in r
+    assert "--action-mode joint_pos" in r and "--task" not in r
+    assert nodes["camera_wrist"].args == ("--name", "wrist", "--source", "/dev/video2")
+    rec = " ".join(nodes["recorder"].args)
+    assert "--contract hardware" in rec and "--action-mode joint_pos" in rec and "--cameras front,wrist" in rec
+    t = " ".join(nodes["teleop"].args)
+    assert "--device leader" in t and "--leader-port /dev/ttyACM1" in t and "--leader-calibration l.yaml" in t
+    assert "teleop" not in {n.name for n in GRAPHS["teleop_record"].nodes({**p, "device": "none"})}
+    dep = {n.name: n for n in GRAPHS["deploy"].nodes({"driver": "feetech", "port": "/dev/ttyACM0",
+                                                      "calibration": "f.yaml", "checkpoint": "ck"})}
+    assert "--seed" not in dep["robot"].args and "--port" in dep["robot"].args
+    for bad, msg in (({**p, "device": "expert"}, "records a person"), ({**p, "port": ""}, "needs port="),
+                     ({**p, "leader.port": ""}, "needs leader.port="), ({**p, "sources": "/dev/video0"}, "1 camera sources")):
+        with pytest.raises(KeyError) as e:
+            GRAPHS["teleop_record"].nodes(bad)
+        assert msg in str(e.value), (msg, str(e.value))

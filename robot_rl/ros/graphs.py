@@ -78,9 +78,10 @@ def _teleop_record_hardware(p: dict[str, str]) -> list[NodeDef]:
     a leader arm (or another human device), the recorder on the `hardware` contract."""
     if p["device"] == "expert":
         raise KeyError("driver=feetech|dynamixel|ros2_control records a person: pass device=leader (with "
-                       "leader.port= and leader.calibration=) or keyboard / gamepad / spacemouse")
+                       "leader.port= and leader.calibration=), keyboard / gamepad / spacemouse, or device=none "
+                       "to run the teleop node in a terminal of your own")
     robot = _robot(p, "realtime")
-    leader = p["device"] == "leader"
+    leader = p["device"] in ("leader", "none")  # none: a leader's teleop node runs in another terminal
     if leader:  # the follower takes the leader's joint positions; the recorded action is them
         robot = NodeDef(robot.name, robot.module, robot.args + ("--action-mode", "joint_pos"))
     cams, names = _camera_nodes(p)
@@ -89,7 +90,7 @@ def _teleop_record_hardware(p: dict[str, str]) -> list[NodeDef]:
               "--episodes", p["episodes"], "--seed", p["seed"]]
     if rate:
         teleop += ["--rate", rate]
-    if leader:
+    if p["device"] == "leader":
         if not p.get("leader.port"):
             raise KeyError("device=leader needs leader.port=... and leader.calibration=FILE")
         teleop += ["--leader-port", p["leader.port"], "--events", p["events"]]
@@ -106,9 +107,10 @@ def _teleop_record_hardware(p: dict[str, str]) -> list[NodeDef]:
         rec += ["--image-size", p["image_size"]]
     if p["bag"]:
         rec += ["--bag", p["bag"]]
-    return [robot, *cams,
-            NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False),
-            NodeDef("teleop", "robot_rl.ros.teleop_node", tuple(teleop), start_delay_s=2.0)]
+    nodes = [robot, *cams, NodeDef("recorder", "robot_rl.ros.recorder_node", tuple(rec), required=False)]
+    if p["device"] != "none":
+        nodes.append(NodeDef("teleop", "robot_rl.ros.teleop_node", tuple(teleop), start_delay_s=2.0))
+    return nodes
 
 
 def _teleop_record(p: dict[str, str]) -> list[NodeDef]:
