@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ros_helpers import client_factory  # noqa: F401  (a fixture for the robot-node tests)
+
 sys.path.insert(0, str(Path(__file__).parent))
 _domain_ids = itertools.count(1 + (os.getpid() % 20) * 10)
 

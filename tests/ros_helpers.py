@@ -65,44 +65,91 @@ def spawn(module: str, *args: str, env: dict | None = None, **kw) -> subprocess.
 
 # -- the robot node, as a process, and a test-side client of it -------------------------------
 @contextmanager
-def robot_node(*args: str):
-    """A robot_node process, always terminated (then killed) on the way out; its output is
-    printed when the test fails."""
-    p = spawn("robot_rl.ros.robot_node", *(() if "--robot" in args else ("--robot", "so101")), "--diag-hz", "5", *args)
+def node_process(module: str, *args: str):
+    """``python -m module args`` as a process of its own, always terminated (then killed) on
+    the way out; its console output is kept in ``p.log`` and printed (shown when a test fails)."""
+    p = spawn(module, *args)
     try:
         yield p
     finally:
-        p.terminate()
+        if p.poll() is None:
+            p.terminate()
         try:
-            out, err = p.communicate(timeout=5)
+            out, err = p.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
             out, err = p.communicate()
         p.log = out + err  # the node's console log, for tests that check what it said
-        print("---- robot_node stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
+        print(f"---- {module} stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
 
 
-class Client:
+def robot_node(*args: str):
+    """A robot_node process (``--robot so101`` unless given)."""
+    return node_process("robot_rl.ros.robot_node", *(() if "--robot" in args else ("--robot", "so101")),
+                        "--diag-hz", "5", *args)
+
+
+class TestClient:
+    """A test-side node in a context of its own, with its own executor; waits fail fast when
+    one of ``procs`` (the processes under test) has died."""
+
+    def __init__(self, name: str):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        self.ctx = Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.procs: list = []
+
+    def close(self):
+        self.node.destroy_node()
+        self.ex.shutdown()
+        self.ctx.try_shutdown()
+
+    def spin(self, seconds: float):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def waiting_for(self, what: str) -> str:
+        """Extra context for a timed-out wait (subclasses add their latest state)."""
+        return ""
+
+    def spin_until(self, pred, timeout: float = 10.0, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while not pred():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise AssertionError(f"{p.args[2]} exited (rc {p.returncode}) while waiting for {what}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}{self.waiting_for(what)}")
+            self.ex.spin_once(timeout_sec=0.01)
+
+    def call(self, srv_type, name: str, **fields):
+        cli = self.node.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
+        fut = cli.call_async(srv_type.Request(**fields))
+        self.spin_until(fut.done, 10.0, f"{name} response")
+        self.node.destroy_client(cli)
+        return fut.result()
+
+
+class Client(TestClient):
     """The test-side node: subscribes to everything the robot node publishes."""
 
     def __init__(self, images=(), image_qos="sensor"):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped, TwistStamped
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool, Float32, Float32MultiArray, Float64, String
         from trajectory_msgs.msg import JointTrajectory
 
         from robot_rl.ros import topics
+        super().__init__("test_client")
         self.topics = topics
-        self.proc = None  # the robot_node process: waits fail fast when it dies
-        self.ctx = Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("test_client", context=self.ctx)
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
         n, rq = self.node, topics.reliable_qos(100)
         self.js, self.ee, self.diag, self.action, self.reward, self.success = [], [], [], [], [], []
         self.images = {c: [] for c in images}
@@ -122,25 +169,6 @@ class Client:
         self.pub_traj = n.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY, rq)
         self.pub_event = n.create_publisher(String, topics.TELEOP_EVENT, rq)
 
-    def close(self):
-        self.node.destroy_node()
-        self.ex.shutdown()
-        self.ctx.try_shutdown()
-
-    def spin(self, seconds: float):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.01)
-
-    def spin_until(self, pred, timeout: float = 10.0, what: str = "condition"):
-        end = time.monotonic() + timeout
-        while not pred():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"robot_node exited (rc {self.proc.returncode}) while waiting for {what}")
-            if time.monotonic() > end:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-            self.ex.spin_once(timeout_sec=0.01)
-
     def wait_ready(self, timeout: float = 20.0):
         """Until the node publishes joint states and all command publishers are matched."""
         pubs = [self.pub_action, self.pub_joint, self.pub_twist, self.pub_grip, self.pub_traj, self.pub_event]
@@ -156,14 +184,6 @@ class Client:
 
     def q(self) -> np.ndarray:
         return np.array(self.js[-1].position)
-
-    def call(self, srv_type, name: str, **fields):
-        cli = self.node.create_client(srv_type, name)
-        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
-        fut = cli.call_async(srv_type.Request(**fields))
-        self.spin_until(fut.done, 10.0, f"{name} response")
-        self.node.destroy_client(cli)
-        return fut.result()
 
     def diag_value(self, key: str):
         for arr in reversed(self.diag):
@@ -191,7 +211,7 @@ def client_factory(ros_domain):
 
     def make(proc=None, **kw):
         c = Client(**kw)
-        c.proc = proc
+        c.procs = [proc] if proc is not None else []
         made.append(c)
         return c
     yield make

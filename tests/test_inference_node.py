@@ -2,14 +2,12 @@
 tiny untrained diffusion checkpoint built here."""
 from __future__ import annotations
 
-import subprocess
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-from ros_helpers import spawn
+from ros_helpers import TestClient, node_process, spawn
 from robot_rl.spec import load_spec
 
 SPEC = load_spec("so101")
@@ -49,43 +47,22 @@ def checkpoints(tmp_path_factory):
                                          {"task": "pick_cube", "action_mode": "joint_pos"})}
 
 
-@contextmanager
-def proc(module: str, *args: str):
-    p = spawn(module, *args)
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            p.terminate()
-        try:
-            out, err = p.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-        print(f"---- {module} stdout ----\n", out[-3000:], "\n---- stderr ----\n", err[-3000:])
+proc = node_process  # (module, *args) -> a process of its own, terminated on the way out
 
 
-class Client:
+class Client(TestClient):
     def __init__(self):
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float32MultiArray
 
         from robot_rl.ros import topics
-        self.ctx = Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("test_inference_client", context=self.ctx)
-        self.ex = SingleThreadedExecutor(context=self.ctx)
-        self.ex.add_node(self.node)
+        super().__init__("test_inference_client")
         self.actions: list[tuple[float, object]] = []  # (receipt monotonic, msg)
         self.diag: list[dict] = []  # inference status: {"level", "message", values...}
         rq = topics.reliable_qos(100)
         self.sub_cmd = self.node.create_subscription(Float32MultiArray, topics.ACTION_COMMAND,
                                                      lambda m: self.actions.append((time.monotonic(), m)), rq)
         self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, rq)
-        self.procs: list = []
 
     def _on_diag(self, arr):
         for s in arr.status:
@@ -93,26 +70,8 @@ class Client:
                 lvl = s.level if isinstance(s.level, int) else int.from_bytes(s.level, "little")
                 self.diag.append({"_level": lvl, "_message": s.message, **{kv.key: kv.value for kv in s.values}})
 
-    def close(self):
-        self.node.destroy_node()
-        self.ex.shutdown()
-        self.ctx.try_shutdown()
-
-    def spin(self, seconds: float):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.ex.spin_once(timeout_sec=0.01)
-
-    def spin_until(self, pred, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while not pred():
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise AssertionError(f"{p.args[2]} exited (rc {p.returncode}) while waiting for {what}")
-            if time.monotonic() > end:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}; last diagnostics "
-                                     f"{self.diag[-1] if self.diag else None}")
-            self.ex.spin_once(timeout_sec=0.01)
+    def waiting_for(self, what: str) -> str:
+        return f"; last diagnostics {self.diag[-1] if self.diag else None}"
 
     def set_param(self, name: str, value):
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -129,13 +88,6 @@ class Client:
         v = self.call(GetParameters, "/inference_node/get_parameters", names=[name]).values[0]
         return v.string_value or v.integer_value or v.double_value or v.bool_value
 
-    def call(self, srv, name, **fields):
-        cli = self.node.create_client(srv, name)
-        assert cli.wait_for_service(timeout_sec=10.0), f"service {name} not available"
-        fut = cli.call_async(srv.Request(**fields))
-        self.spin_until(fut.done, 10.0, f"{name} response")
-        self.node.destroy_client(cli)
-        return fut.result()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """robot_node as a real process, driven by a test-side rclpy node over DDS (loopback netns)."""
 from __future__ import annotations
 
-import subprocess
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
-from ros_helpers import Client, client_factory, robot_node, spawn  # noqa: F401  (client_factory: a fixture)
+from ros_helpers import robot_node
 from robot_rl.spec import load_spec
 
 SPEC = load_spec("so101")

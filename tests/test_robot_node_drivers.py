@@ -6,14 +6,10 @@ chunk), and a /joint_trajectory chunk reaches the controller as ONE message.
 """
 from __future__ import annotations
 
-import subprocess
-import time
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 
-from ros_helpers import client_factory, robot_node, spawn  # noqa: F401  (client_factory: a fixture)
+from ros_helpers import node_process, robot_node, spawn
 from robot_rl.spec import load_spec
 
 ARM6 = load_spec("arm6")
@@ -21,19 +17,8 @@ UR = ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint
 UR_TRAJ = "/scaled_joint_trajectory_controller/joint_trajectory"
 
 
-@contextmanager
 def fake_ur():
-    p = spawn("robot_rl.ros.fake_ros2_control", "--rate", "100", "--joint-map", "ur")
-    try:
-        yield p
-    finally:
-        p.terminate()
-        try:
-            out, err = p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-        print("---- fake_ros2_control ----\n", out[-2000:], err[-2000:])
+    return node_process("robot_rl.ros.fake_ros2_control", "--rate", "100", "--joint-map", "ur")
 
 
 def _positions(msgs, names):

@@ -7,7 +7,6 @@ process, and a separate observer node (its own rclpy context) records what goes 
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from ros_helpers import spawn
+from ros_helpers import node_process
 from robot_rl.spec import load_spec
 
 SPEC = load_spec("arm6")
@@ -109,19 +108,8 @@ def ros_env():
             os.environ[k] = v
 
 
-@contextmanager
 def fake_controller(*args: str):
-    p = spawn("robot_rl.ros.fake_ros2_control", "--rate", "100", *args)
-    try:
-        yield p
-    finally:
-        p.terminate()
-        try:
-            out, err = p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-        print("---- fake_ros2_control ----\n", out[-3000:], err[-3000:])
+    return node_process("robot_rl.ros.fake_ros2_control", "--rate", "100", *args)
 
 
 @pytest.fixture(scope="module")
