@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from robot_rl.spec import CONF_DIR
+from robot_rl.spec import CONF_DIR, conf_file
 
 HW_DIR = CONF_DIR / "hardware"
 
@@ -71,12 +71,7 @@ class Hardware:
 
 
 def load_hardware(name_or_path: str | Path) -> Hardware:
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = HW_DIR / f"{name_or_path}.yaml"
-    if not p.is_file():
-        avail = sorted(f.stem for f in HW_DIR.glob("*.yaml"))
-        raise HardwareError(f"no hardware description {str(name_or_path)!r} (available: {avail}, or a YAML path)")
+    p = conf_file("hardware", name_or_path, "hardware description", HardwareError)
     with open(p) as f:
         d: dict[str, Any] = yaml.safe_load(f) or {}
     try:

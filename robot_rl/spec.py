@@ -225,6 +225,18 @@ class RobotSpec:
                         f"(fingerprint {other.fingerprint()}): " + "; ".join(diffs))
 
 
+def conf_file(folder: str, name_or_path: str | Path, what: str, error: type[Exception] = ValueError) -> Path:
+    """A config file by name (``robot_rl/conf/<folder>/<name>.yaml``) or path; a missing one is
+    `error` naming what is available."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = CONF_DIR / folder / f"{name_or_path}.yaml"
+    if not p.is_file():
+        avail = sorted(f.stem for f in (CONF_DIR / folder).glob("*.yaml"))
+        raise error(f"no {what} {str(name_or_path)!r} (available: {avail}, or a YAML path)")
+    return p
+
+
 def available_robots() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "robot").glob("*.yaml"))
 

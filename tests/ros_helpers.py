@@ -72,15 +72,21 @@ def node_process(module: str, *args: str):
     try:
         yield p
     finally:
-        if p.poll() is None:
-            p.terminate()
-        try:
-            out, err = p.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
+        out, err = stop_process(p)
         p.log = out + err  # the node's console log, for tests that check what it said
         print(f"---- {module} stdout ----\n", out[-4000:], "\n---- stderr ----\n", err[-4000:])
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 10.0) -> tuple[str, str]:
+    """Terminate `p` (kill it if it does not go within `timeout`); its (stdout, stderr)."""
+    if p.poll() is None:
+        p.terminate()
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return out or "", err or ""
 
 
 def robot_node(*args: str):

@@ -307,15 +307,8 @@ class _Client:
 
 
 def _finish(p):
-    import subprocess
-    if p.poll() is None:
-        p.terminate()
-    try:
-        out, err = p.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-    return out + err
+    from ros_helpers import stop_process
+    return "".join(stop_process(p))
 
 
 def test_teleop_node_keyboard_over_dds(ros_domain):

@@ -244,12 +244,8 @@ def check_unit(unit: Unit) -> tuple[Hardware, Hardware]:
 
 def load_unit(name_or_path: str | Path) -> Unit:
     """A unit by name (``robot_rl/conf/units/<name>.yaml``) or YAML path."""
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = UNITS_DIR / f"{name_or_path}.yaml"
-    if not p.is_file():
-        avail = sorted(f.stem for f in UNITS_DIR.glob("*.yaml"))
-        raise UnitError(f"no unit file {str(name_or_path)!r} (available: {avail}, or a YAML path)")
+    from robot_rl.spec import conf_file
+    p = conf_file("units", name_or_path, "unit file", UnitError)
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

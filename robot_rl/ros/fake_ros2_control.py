@@ -50,12 +50,11 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import yaml
 
-from robot_rl.spec import CONF_DIR, load_spec
+from robot_rl.spec import CONF_DIR, conf_file, load_spec
 
 PRESETS = CONF_DIR / "ros2_control"
 
@@ -152,12 +151,7 @@ def load_joint_map(spec, name: str | None) -> tuple[dict[str, str], list[str], d
     if name in (None, "", "none", "identity"):
         m = {n: n for n in spec.joint_names}
         return m, list(m.values()), {}
-    p = Path(name)
-    if not p.suffix:
-        p = PRESETS / f"{name}.yaml"
-    if not p.exists():
-        have = sorted(x.stem for x in PRESETS.glob("*.yaml"))
-        raise ValueError(f"no joint-map preset {name!r} ({have})")
+    p = conf_file("ros2_control", name, "joint-map preset")
     d = yaml.safe_load(p.read_text())
     m = {str(k): str(v) for k, v in d["joint_map"].items()}
     bad = [n for n in m if n not in spec.joint_names]
