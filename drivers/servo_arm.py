@@ -307,6 +307,8 @@ class ServoArm(Robot):
             return "no fault"
         if not self.is_connected:
             raise RobotFault(f"cannot clear {self._fault!r}: the arm is disconnected")
+        if self.arm.hw.protocol == "dynamixel":
+            self._reboot_alarmed()  # a Dynamixel keeps its alarm (and torque off) until REBOOT
         try:
             self._read(raise_alarm=True)
         except ServoError as e:
@@ -367,6 +369,26 @@ class ServoArm(Robot):
         self._q, self._g, self.measured_at = q, g, stamp
         self._failed_reads = 0
         self.counts["reads"] += 1
+
+    def _reboot_alarmed(self) -> None:
+        """REBOOT the Dynamixel servos whose Hardware_Error_Status is set; they come back with
+        torque off after about half a second."""
+        from robot_rl.drivers.servo.errors import ServoError, ServoStatusError
+        rebooted = []
+        for i in self.arm.ids:
+            try:
+                try:
+                    alarmed = bool(self.arm.bus.read(i, "Hardware_Error_Status"))
+                except ServoStatusError:  # the reply itself carries the alert bit
+                    alarmed = True
+                if alarmed:
+                    self.arm.bus.reboot(i)
+                    rebooted.append(i)
+            except ServoError as e:
+                raise RobotFault(f"servo {i}: cannot read or reboot it ({e})") from None
+        if rebooted:
+            log.warning(f"{self.spec.name} follower: rebooted servo(s) {rebooted} to clear their alarm")
+            time.sleep(0.5)
 
     def _bus_error(self, e: Exception) -> None:
         """A read/write that failed after its retries (dropped or corrupt replies): counted;

@@ -92,24 +92,33 @@ SO101 = load_spec("so101")
 
 
 @pytest.fixture(scope="module")
-def so101(tmp_path_factory):
-    """A virtual SO-101 (no cameras) with a calibrated follower and leader: (rig, follower file, leader file)."""
+def rigs(tmp_path_factory):
+    """Virtual SO-101-class units (no cameras) with calibrated arms, made on first use:
+    ``rigs(follower_hw, leader_hw) -> (rig, follower file, leader file)``."""
     from robot_rl.calibration.prompter import PersonPrompter
     from robot_rl.calibration.procedures import calibrate
     from robot_rl.drivers.virtual.so101 import VirtualSO101, random_unit
-    unit = random_unit(11, cameras=[])
-    rig = VirtualSO101(unit)
-    info = rig.start()
-    d = tmp_path_factory.mktemp("so101_cal")
-    files = {}
-    try:
-        for arm in ("follower", "leader"):
-            cal = calibrate(info[f"{arm}_port"], rig.hardware[arm], SO101, PersonPrompter(info["person"], quiet=True),
-                            arm_id=arm, sweep_s=2.0, log=lambda *a, **k: None)
-            files[arm] = cal.save(d / f"{arm}.yaml")
-        yield rig, files["follower"], files["leader"]
-    finally:
-        rig.close()
+    made = {}
+
+    def get(follower: str = "so101_follower", leader: str = "so101_leader"):
+        if (follower, leader) not in made:
+            rig = VirtualSO101(random_unit(11, follower=follower, leader=leader, cameras=[]))
+            info = rig.start()
+            made[(follower, leader)] = (rig,)
+            d = tmp_path_factory.mktemp(f"cal_{follower}")
+            files = [calibrate(info[f"{arm}_port"], rig.hardware[arm], SO101, PersonPrompter(info["person"], quiet=True),
+                               arm_id=arm, sweep_s=2.0, log=lambda *a, **k: None).save(d / f"{arm}.yaml")
+                     for arm in ("follower", "leader")]
+            made[(follower, leader)] = (rig, *files)
+        return made[(follower, leader)]
+    yield get
+    for r in made.values():
+        r[0].close()
+
+
+@pytest.fixture
+def so101(rigs):
+    return rigs()
 
 
 def _truth(rig):
@@ -176,16 +185,41 @@ def ArmSetupError_text(make) -> str:
     return str(e.value)
 
 
-def test_feetech_robot_node_estop_alarm_and_every_path(so101, client_factory):
-    """The follower through the robot node: joint commands move the (virtual) arm; a latched
-    e-stop holds on every path then turns torque off; an overload alarm holds, turns torque
-    off with one message and takes nothing until /robot/reset clears it."""
+ARMS = [("so101_follower", "so101_leader", "feetech"), ("koch_follower", "koch_leader", "dynamixel")]
+
+
+@pytest.mark.parametrize("follower,leader,driver", ARMS)
+def test_leader_device_reads_the_leaders_joint_angles(rigs, follower, leader, driver):
+    """The teleop device of an SO-101 leader (Feetech) and a Koch leader (Dynamixel): absolute
+    joint positions in the spec's angles, what the person holds."""
+    from robot_rl.teleop.devices import LeaderDevice
+    rig, _, lcal = rigs(follower, leader)
+    pose = {"shoulder_pan": 0.4, "shoulder_lift": -0.3, "elbow_flex": 1.0, "wrist_flex": 0.5, "wrist_roll": -1.2,
+            "gripper": 0.6}
+    rig.leader.hold(pose)
+    dev = LeaderDevice(robot="so101", port=rig.info["leader_port"], calibration=lcal, events="none")
+    dev.connect()
+    try:
+        cmd = dev.poll()
+        assert np.allclose(cmd.joints, [pose[n] for n in SO101.joint_names], atol=4 * 2 * np.pi / 4096), cmd.joints
+        assert abs(cmd.gripper - 0.6) < 0.01 and cmd.intervention and not cmd.events
+    finally:
+        dev.close()
+        rig.leader.release()
+
+
+@pytest.mark.parametrize("follower,leader,driver", ARMS)
+def test_servo_robot_node_estop_alarm_and_every_path(rigs, client_factory, follower, leader, driver):
+    """A servo-bus follower through the robot node (SO-101 on Feetech, a Koch follower on
+    Dynamixel): joint commands move the (virtual) arm; a latched e-stop holds on every path
+    then turns torque off; an overload alarm holds, turns torque off with one message and
+    takes nothing until /robot/reset clears it."""
     from std_msgs.msg import String
     from std_srvs.srv import SetBool, Trigger
 
     from robot_rl.ros import msgs
-    rig, fcal, _ = so101
-    with robot_node("--driver", "feetech", "--port", rig.info["follower_port"], "--calibration", str(fcal),
+    rig, fcal, _ = rigs(follower, leader)
+    with robot_node("--driver", driver, "--port", rig.info["follower_port"], "--calibration", str(fcal),
                     "--action-mode", "joint_pos", "--rate", "50", "--timeout", "0", "--estop-hold", "0.3") as proc:
         c = client_factory(proc)
         c.wait_streaming(timeout=30)
@@ -222,10 +256,11 @@ def test_feetech_robot_node_estop_alarm_and_every_path(so101, client_factory):
         c.spin_until(lambda: "servo alarm" in (c.diag_value("fault") or ""), 5.0, "the fault on /diagnostics")
         c.stream(lambda: c.joint_command(dict(zip(names, target))), 0.5)
         assert not any(_truth(rig)["follower"]["torque"].values())  # commands do not resume it
-        r = c.call(Trigger, "/robot/reset")
-        assert not r.success and "persists" in r.message  # the servo still reports it
-        bus.clear_error(3)
-        r = c.call(Trigger, "/robot/reset")
+        if driver == "feetech":  # the flag goes when the overload does; Dynamixel latches it until REBOOT
+            r = c.call(Trigger, "/robot/reset")
+            assert not r.success and "persists" in r.message  # the servo still reports it
+            bus.clear_error(3)
+        r = c.call(Trigger, "/robot/reset")  # Dynamixel: the reset REBOOTs the alarmed servo
         assert r.success and "cleared" in r.message, r.message
         c.spin(0.3)
         assert all(_truth(rig)["follower"]["torque"].values())
@@ -233,6 +268,7 @@ def test_feetech_robot_node_estop_alarm_and_every_path(so101, client_factory):
         assert abs(_truth(rig)["follower"]["q"]["shoulder_pan"] - q0[0]) < 0.05  # follows again
     log = proc.log
     assert log.count("overload") >= 1 and log.count("[ERROR]") == 1, log[-3000:]
+    assert ("rebooted servo(s) [3]" in log) == (driver == "dynamixel"), log[-3000:]
 
 
 def test_unplugging_the_follower_mid_episode(tmp_path, client_factory):

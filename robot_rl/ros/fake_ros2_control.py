@@ -54,9 +54,8 @@ from dataclasses import replace
 import numpy as np
 import yaml
 
-from robot_rl.spec import CONF_DIR, conf_file, load_spec
+from robot_rl.spec import conf_file, load_spec
 
-PRESETS = CONF_DIR / "ros2_control"
 
 
 class TrajectoryFollower:

@@ -124,9 +124,13 @@ def _bridge_driver_logs(ros_logger) -> None:
     class ToRos(logging.Handler):
         def emit(self, record):
             msg = self.format(record)
-            lv = record.levelno
-            (ros_logger.error if lv >= logging.ERROR else ros_logger.warning if lv >= logging.WARNING
-             else ros_logger.info)(msg)
+            # one call site per severity: rclpy refuses a call site whose severity changes
+            if record.levelno >= logging.ERROR:
+                ros_logger.error(msg)
+            elif record.levelno >= logging.WARNING:
+                ros_logger.warning(msg)
+            else:
+                ros_logger.info(msg)
 
     lg = logging.getLogger("robot_rl.drivers")
     for h in [h for h in lg.handlers if getattr(h, "robot_rl_ros", False)]:
