@@ -49,18 +49,23 @@ def main() -> None:
         figs.append({"figure": "stage 4 cameras", "value": f"{c['steps']} steps at {c['rate_hz']} Hz; " + ", ".join(
             f"{k} {v['messages']} frames, {v.get('steps_skipped')} steps skipped, 1/{v['raw_over_stored']} of raw"
             for k, v in c["cameras"].items())})
+    if "hardware" in rep:
+        h = rep["hardware"]
+        figs.append({"figure": "stage 5 virtual SO-101", "value": f"{h['store']['episodes']} leader episodes "
+                     f"({h['store']['successes']} successful, {h['store']['steps']} steps) in {h['record_s']} s; the policy "
+                     f"moved the follower {h['deploy']['follower_moved_rad']} rad; session {h['seconds']} s"})
     if "eval" in rep:
         e = rep["eval"]
-        figs.append({"figure": "stage 5 eval success", "value": f"{100 * e['success_rate']:.1f}% "
+        figs.append({"figure": "stage 6 eval success", "value": f"{100 * e['success_rate']:.1f}% "
                      f"[{100 * e['ci95'][0]:.1f}, {100 * e['ci95'][1]:.1f}] over {e['episodes']}"})
     if "deploy" in rep:
         d = rep["deploy"]
         lat = d.get("worker_latency_ms") or {}
-        figs.append({"figure": "stage 6 deployed", "value": f"{d['successes']}/{d['episodes']}; worker latency "
+        figs.append({"figure": "stage 7 deployed", "value": f"{d['successes']}/{d['episodes']}; worker latency "
                      + ", ".join(f"{k} {v:.1f} ms" for k, v in lat.items())})
     if "rl" in rep:
         x = rep["rl"]
-        figs.append({"figure": "stage 7 online RL", "value": f"{100 * x['base_success']:.0f}% -> "
+        figs.append({"figure": "stage 8 online RL", "value": f"{100 * x['base_success']:.0f}% -> "
                      f"{100 * x['final_success']:.0f}%, {100 * x['intervention_rate']:.1f}% intervened"})
     if figs:
         print_table(figs, ["figure", "value"], "figures the demo printed")
