@@ -432,7 +432,8 @@ class ServoArm(Robot):
         self.arm.bus.sync_write("Goal_Position", self.arm.cal.q_to_ticks(self._q, self._g))
         self.arm.torque(True)
         self._torque = True
-        self.safety.reset(self._q, self._g) if not self.safety.estopped else None
+        if not self.safety.estopped:
+            self.safety.reset(self._q, self._g)  # targets = where the arm is: nothing moves
 
     # kinematic hooks
     def _measured_q(self) -> np.ndarray:
