@@ -279,3 +279,30 @@ def test_deploy_driver_runs_episodes_through_the_graph(checkpoints, ros_domain, 
     assert r["diagnostics"]["mode"] == "cold" and r["nfe_per_query"] == 4.0  # the tiny policy's 4 DDIM steps
     assert "[inference]" in (tmp_path / "deploy.log").read_text() and (tmp_path / "deploy.json").exists()
     assert "success" in format_summary(r)
+
+
+def test_inference_node_names_the_keys_its_robot_does_not_provide(checkpoints, ros_domain, client_factory):
+    """A checkpoint that reads object_state on a robot that publishes joints and pose but no
+    object state (a real arm): one line naming the key, the hint to train a deployable policy,
+    exit code 2."""
+    from robot_rl.ros import msgs, topics
+    from sensor_msgs.msg import JointState
+    from geometry_msgs.msg import PoseStamped
+    c = client_factory()  # stands in for a hardware robot node: joint states and the pose only
+    pub_js = c.node.create_publisher(JointState, topics.JOINT_STATES, topics.reliable_qos(10))
+    pub_ee = c.node.create_publisher(PoseStamped, topics.EE_POSE, topics.reliable_qos(10))
+    p = spawn("robot_rl.ros.inference_node", str(checkpoints["so101"]), "--robot", "so101", "--check-robot", "3")
+    try:
+        end = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < end:
+            pub_js.publish(msgs.joint_state(SPEC.joint_names + ["gripper"], list(SPEC.home) + [0.0]))
+            pub_ee.publish(msgs.pose_stamped([0.2, 0.0, 0.1], [1.0, 0.0, 0.0, 0.0], time.time(), "base"))
+            c.spin(0.05)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 2, (out, err)
+    line = [ln for ln in err.splitlines() if ln.startswith("inference_node: ")]
+    assert len(line) == 1 and "['object_state']" in line[0] and "/object_state" in line[0], err
+    assert "deployable" in line[0] and "joint_pos" not in line[0]

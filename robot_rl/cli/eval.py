@@ -54,6 +54,12 @@ def run_eval(checkpoint: str, cfg: DictConfig):
         if "unknown policy type" in str(e) and failed:
             raise CheckpointError(f"{e} (policy modules that failed to import: {failed})") from None
         raise
+    if cfg.get("deployable"):
+        from robot_rl.observations import privileged
+        priv = privileged(policy.config.state_keys)
+        if priv:
+            raise EvalError(f"checkpoint {checkpoint} reads {priv}, which only the twin has (deployable=true): "
+                            f"train it on a deployable observation set (policy.observations=deployable or proprio)")
     trained = RobotSpec.from_dict(ck["robot_spec"])
     spec = override or trained
     meta = ck.get("metadata") or {}

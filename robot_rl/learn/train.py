@@ -58,7 +58,7 @@ from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.spec import RobotSpec
 
 # policy yaml keys that are training settings, not policy config fields
-TRAIN_KEYS = ("name", "optim", "execution")
+TRAIN_KEYS = ("name", "optim", "execution", "observations")
 
 
 class TrainError(ValueError):
@@ -89,8 +89,13 @@ def select_episodes(store: EpisodeStore, task: str | None, max_episodes: int | N
 
 
 def policy_keys(pcfg: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    state = list(pcfg.get("state_keys") or [])
-    cams = [c if c.startswith("image_") else f"image_{c}" for c in (pcfg.get("cameras") or [])]
+    """(state keys, ``image_<camera>`` keys) of a policy config: its observation set, or its
+    own lists (robot_rl.observations.resolve)."""
+    from robot_rl.observations import resolve
+    try:
+        state, cams, _ = resolve(pcfg)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     return state, cams
 
 

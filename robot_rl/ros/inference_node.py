@@ -267,6 +267,8 @@ class InferenceNode:
             self.pub_cmd = n.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY, rq(10))
         self.pub_diag = n.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, rq(10))
         parts = self.asm.parts
+        self.part_topics: dict[str, str] = {}  # part -> the topic that carries it (start-up check)
+        self.failed_check: str | None = None
         if "joint_states" in parts:
             n.create_subscription(JointState, topics.JOINT_STATES, self._on_js, rq(100))
         if "ee_pose" in parts:
@@ -278,6 +280,8 @@ class InferenceNode:
         for p in sorted(parts):
             if p.startswith("image_"):
                 cam = p[len("image_"):]
+                self.part_topics[p] = (topics.camera_image(cam) if image_transport == "raw"
+                                       else topics.camera_compressed(cam))
                 if image_transport == "raw":
                     n.create_subscription(Image, topics.camera_image(cam), lambda m, p=p: self._on_image(p, m),
                                           topics.sensor_qos(10))
@@ -285,6 +289,8 @@ class InferenceNode:
                     from sensor_msgs.msg import CompressedImage
                     n.create_subscription(CompressedImage, topics.camera_compressed(cam),
                                           lambda m, p=p: self._on_image(p, m, compressed=True), topics.sensor_qos(10))
+        self.part_topics.update({k: t for k, t in (("joint_states", topics.JOINT_STATES), ("ee_pose", topics.EE_POSE),
+                                                   ("object_state", topics.OBJECT_STATE)) if k in parts})
         n.create_subscription(String, topics.TELEOP_EVENT, self._on_event, rq(10))
         n.create_service(Trigger, topics.INFERENCE_RESET, self._srv_reset)
         n.create_service(SetBool, topics.INFERENCE_PAUSE, self._srv_pause)
@@ -440,6 +446,11 @@ class InferenceNode:
         return resp
 
     # -- the control loop ----------------------------------------------------------------------------
+    def missing_parts(self) -> dict[str, str]:
+        """Observation parts (and their topics) that nothing publishes: the robot does not
+        provide them (e.g. object_state on a real arm)."""
+        return {p: t for p, t in self.part_topics.items() if self.node.count_publishers(t) == 0}
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="inference_control", daemon=True)
         self._thread.start()
@@ -673,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads where inference runs (0: torch's default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     p.add_argument("--diag-hz", type=float, default=2.0, help="/diagnostics rate (0: off)")
+    p.add_argument("--check-robot", type=float, default=20.0, metavar="S",
+                   help="exit (code 2) naming the observation keys the robot does not provide when a topic the "
+                        "checkpoint needs has no publisher S seconds after start (0: do not check)")
     p.add_argument("--name", default="inference_node", help="node name")
     p.add_argument("--image-transport", default="raw", choices=("raw", "compressed"),
                    help="camera topics: image_raw (Image) or image_raw/compressed (a camera node's JPEG)")
@@ -690,6 +704,28 @@ def make_controller(args, spec, action_mode: str):
                             executor={"execution": args.execution}, worker=args.worker,
                             stale_after_s=args.stale_after, max_latency_s=args.max_latency, clock=time.time,
                             device=device, torch_threads=args.torch_threads or None)
+
+
+def _check_robot_after(node: "InferenceNode", ex, seconds: float, keys: list[str]) -> None:
+    """After `seconds`, every topic the checkpoint needs must have a publisher; else one line
+    naming the missing keys (privileged ones: a twin-only checkpoint) and exit code 2."""
+    from robot_rl.observations import PRIVILEGED_KEYS
+    part_keys = {"joint_states": _JS_KEYS, "ee_pose": _EE_KEYS, "object_state": _OBJ_KEYS}
+
+    def check():
+        timer.cancel()
+        missing = node.missing_parts()
+        if not missing:
+            return
+        lost = sorted(k for k in keys if k in missing or any(k in part_keys.get(p, ()) for p in missing))
+        priv = [k for k in lost if k in PRIVILEGED_KEYS]
+        hint = (f"; {priv} only exist on the twin: train a deployable policy (policy.observations=deployable)"
+                if priv else "")
+        node.failed_check = (f"the robot does not provide {lost} (no publisher on {sorted(missing.values())} after "
+                             f"{seconds:g} s) that this checkpoint needs{hint}")
+        node.log.error(node.failed_check)
+        node.node.context.try_shutdown()
+    timer = node.node.create_timer(seconds, check)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -745,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         node.start()
         ex = SingleThreadedExecutor()
         ex.add_node(node.node)
+        if args.check_robot > 0:
+            _check_robot_after(node, ex, args.check_robot, keys)
         ex.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -763,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
     if node is not None and node.failed:
         rc = 1
+    if node is not None and node.failed_check is not None:  # the robot lacks keys the checkpoint needs
+        print(f"{prog}: {node.failed_check}", file=sys.stderr)
+        rc = 2
     return rc
 
 
