@@ -110,7 +110,7 @@ def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_s
               f"{', '.join(result['store']['keys'])}", flush=True)
         ckpt_dir = out / "policy"
         _run("train a state policy", _cli("train", "policy=mlp_bc", f"dataset={store}", f"out={ckpt_dir}",
-                                          f"steps={train_steps}", "policy.state_keys=[joint_pos,gripper,ee_pos]",
+                                          f"steps={train_steps}", "policy.observations=proprio",
                                           "eval_final=false", "tensorboard=false", "progress=false"),
              env, 600, log, verbose)
         ckpt = ckpt_dir / "checkpoints" / "last"
