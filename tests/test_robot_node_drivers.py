@@ -45,6 +45,7 @@ def test_ros2_control_robot_node_forwards_chunks_and_estop_holds_every_path(clie
         sent = []  # what reaches the controller's topic
         c.node.create_subscription(JointTrajectory, UR_TRAJ, lambda m: sent.append(m), topics.reliable_qos(100))
         c.spin_until(lambda: _positions(c.js, ARM6.joint_names) is not None, 30.0, "the robot node's joint states")
+        c.spin_until(lambda: _positions(c.js, UR) is not None, 30.0, "the controller's joint states")
         c.wait_ready(30.0)
         home = _positions(c.js, UR)
         assert home is not None and np.allclose(home, ARM6.home, atol=0.02)
