@@ -18,12 +18,9 @@ Both print the sentence to ``out`` (stdout by default), so a log reads the same 
 """
 from __future__ import annotations
 
-import json
 import select
 import sys
 import threading
-import urllib.error
-import urllib.request
 from typing import IO, Any, Callable
 
 
@@ -98,11 +95,9 @@ class PersonPrompter(Prompter):
     so101`` prints it; ``/person`` is appended unless the URL ends with it)."""
 
     def __init__(self, url: str, out: IO[str] | None = None, timeout_s: float = 300.0, quiet: bool = False):
+        from robot_rl.drivers.virtual.person import person_urls
         super().__init__(out=out)
-        url = url.rstrip("/")
-        if "://" not in url:
-            url = "http://" + url
-        self.url = url if url.endswith("/person") else url + "/person"
+        self.url = person_urls(url)[0]
         self.timeout_s = timeout_s
         self.quiet = quiet
 
@@ -111,27 +106,13 @@ class PersonPrompter(Prompter):
             super().say(text)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        req = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"},
-                                     method="POST")
+        from robot_rl.drivers.virtual.person import PersonError, post
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace").strip()
-            try:
-                detail = json.loads(detail).get("error", detail)
-            except (ValueError, AttributeError):
-                pass
-            raise PromptError(f"the person at {self.url} could not do {body}: {detail or e}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise PromptError(f"cannot reach the person at {self.url} ({reason}): is `robot-rl virtual so101` "
-                              "running, and is person= the URL it printed?") from None
-        try:
-            return json.loads(raw) if raw.strip() else {}
-        except ValueError:
-            return {}
+            return post(self.url, body, timeout=self.timeout_s)
+        except PersonError as e:
+            msg = str(e)
+            raise PromptError(msg if msg.startswith("cannot reach") else
+                              f"the person at {self.url} could not do {body}: {msg}") from None
 
     def tell(self, action: str, text: str, **params: Any) -> None:
         self.ask(action, text, **params)

@@ -163,10 +163,8 @@ def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_s
 
 def _truth(person_url: str) -> dict:
     """The virtual arms' true joint angles (the benchmark's view, never the code under test's)."""
-    import urllib.request
-    base = person_url[: -len("/person")] if person_url.endswith("/person") else person_url
-    with urllib.request.urlopen(base + "/truth", timeout=5) as r:
-        t = json.loads(r.read())
+    from robot_rl.drivers.virtual.person import get
+    t = get(person_url, "/truth", timeout=5)
     return {arm: {**{k: float(v) for k, v in t[arm]["q"].items()}, "gripper": float(t[arm]["gripper"] or 0.0)}
             for arm in ("follower", "leader")}
 

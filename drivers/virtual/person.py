@@ -510,31 +510,54 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(500, {"error": f"{type(e).__name__}: {e}"})
 
 
-def post(url: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Send the person one request (a tiny client for tests and the calibration prompter)."""
+def person_urls(url: str) -> tuple[str, str]:
+    """(the POST /person URL, the server's base URL) of what `robot-rl virtual so101`
+    printed, with or without ``/person`` or a scheme."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    post_url = url if url.endswith("/person") else url + "/person"
+    return post_url, post_url[: -len("/person")]
+
+
+def _call(req, timeout: float, where: str) -> dict[str, Any]:
     import urllib.error
     import urllib.request
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
+            raw = r.read()
+    except urllib.error.HTTPError as e:  # the person answered: it could not do it
+        detail = e.read().decode(errors="replace").strip()
         try:
-            msg = json.loads(e.read()).get("error", str(e))
-        except ValueError:
-            msg = str(e)
-        raise PersonError(msg) from None
+            detail = json.loads(detail).get("error", detail)
+        except (ValueError, AttributeError):
+            pass
+        raise PersonError(detail or str(e)) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise PersonError(f"cannot reach the person at {where} ({getattr(e, 'reason', e)}): is `robot-rl virtual "
+                          "so101` running, and is person= the URL it printed?") from None
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise PersonError(f"the person at {where} answered something that is not JSON") from None
+
+
+def post(url: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Send the person one instruction; returns when it is done. PersonError names what went
+    wrong (it could not do it, or it cannot be reached)."""
+    import urllib.request
+    post_url, _ = person_urls(url)
+    req = urllib.request.Request(post_url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    return _call(req, timeout, post_url)
 
 
 def get(url: str, path: str, timeout: float = 10.0, **query: Any) -> dict[str, Any]:
-    """GET `path` (e.g. "/truth") of the person server whose POST URL is `url`."""
+    """GET `path` (``/events``, ``/truth``, ``/status``) of the person server `url` names."""
     import urllib.parse
-    import urllib.request
-    base = url.rsplit("/", 1)[0]
+    _, base = person_urls(url)
     qs = ("?" + urllib.parse.urlencode(query)) if query else ""
-    with urllib.request.urlopen(base + path + qs, timeout=timeout) as r:
-        return json.loads(r.read())
+    return _call(base + path + qs, timeout, base)
 
 
-__all__ = ["Person", "PersonServer", "PersonError", "post", "get", "ACTIONS"]
+__all__ = ["Person", "PersonServer", "PersonError", "person_urls", "post", "get", "ACTIONS"]

@@ -485,32 +485,24 @@ class PersonEvents:
     start / success / failure "key presses" are polled from ``GET /events``."""
 
     def __init__(self, url: str, episodes: int, seed: int, max_seconds: float = 30.0, timeout_s: float = 2.0):
-        self.url = url.rstrip("/")
-        if self.url.endswith("/person"):  # the URL `robot-rl virtual so101` prints is the instruction endpoint
-            self.url = self.url[: -len("/person")]
+        self.url = url
         self.episodes, self.seed, self.max_seconds, self.timeout_s = episodes, seed, max_seconds, timeout_s
         self.after = -1
         self.ended = 0
         self._next_poll = 0.0
 
     def _http(self, path: str, body: dict | None = None) -> dict:
-        import json
-        import urllib.error
-        import urllib.request
-        req = urllib.request.Request(self.url + path, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+        from robot_rl.drivers.virtual.person import PersonError, get, post
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                return json.loads(r.read() or b"{}")
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise DeviceError(f"the person at {self.url} does not answer ({e}): is `robot-rl virtual so101` "
-                              f"running?") from None
+            return get(self.url, path, self.timeout_s) if body is None else post(self.url, body, self.timeout_s)
+        except PersonError as e:
+            raise DeviceError(f"the virtual person: {e}") from None
 
     def connect(self) -> None:
         evs = self._http("/events?after=-1").get("events", [])
         self.after = max([e["k"] for e in evs], default=-1)  # old presses are not ours
-        self._http("/person", {"do": "teleop", "episodes": self.episodes, "seed": self.seed,
-                               "max_seconds": self.max_seconds})
+        self._http("", {"do": "teleop", "episodes": self.episodes, "seed": self.seed,
+                        "max_seconds": self.max_seconds})
 
     def poll(self) -> tuple[list[str], bool]:
         now = time.monotonic()
