@@ -506,15 +506,15 @@ class RobotNode:
         per = np.array(self._periods) * 1e3 if self._periods else np.zeros(0)
         ticks = list(self._tick_times)
         achieved = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
-        with self.lock:
+        with self.lock:  # the driver's state and bus statistics change in the control thread
             safety = self.robot.safety.telemetry()
             sim_t = self.robot.sim_time if self.is_sim else None
             latched, n_latched = self._grip_latched, self.counts["rejected_gripper_latched"]
+            fault = self.robot.fault
+            driver = self.robot.status()
         safety["gripper_latched_nonfinite"] = int(latched)
-        fault = self.robot.fault
         if self.failed is not None and fault is None:
             fault = str(self.failed)
-        driver = self.robot.status()
         arr = DiagnosticArray()
         arr.header.stamp = self.node.get_clock().now().to_msg()
         s = DiagnosticStatus(name=f"{self.node.get_name()}: safety", hardware_id=self.spec.name)
