@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from robot_rl.runtime.robot import ActResult, Robot, RobotDisconnected, RobotFault, make_safety_filter
-from robot_rl.spec import RobotSpec, load_spec
+from robot_rl.spec import RobotSpec, load_spec, resolve_spec
 
 log = logging.getLogger("robot_rl.drivers.servo_arm")
 
@@ -42,13 +42,6 @@ SETUP_TIMEOUT_S = 0.05  # per reply while connecting
 
 class ArmSetupError(RuntimeError):
     """The arm cannot be used as configured: the message names the cause and the fix."""
-
-
-def _spec(robot: str | RobotSpec) -> RobotSpec:
-    """The spec without cameras: on hardware, cameras are camera nodes of their own."""
-    from dataclasses import replace
-    spec = robot if isinstance(robot, RobotSpec) else load_spec(robot)
-    return replace(spec, cameras=()) if spec.cameras else spec
 
 
 class _Bus:
@@ -187,13 +180,8 @@ class ServoArm(Robot):
                  control_hz: float | None = None, *, port: str = "", calibration: Any = None,
                  hardware: str | None = None, baudrate: int | None = None, max_relative_target: float | None = 0.5,
                  estop_hold_s: float = 0.5, bus_timeout_s: float = 0.01, bus_retries: int = 2):
-        self.spec = _spec(robot)
-        if control_hz:
-            from dataclasses import replace
-            self.spec = replace(self.spec, control_hz=float(control_hz))
-        if action_mode not in self.spec.action_modes:
-            raise ArmSetupError(f"action mode {action_mode!r} not supported by {self.spec.name!r} "
-                                f"({list(self.spec.action_modes)})")
+        # no cameras: on hardware they are camera nodes of their own
+        self.spec = resolve_spec(robot, action_mode, (), None, control_hz or None)
         self.action_mode = action_mode
         self._safety_kwargs = dict(safety or {})
         self.max_relative_target = max_relative_target
@@ -461,7 +449,7 @@ class LeaderArm:
     def __init__(self, robot: str | RobotSpec = "so101", *, port: str = "", calibration: Any = None,
                  hardware: str | None = None, baudrate: int | None = None, bus_timeout_s: float = 0.01,
                  bus_retries: int = 2):
-        self.spec = _spec(robot)
+        self.spec = load_spec(robot).with_cameras([])
         self.arm = _Bus(self.spec, port, calibration, hardware, "leader", baudrate, bus_timeout_s, bus_retries)
         self.names = self.arm.names
         self.read_at: float | None = None
