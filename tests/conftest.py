@@ -18,16 +18,8 @@ _domain_ids = itertools.count(1 + (os.getpid() % 20) * 10)
 def ros_domain(monkeypatch):
     """A ROS_DOMAIN_ID of this test's own (inherited by subprocesses); refuses to run DDS
     outside a loopback-only network namespace (make test runs pytest inside one)."""
-    from ros_helpers import BrokenRosInstall, have_rclpy, in_isolated_netns
-    try:
-        present = have_rclpy()
-    except BrokenRosInstall as e:
-        pytest.fail(str(e))
-    if not present:
-        pytest.skip("rclpy is not installed (pip install -e .[ros])")
-    if not in_isolated_netns():
-        pytest.fail("DDS tests must run in a loopback-only network namespace: use `make test` "
-                    "or scripts/isolated.sh")
+    from ros_helpers import require_dds
+    require_dds()
     dom = next(_domain_ids) % 200 + 1
     monkeypatch.setenv("ROS_DOMAIN_ID", str(dom))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -56,6 +56,19 @@ def in_isolated_netns() -> bool:
     return loopback_only()
 
 
+def require_dds() -> None:
+    """Skip when ROS 2 is not installed, fail on a broken install or outside a loopback-only
+    network namespace: no DDS packet may leave this machine."""
+    try:
+        present = have_rclpy()
+    except BrokenRosInstall as e:
+        pytest.fail(str(e))
+    if not present:
+        pytest.skip("rclpy is not installed (pip install -e .[ros])")
+    if not in_isolated_netns():
+        pytest.fail("DDS tests must run in a loopback-only network namespace: use `make test` or scripts/isolated.sh")
+
+
 def spawn(module: str, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     """Start ``python -m module args`` as a separate process with the test's ROS env."""
     e = {**os.environ, **(env or {})}

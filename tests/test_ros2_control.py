@@ -82,15 +82,8 @@ def test_fake_trajectory_follower_semantics():
 def ros_env():
     """A ROS_DOMAIN_ID for this module (the fake controller is shared by its tests); DDS only
     inside a loopback-only network namespace."""
-    from ros_helpers import BrokenRosInstall, have_rclpy, in_isolated_netns
-    try:
-        present = have_rclpy()
-    except BrokenRosInstall as e:
-        pytest.fail(str(e))
-    if not present:
-        pytest.skip("rclpy is not installed (pip install -e .[ros])")
-    if not in_isolated_netns():
-        pytest.fail("DDS tests must run in a loopback-only network namespace: use `make test` or scripts/isolated.sh")
+    from ros_helpers import require_dds
+    require_dds()
     old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     os.environ["ROS_DOMAIN_ID"] = str(201 + os.getpid() % 30)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
