@@ -134,6 +134,10 @@ def test_hardware_graphs_start_the_driver_camera_nodes_and_the_leader():
     dep = {n.name: n for n in GRAPHS["deploy"].nodes({"driver": "feetech", "port": "/dev/ttyACM0",
                                                       "calibration": "f.yaml", "checkpoint": "ck"})}
     assert "--seed" not in dep["robot"].args and "--port" in dep["robot"].args
+    dep = {n.name: n for n in GRAPHS["deploy"].nodes({"driver": "feetech", "port": "/dev/ttyACM0", "calibration": "f.yaml",
+                                                      "checkpoint": "ck", "cameras": "front,wrist",
+                                                      "sources": "/dev/video0,/dev/video2"})}
+    assert {"camera_front", "camera_wrist"} <= set(dep) and "--image-transport" in dep["inference"].args
     for bad, msg in (({**p, "device": "expert"}, "records a person"), ({**p, "port": ""}, "needs port="),
                      ({**p, "leader.port": ""}, "needs leader.port="), ({**p, "sources": "/dev/video0"}, "1 camera sources")):
         with pytest.raises(KeyError) as e:

@@ -203,6 +203,9 @@ def _deploy(p: dict[str, str]) -> list[NodeDef]:
         inf += ["--rate", p["rate"]]
     if p["stale_after"]:
         inf += ["--stale-after", p["stale_after"]]
+    cams, names = _camera_nodes(p) if _hardware(p) else ([], [])
+    if names:  # an image policy on hardware: the camera nodes' JPEG streams
+        inf += ["--image-transport", "compressed"]
     if p["params"]:  # "warm_steps=4,k_prime=50": the inference node's ROS parameters at start-up
         inf += ["--ros-args"]
         for kv in p["params"].split(","):
@@ -211,7 +214,7 @@ def _deploy(p: dict[str, str]) -> list[NodeDef]:
                 raise KeyError(f"graph 'deploy': params must be name=value[,name=value...], got {p['params']!r}")
             inf += ["-p", f"{k}:={v}"]
     # the inference node starts after the robot node (it holds until observations flow anyway)
-    return [robot, NodeDef("inference", "robot_rl.ros.inference_node", tuple(inf), start_delay_s=0.5)]
+    return [robot, *cams, NodeDef("inference", "robot_rl.ros.inference_node", tuple(inf), start_delay_s=0.5)]
 
 
 GRAPHS["deploy"] = Graph(
