@@ -88,7 +88,8 @@ class ACTPolicy(Policy):
         d = c.dim_model
         self.state_dim = sum(c.state_dims[k] for k in c.state_keys)
         self.obs_encoder = ObservationEncoder({k: c.state_dims[k] for k in c.state_keys}, c.cameras,
-                                              feature_dim=c.feature_dim, crop=c.crop, shared_cnn=c.shared_cnn)
+                                              feature_dim=c.feature_dim, crop=c.crop, shared_cnn=c.shared_cnn,
+                                              **c.encoder_kwargs())
         # one token per state group / camera and observation step
         self.n_groups = bool(c.state_keys) + len(c.cameras)
         self.obs_proj = nn.Linear(c.feature_dim, d)

@@ -39,6 +39,14 @@ class PolicyConfig:
     n_obs_steps: int = 2
     horizon: int = 16  # actions predicted per call
     n_action_steps: int = 8  # actions executed before predicting again
+    # image encoder (ResNetEncoder): one residual stage per width, pooling, keypoints
+    cnn_widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    cnn_pool: str = "spatial_softmax"  # spatial_softmax | avg
+    cnn_keypoints: int = 32
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        """The image-encoder settings ObservationEncoder takes."""
+        return {"widths": list(self.cnn_widths), "pool": self.cnn_pool, "keypoints": int(self.cnn_keypoints)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":

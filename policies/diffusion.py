@@ -70,7 +70,8 @@ class DiffusionPolicy(Policy):
         if c.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {c.scheduler!r}")
         self.encoder = ObservationEncoder({k: c.state_dims[k] for k in c.state_keys}, c.cameras,
-                                          feature_dim=c.feature_dim, crop=c.crop, shared_cnn=c.shared_cnn)
+                                          feature_dim=c.feature_dim, crop=c.crop, shared_cnn=c.shared_cnn,
+                                          **c.encoder_kwargs())
         if c.denoiser == "unet":
             self.net = ConditionalUnet1D(c.action_dim, self.encoder.out_dim * c.n_obs_steps, c.down_dims,
                                          c.step_embed_dim, c.kernel_size, c.n_groups)

@@ -22,7 +22,8 @@ class MLPBCPolicy(Policy):
     def __init__(self, config: PolicyConfig, normalizer: Normalizer, hidden: int = 256):
         super().__init__(config, normalizer)
         c = config
-        self.encoder = ObservationEncoder({k: c.state_dims[k] for k in c.state_keys}, c.cameras, feature_dim=64)
+        self.encoder = ObservationEncoder({k: c.state_dims[k] for k in c.state_keys}, c.cameras, feature_dim=64,
+                                          **c.encoder_kwargs())
         self.head = nn.Sequential(nn.Linear(self.encoder.out_dim * c.n_obs_steps, hidden), nn.Mish(),
                                   nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, c.horizon * c.action_dim))
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from robot_rl.policies.common.encoders import ObservationEncoder, RandomCrop, ResNetEncoder, SpatialSoftmax
@@ -42,7 +43,35 @@ def test_observation_encoder_shapes_and_gradients():
     f.sum().backward()
     assert enc.cnns["image_front"].stem[0].weight.grad is not None
     shared = ObservationEncoder({}, ["a", "b"], feature_dim=16, shared_cnn=True)
-    assert shared.cnns["a"] is shared.cnns["b"]
+    assert shared.cnn("a") is shared.cnn("b") and list(shared.cnns) == ["shared"]
+    # the shared CNN's weights appear once in the state dict (safetensors refuses aliases)
+    assert sum(k.endswith("stem.0.weight") for k in shared.state_dict()) == 1
+
+
+def test_shared_cnn_batches_cameras_to_the_same_features_as_one_at_a_time():
+    torch.manual_seed(0)
+    enc = ObservationEncoder({"q": 3}, ["a", "b"], feature_dim=8, shared_cnn=True, widths=(8, 16), keypoints=4).eval()
+    obs = {"q": torch.randn(2, 2, 3), "a": torch.randint(0, 255, (2, 2, 32, 32, 3), dtype=torch.uint8),
+           "b": torch.randint(0, 255, (2, 2, 32, 32, 3), dtype=torch.uint8)}
+    f = enc(obs)
+    one = enc.cnn("a")
+    fa = one(obs["a"].reshape(4, 32, 32, 3)).reshape(2, 2, -1)
+    fb = one(obs["b"].reshape(4, 32, 32, 3)).reshape(2, 2, -1)
+    torch.testing.assert_close(f[..., 8:16], fa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f[..., 16:], fb, atol=1e-5, rtol=1e-5)
+
+
+def test_cnn_widths_set_depth_and_pooling_is_selectable():
+    narrow = ResNetEncoder(out_dim=8, widths=(8, 16), pool="avg")
+    deep = ResNetEncoder(out_dim=8, widths=(8, 16, 32, 64))
+    assert len(narrow.blocks) == 2 and len(deep.blocks) == 4
+    assert narrow.pool.out_dim == 16 and deep.pool.out_dim == 64  # avg: channels; softmax: 2 x keypoints
+    x = torch.randint(0, 255, (3, 48, 48, 3), dtype=torch.uint8)
+    assert narrow(x).shape == deep(x).shape == (3, 8)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ResNetEncoder(widths=(8,), pool="max")
+    with pytest.raises(ValueError, match="widths"):
+        ResNetEncoder(widths=())
 
 
 def test_resnet_accepts_hwc_uint8():

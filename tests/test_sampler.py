@@ -223,7 +223,7 @@ def test_resized_images_are_read_per_batch_not_loaded(tmp_path):
         for name, src in sources.items():
             for size in ((3, 4), {"image_front": (3, 4)}):
                 smp = SequenceSampler(src, keys, n_obs_steps=2, horizon=8, image_size=size,
-                                      episode_mask=[True, False, True, True, True])
+                                      episode_mask=[True, False, True, True, True], preload_images_mb=0)
                 assert smp.lazy_images == ["image_front"], name
                 assert smp.image_shapes == {"image_front": (3, 4, 3)}
                 assert smp.source_image_shapes == {"image_front": (6, 8, 3)}
@@ -241,11 +241,18 @@ def test_resized_images_are_read_per_batch_not_loaded(tmp_path):
                     np.testing.assert_array_equal(got[k], want[k])
                 for i in idx[:5]:
                     np.testing.assert_array_equal(smp[int(i)]["image_front"], got["image_front"][list(idx).index(i)])
+                # decoded + resized once and held in memory (the default when it fits): same batches
+                held = SequenceSampler(src, keys, n_obs_steps=2, horizon=8, image_size=size,
+                                       episode_mask=[True, False, True, True, True])
+                assert held.lazy_images == [] and held.preloaded_images == ["image_front"]
+                assert isinstance(held.arrays["image_front"], np.ndarray) and held.arrays["image_front"].dtype == np.uint8
+                for k in ("image_front", "joint_pos", "action", "is_pad"):
+                    np.testing.assert_array_equal(held.get_batch(idx)[k], got[k], err_msg=f"{name} {k}")
         # same size as stored: in memory, as before
         same = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=(6, 8))
         assert same.lazy_images == []
         # split keeps the size
-        tr, va = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=4).split(0.4)
+        tr, va = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=4, preload_images_mb=0).split(0.4)
         assert tr.lazy_images == va.lazy_images == ["image_front"] and tr.image_shapes["image_front"] == (4, 4, 3)
         lazy = SequenceSampler(st, keys, n_obs_steps=2, horizon=8, image_size=4, in_memory=False)
         np.testing.assert_array_equal(lazy.get_batch([0, 5])["image_front"],
@@ -285,14 +292,14 @@ def test_jpeg_keys_use_read_frames_even_at_the_stored_size():
             "x": rng.normal(size=(10, 2)).astype(np.float32),
             "action": rng.normal(size=(10, 2)).astype(np.float32), "episode_ends": ends}
     fake = _FakeStore(data)
-    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3)
+    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3, preload_images_mb=0)
     assert smp.lazy_images == ["img"] and smp.image_shapes["img"] == (6, 6, 3)
     ref = SequenceSampler(data, ["img", "x"], n_obs_steps=2, horizon=3)
     got = smp.get_batch(np.arange(len(smp)))
     np.testing.assert_array_equal(got["img"], ref.get_batch(np.arange(len(smp)))["img"])
     key, rows, size = fake.calls[-1]
     assert key == "img" and size is None and rows == sorted(set(rows)) and rows == list(range(10))
-    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3, image_size=(3, 3))
+    smp = SequenceSampler(fake, ["img", "x"], n_obs_steps=2, horizon=3, image_size=(3, 3), preload_images_mb=0)
     smp.get_batch([0, 1])
     assert fake.calls[-1] == ("img", [0, 1], (3, 3))
 
@@ -310,9 +317,10 @@ def test_jpeg_store_reads_through_read_frames(tmp_path):
             ep.commit(success=True)
     with EpisodeStore.open(path) as st:
         assert st.codec("image_front").startswith("jpeg")
-        smp = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4)
+        smp = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4, preload_images_mb=0)
         assert smp.lazy_images == ["image_front"] and smp.image_shapes["image_front"] == (48, 64, 3)
-        small = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4, image_size=(12, 16))
+        small = SequenceSampler(st, ["image_front", "joint_pos"], n_obs_steps=2, horizon=4, image_size=(12, 16),
+                                preload_images_mb=0)
         idx = np.arange(len(smp))
         full, got = smp.get_batch(idx), small.get_batch(idx)
         assert got["image_front"].shape == (len(idx), 2, 12, 16, 3)

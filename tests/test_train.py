@@ -179,7 +179,11 @@ def test_images_of_another_size_resize_only_when_asked(jpeg_store, tmp_path, cap
     assert main([*common, f"out={tmp_path / 'bad'}", "image_size=[1,2,3]"]) == 2
     assert "image_size must be" in capsys.readouterr().err
     out = tmp_path / "small"
-    rc = main([*common, f"out={out}", "image_size=16", "loader_threads=2"])
+    rc = main([*common, f"out={tmp_path / 'held'}", "image_size=16"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "images image_front decoded and resized to 16x16 once, held in memory" in text.out
+    rc = main([*common, f"out={out}", "image_size=16", "loader_threads=2", "preload_images_mb=0"])
     text = capsys.readouterr()
     assert rc == 0, text.err
     assert "image_front 32x24 decoded and resized to 16x16 by 2 loader threads" in text.out
@@ -203,7 +207,8 @@ def test_images_of_another_size_resize_only_when_asked(jpeg_store, tmp_path, cap
 def test_prefetcher_threads_keep_the_batch_order(jpeg_store):
     from robot_rl.data import EpisodeStore
     with EpisodeStore.open(jpeg_store) as st:
-        s = SequenceSampler(st, obs_keys=["image_front", "joint_pos"], n_obs_steps=2, horizon=8, image_size=(12, 16))
+        s = SequenceSampler(st, obs_keys=["image_front", "joint_pos"], n_obs_steps=2, horizon=8, image_size=(12, 16),
+                            preload_images_mb=0)
         assert s.lazy_images == ["image_front"]
         seqs = []
         for threads in (1, 3):

@@ -3,7 +3,9 @@
 - ``MLPEncoder``: state vectors -> features.
 - ``ResNetEncoder``: a small ResNet-style CNN with GroupNorm (batch-size independent, safe
   for EMA and tiny batches) and spatial-softmax pooling (expected 2-D keypoints per
-  channel, as in diffusion policy's image encoders), for one camera.
+  channel, as in diffusion policy's image encoders) or global average pooling, for one
+  camera. Widths set the depth too: one residual stage per width, the first at the stem's
+  stride 2, each later one halving the resolution.
 - ``RandomCrop``: train-time augmentation; at eval time a centre crop of the same size.
 - ``ObservationEncoder``: state keys + cameras (one CNN per camera, or one shared) -> one
   feature vector per time step.
@@ -72,11 +74,30 @@ class SpatialSoftmax(nn.Module):
         return torch.cat([ex, ey], dim=-1)
 
 
+POOLS = ("spatial_softmax", "avg")
+
+
+class AvgPool(nn.Module):
+    """Global average pooling: (B, C, H, W) -> (B, C)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.out_dim = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class ResNetEncoder(nn.Module):
     """uint8 or float images (B, H, W, 3) or (B, 3, H, W) -> (B, out_dim)."""
 
-    def __init__(self, out_dim: int = 128, widths: Sequence[int] = (32, 64, 128), keypoints: int = 32):
+    def __init__(self, out_dim: int = 128, widths: Sequence[int] = (32, 64, 128), keypoints: int = 32,
+                 pool: str = "spatial_softmax"):
         super().__init__()
+        if not widths or any(int(w) < 1 for w in widths):
+            raise ValueError(f"CNN widths must be a non-empty list of positive ints, got {list(widths)!r}")
+        if pool not in POOLS:
+            raise ValueError(f"CNN pool must be one of {POOLS}, got {pool!r}")
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 5, 2, 2, bias=False),
                                   nn.GroupNorm(_groups(widths[0]), widths[0]), nn.ReLU())
         blocks, c = [], widths[0]
@@ -84,7 +105,7 @@ class ResNetEncoder(nn.Module):
             blocks.append(_Block(c, w, 1 if i == 0 else 2))
             c = w
         self.blocks = nn.Sequential(*blocks)
-        self.pool = SpatialSoftmax(c, keypoints)
+        self.pool = SpatialSoftmax(c, keypoints) if pool == "spatial_softmax" else AvgPool(c)
         self.head = nn.Linear(self.pool.out_dim, out_dim)
         self.out_dim = out_dim
 
@@ -96,9 +117,12 @@ class ResNetEncoder(nn.Module):
             img = img.float() / 255.0
         return img * 2.0 - 1.0
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.to_float_chw(img)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Float (B, 3, H, W) in [-1, 1] -> (B, out_dim)."""
         return self.head(self.pool(self.blocks(self.stem(x))))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.features(self.to_float_chw(img))
 
 
 class RandomCrop(nn.Module):
@@ -129,11 +153,13 @@ class ObservationEncoder(nn.Module):
     """Dict of observations with a time axis -> (B, T, out_dim) features.
 
     `state_dims`: {key: dim} of state vectors (concatenated, then an MLP); `cameras`:
-    image keys; `shared_cnn`: one CNN for all cameras instead of one each.
+    image keys; `shared_cnn`: one CNN for all cameras instead of one each (their frames then
+    go through it as one batch); `widths`, `keypoints`, `pool`: the CNN's (see ResNetEncoder).
     """
 
     def __init__(self, state_dims: Mapping[str, int], cameras: Sequence[str] = (), *, feature_dim: int = 128,
-                 crop: int | None = None, shared_cnn: bool = False):
+                 crop: int | None = None, shared_cnn: bool = False, widths: Sequence[int] = (32, 64, 128),
+                 keypoints: int = 32, pool: str = "spatial_softmax"):
         super().__init__()
         self.state_keys = list(state_dims)
         self.cameras = list(cameras)
@@ -141,27 +167,35 @@ class ObservationEncoder(nn.Module):
             raise ValueError("an observation encoder needs at least one state key or camera")
         self.state = MLPEncoder(sum(state_dims.values()), feature_dim) if self.state_keys else None
         self.crop = RandomCrop(crop) if crop else None
-        if shared_cnn and self.cameras:
-            cnn = ResNetEncoder(feature_dim)
-            self.cnns = nn.ModuleDict({c: cnn for c in self.cameras})
-        else:
-            self.cnns = nn.ModuleDict({c: ResNetEncoder(feature_dim) for c in self.cameras})
+        self.shared_cnn = bool(shared_cnn)
+
+        def cnn() -> ResNetEncoder:
+            return ResNetEncoder(feature_dim, widths, keypoints, pool)
+
+        # a shared CNN is held once (under "shared"), so its weights are saved once
+        self.cnns = nn.ModuleDict({"shared": cnn()} if self.shared_cnn and self.cameras
+                                  else {c: cnn() for c in self.cameras})
         self.out_dim = feature_dim * (bool(self.state_keys) + len(self.cameras))
+
+    def cnn(self, camera: str) -> ResNetEncoder:
+        return self.cnns["shared" if self.shared_cnn else camera]
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         feats = []
-        lead = None
         if self.state is not None:
             x = torch.cat([obs[k].float() for k in self.state_keys], dim=-1)  # (B, T, D)
-            lead = x.shape[:-1]
             feats.append(self.state(x))
-        for c in self.cameras:
-            img = obs[c]  # (B, T, H, W, 3) uint8
-            b_t = img.shape[:2]
-            lead = lead or b_t
-            x = ResNetEncoder.to_float_chw(img.reshape(-1, *img.shape[2:]))
-            if self.crop is not None:
-                x = self.crop(x)
-            f = self.cnns[c].head(self.cnns[c].pool(self.cnns[c].blocks(self.cnns[c].stem(x))))
-            feats.append(f.reshape(*b_t, -1))
+        if not self.cameras:
+            return torch.cat(feats, dim=-1)
+        imgs = [obs[c] for c in self.cameras]  # (B, T, H, W, 3) uint8 each
+        b_t = imgs[0].shape[:2]
+        xs = [ResNetEncoder.to_float_chw(img.reshape(-1, *img.shape[2:])) for img in imgs]
+        if self.crop is not None:
+            xs = [self.crop(x) for x in xs]
+        if self.shared_cnn and len({x.shape for x in xs}) == 1:
+            # one pass of the shared CNN over every camera's frames
+            f = self.cnns["shared"].features(torch.cat(xs)).reshape(len(xs), *b_t, -1)
+            feats.extend(f.unbind(0))
+        else:
+            feats.extend(self.cnn(c).features(x).reshape(*b_t, -1) for c, x in zip(self.cameras, xs))
         return torch.cat(feats, dim=-1)

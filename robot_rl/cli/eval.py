@@ -78,12 +78,18 @@ def run_eval(checkpoint: str, cfg: DictConfig):
     if isinstance(meta_size, (list, tuple)) and len(meta_size) == 2:
         meta_size = tuple(meta_size)
     image_size = _image_size(cfg.image_size if cfg.image_size is not None else meta_size, trained, cams)
+    # a policy trained on frames resized from the recorded size sees the twin's cameras at
+    # that size, resized the same way (area), as the inference node does on a robot
+    camera_size = None
+    src = meta.get("image_source_size") or {}
+    if cfg.image_size is None and meta.get("image_resize") == "area" and cams and f"image_{cams[0]}" in src:
+        camera_size = _image_size(src[f"image_{cams[0]}"], trained, cams)
     out = Path(cfg.out) if cfg.out else Path(checkpoint) / f"eval_{task}"
 
     result = evaluate(policy, task, spec, episodes=int(cfg.episodes), seed=int(cfg.seed),
                       n_envs=int(cfg.n_envs), execution=execution,
                       n_action_steps=None if cfg.n_action_steps is None else int(cfg.n_action_steps),
-                      action_mode=action_mode, cameras=cams, image_size=image_size,
+                      action_mode=action_mode, cameras=cams, image_size=image_size, camera_size=camera_size,
                       videos=int(cfg.videos), video_dir=out, render_size=int(cfg.render_size),
                       progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
                       max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),

@@ -156,14 +156,16 @@ class SequenceSampler:
     access); otherwise every item reads its rows lazily from the (zarr) arrays.
     ``image_size``: ``(h, w)`` (or an int: square) every image key is delivered at, or a
     mapping ``{key: (h, w)}`` (keys not in it keep their stored size); None keeps every
-    stored size. Image keys stored at another size, or JPEG-coded, are read per batch,
-    decoded and resized (see module doc: :attr:`lazy_images`), never loaded whole.
+    stored size. Image keys stored at another size, or JPEG-coded, are decoded and resized
+    once and held in memory as uint8 when all of them fit in ``preload_images_mb`` (with
+    ``in_memory``); otherwise they are read per batch, decoded and resized (see module doc:
+    :attr:`lazy_images`), never loaded whole.
     """
 
     def __init__(self, store_or_arrays: Any, obs_keys: Sequence[str], action_key: str = "action",
                  n_obs_steps: int = 2, horizon: int = 16, pad_before: int | None = None,
                  pad_after: int | None = None, episode_mask: Sequence[bool] | np.ndarray | None = None,
-                 in_memory: bool = True, image_size: Any = None) -> None:
+                 in_memory: bool = True, image_size: Any = None, preload_images_mb: float = 4096) -> None:
         if isinstance(obs_keys, str):
             obs_keys = [obs_keys]
         obs_keys = list(obs_keys)
@@ -182,6 +184,7 @@ class SequenceSampler:
         self.n_obs_steps, self.horizon = int(n_obs_steps), int(horizon)
         self.pad_before, self.pad_after = pad_before, pad_after
         self.in_memory = in_memory
+        self.preload_images_mb = float(preload_images_mb)
 
         if isinstance(store_or_arrays, (str, os.PathLike)):
             store_or_arrays = EpisodeStore.open(Path(store_or_arrays))
@@ -238,9 +241,22 @@ class SequenceSampler:
                     runs[-1] = (runs[-1][0], int(b))
                 else:
                     runs.append((int(a), int(b)))
+            n_rows = int(lengths.sum())
+            need_mb = sum(n_rows * int(np.prod(self.image_shapes[k])) for k in self._frames) / 2 ** 20
+            preloaded: dict[str, np.ndarray] = {}
+            if self._frames and need_mb <= preload_images_mb:
+                # decode + resize once; afterwards a batch is a numpy gather of uint8 rows
+                for k in list(self._frames):
+                    read = self._frames.pop(k)
+                    parts = [read(np.arange(r, min(b, r + 512))) for a, b in runs for r in range(a, b, 512)]
+                    preloaded[k] = np.concatenate(parts) if parts else np.zeros((0, *self.image_shapes[k]), np.uint8)
+            self.preloaded_images = sorted(preloaded)
             self._arrays = {k: arrays[k] for k in self._frames}  # the lazy sources
             for k in keys:
                 if k in self._frames:
+                    continue
+                if k in preloaded:
+                    self._arrays[k] = preloaded[k]
                     continue
                 arr = arrays[k]
                 parts = [np.asarray(arr[a:b]) for a, b in runs]
@@ -249,6 +265,7 @@ class SequenceSampler:
             self._starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) \
                 if len(lengths) else np.zeros(0, np.int64)
         else:
+            self.preloaded_images = []
             self._arrays = {k: arrays[k] for k in keys}
             self._starts = src_starts
         self._src_starts = src_starts.astype(np.int64)
@@ -353,7 +370,7 @@ class SequenceSampler:
             masks.append(full)
         kw = dict(obs_keys=self.obs_keys, action_key=self.action_key, n_obs_steps=self.n_obs_steps,
                   horizon=self.horizon, pad_before=self.pad_before, pad_after=self.pad_after,
-                  in_memory=self.in_memory, image_size=self.image_size)
+                  in_memory=self.in_memory, image_size=self.image_size, preload_images_mb=self.preload_images_mb)
         return (SequenceSampler(self._source, episode_mask=masks[0], **kw),
                 SequenceSampler(self._source, episode_mask=masks[1], **kw))
 
@@ -361,7 +378,8 @@ class SequenceSampler:
         return (f"<SequenceSampler windows={self._n} episodes={self.n_episodes} obs={self.obs_keys} "
                 f"action={self.action_key!r} n_obs_steps={self.n_obs_steps} horizon={self.horizon} "
                 f"pad=({self.pad_before}, {self.pad_after}) {'in-memory' if self.in_memory else 'lazy'}"
-                + (f" decoded-per-batch={self.lazy_images}" if self._frames else "") + ">")
+                + (f" decoded-per-batch={self.lazy_images}" if self._frames else "")
+                + (f" decoded-once={self.preloaded_images}" if self.preloaded_images else "") + ">")
 
 
 __all__ = ["SequenceSampler", "episode_split", "resize_frames", "StoreError"]

@@ -169,11 +169,16 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
              cameras: Sequence[str] | None = None, image_size: int | tuple[int, int] | None = None,
              videos: int = 0, video_dir: str | Path | None = None, render_size: int = 160,
              progress: bool = True, generator_seed: int = 0, max_episode_steps: int | None = None,
-             torch_threads: int | None = 1) -> EvalResult:
+             torch_threads: int | None = 1, camera_size: int | tuple[int, int] | None = None) -> EvalResult:
     """Roll `policy` out for `episodes` episodes of `task` on the twin of `spec_or_robot`
     (a RobotSpec or robot name). `cameras` default to the policy's (``image_front`` ->
     ``front``); the first `videos` episodes are written to `video_dir` as
     ``episode_<seed>_{success|fail}.mp4``.
+
+    `image_size` (int: square, or (width, height)) is what the policy sees. `camera_size`:
+    what the twin's cameras render, when that differs (a policy trained on frames resized
+    from the recorded size): each frame is then resized to `image_size` with area
+    interpolation, as the loader did in training and the inference node does on a robot.
 
     `torch_threads`: torch's intra-op threads while a CPU policy is evaluated (restored
     afterwards; None leaves them alone). One is the default: small batched queries
@@ -208,7 +213,20 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     missing = [c for c in need_cams if c not in cameras]
     if missing:
         raise EvalError(f"the policy needs cameras {need_cams}; evaluating with {cameras} lacks {missing}")
-    spec = resolve_spec(spec_or_robot, action_mode, cameras, image_size)
+    spec = resolve_spec(spec_or_robot, action_mode, cameras, camera_size if camera_size is not None else image_size)
+    resize_hw = None
+    if camera_size is not None and image_size is not None:
+        want = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        have = (camera_size, camera_size) if isinstance(camera_size, int) else tuple(camera_size)
+        if want != have:
+            resize_hw = (int(want[1]), int(want[0]))
+    img_keys = [k for k in pc.cameras]
+
+    def fit(obs):
+        if resize_hw is None:
+            return obs
+        from robot_rl.data.frames import resize_image
+        return {**obs, **{k: resize_image(np.asarray(obs[k]), resize_hw) for k in img_keys if k in obs}}
     adim = spec.action_dim(action_mode)
     if adim != pc.action_dim:
         raise EvalError(f"policy predicts {pc.action_dim}-dim actions but {spec.name!r} in "
@@ -255,7 +273,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
         ep = next_ep
         next_ep += 1
         slot_ep[i] = ep
-        obs = pool.reset(i, seed + ep)
+        obs = fit(pool.reset(i, seed + ep))
         start_history(hist, keys, i, obs, n_envs, T)
         pos[i] = n_exec  # query on the first step
         if ens is not None:
@@ -326,7 +344,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
                     if next_ep < episodes:
                         start(i)
                     continue
-                push_history(hist, keys, i, obs)
+                push_history(hist, keys, i, fit(obs))
     finally:
         wall = time.perf_counter() - t0
         bar.close()

@@ -398,10 +398,11 @@ def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: 
              execution: str, image_size: int | tuple[int, int] | None = None) -> Any:
     from robot_rl.learn.evaluate import evaluate, write_report
     d = out / "eval" / f"step_{step:07d}"
+    recorded = _image_size(spec, policy)  # what the cameras give; frames are resized when the policy sees another size
     res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
                    n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
                    video_dir=d, progress=False,
-                   image_size=image_size if image_size is not None else _image_size(spec, policy))
+                   image_size=image_size if image_size is not None else recorded, camera_size=recorded)
     write_report(res, d, title=f"{policy.type_name} {task} step {step}")
     return res
 
@@ -481,7 +482,8 @@ def train(cfg: DictConfig) -> dict:
         mask[episodes] = True
         want_hw, source_hw = resolve_image_size(store, cams, cfg.get("image_size"))
         sampler = SequenceSampler(store, obs_keys=state_keys + cams, action_key=pcfg.get("action_key", "action"),
-                                  n_obs_steps=n_obs, horizon=horizon, episode_mask=mask, image_size=want_hw)
+                                  n_obs_steps=n_obs, horizon=horizon, episode_mask=mask, image_size=want_hw,
+                                  preload_images_mb=float(cfg.get("preload_images_mb", 4096) or 0))
         policy = build_policy(pcfg, sampler, store).to(device)
         action_mode = store.episode_meta(int(episodes[0]))["extra"].get("action_mode", "ee_delta")
     except BaseException:
@@ -540,7 +542,9 @@ def train(cfg: DictConfig) -> dict:
     print(f"train {policy.type_name} on {task}: {len(episodes)} episodes, {len(sampler)} windows, "
           f"{n_params / 1e6:.2f}M parameters, device {device}, "
           + (f"images {', '.join(f'{c} {_wh_text(source_hw[c])}' for c in sampler.lazy_images)} decoded and resized "
-             f"to {_wh_text(policy_hw)} by {pre.loader_threads} loader threads, " if sampler.lazy_images else "") +
+             f"to {_wh_text(policy_hw)} by {pre.loader_threads} loader threads, " if sampler.lazy_images else "")
+          + (f"images {', '.join(sampler.preloaded_images)} decoded and resized to {_wh_text(policy_hw)} once, "
+             f"held in memory, " if sampler.preloaded_images else "") +
           f"budget {total_steps or '-'} steps / {cfg.max_minutes or '-'} min")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {policy.type_name}", unit="step",
                disable=not cfg.progress, dynamic_ncols=True)
