@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -103,17 +103,32 @@ class _EnvList:
     own seed) on 2 cores, pick_cube, MLP-BC, 64 episodes, 8 envs: this 16-25 ep/s, 'sync'
     12-13 ep/s, 'async' 8-15 ep/s; with cameras all three were within noise, and 'async'
     (fork) hangs once this process holds an EGL context. Hence a plain list.
+
+    `resize`: (image keys, (h, w)): those frames are resized with area interpolation before
+    they are returned (a policy trained on frames resized from the recorded size).
     """
 
-    def __init__(self, n: int, **env_kwargs):
+    def __init__(self, n: int, resize: tuple[Sequence[str], tuple[int, int]] | None = None, **env_kwargs):
         from robot_rl.sim.env import RobotEnv
         self.envs = [RobotEnv(**env_kwargs) for _ in range(n)]
+        self.resize = resize
+
+    def _fit(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.resize is None:
+            return obs
+        from robot_rl.data.frames import resize_image
+        keys, hw = self.resize
+        return {**obs, **{k: resize_image(np.asarray(obs[k]), hw) for k in keys if k in obs}}
 
     def reset(self, i: int, seed: int) -> dict[str, np.ndarray]:
-        return self.envs[i].reset(seed=seed)[0]
+        return self._fit(self.envs[i].reset(seed=seed)[0])
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> dict[int, tuple]:
-        return {i: self.envs[i].step(actions[i]) for i in np.flatnonzero(active)}
+        out = {}
+        for i in np.flatnonzero(active):
+            obs, *rest = self.envs[i].step(actions[i])
+            out[i] = (self._fit(obs), *rest)
+        return out
 
     def render(self, i: int) -> np.ndarray:
         return self.envs[i].render()
@@ -164,6 +179,45 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
 
 
 # -- evaluation ---------------------------------------------------------------------
+def _wh(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def camera_plan(image_keys: Sequence[str], image_size: Any, camera_size: Any = None
+                ) -> tuple[Any, tuple[Sequence[str], tuple[int, int]] | None]:
+    """(size the twin's cameras render, ``_EnvList`` resize or None) for a policy that sees
+    ``image_size`` (int: square, or (width, height)) from cameras of ``camera_size`` (None:
+    the same)."""
+    if camera_size is None or image_size is None or _wh(camera_size) == _wh(image_size):
+        return (image_size if image_size is not None else camera_size), None
+    w, h = _wh(image_size)
+    return camera_size, (list(image_keys), (h, w))
+
+
+def checkpoint_image_sizes(meta: Mapping[str, Any], spec, cameras: Sequence[str]) -> tuple[Any, Any]:
+    """(image_size the policy sees, camera_size the cameras give) from a checkpoint's metadata
+    (sizes as ints when square, else (width, height)): ``image_size`` (else the spec's first
+    camera), and for a policy trained on frames resized with area interpolation
+    (``image_resize == "area"``), the recorded size, so that the twin renders what was
+    recorded and the frames are resized as in training (and on the robot by the inference
+    node)."""
+    def norm(v):
+        if v is None:
+            return None
+        if isinstance(v, (int, np.integer)):
+            return int(v)
+        return int(v[0]) if int(v[0]) == int(v[1]) else (int(v[0]), int(v[1]))
+    size = norm(meta.get("image_size"))
+    if size is None and cameras:
+        c = spec.camera(cameras[0])
+        size = (c.width, c.height)
+    src = meta.get("image_source_size") or {}
+    camera = None
+    if meta.get("image_resize") == "area" and cameras and f"image_{cameras[0]}" in src:
+        camera = norm(src[f"image_{cameras[0]}"])
+    return size, camera
+
+
 def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int = 100_000, n_envs: int = 8,
              execution: str = "chunk", n_action_steps: int | None = None, action_mode: str = "ee_delta",
              cameras: Sequence[str] | None = None, image_size: int | tuple[int, int] | None = None,
@@ -213,20 +267,8 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     missing = [c for c in need_cams if c not in cameras]
     if missing:
         raise EvalError(f"the policy needs cameras {need_cams}; evaluating with {cameras} lacks {missing}")
-    spec = resolve_spec(spec_or_robot, action_mode, cameras, camera_size if camera_size is not None else image_size)
-    resize_hw = None
-    if camera_size is not None and image_size is not None:
-        want = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        have = (camera_size, camera_size) if isinstance(camera_size, int) else tuple(camera_size)
-        if want != have:
-            resize_hw = (int(want[1]), int(want[0]))
-    img_keys = [k for k in pc.cameras]
-
-    def fit(obs):
-        if resize_hw is None:
-            return obs
-        from robot_rl.data.frames import resize_image
-        return {**obs, **{k: resize_image(np.asarray(obs[k]), resize_hw) for k in img_keys if k in obs}}
+    render, resize = camera_plan(pc.cameras, image_size, camera_size)
+    spec = resolve_spec(spec_or_robot, action_mode, cameras, render)
     adim = spec.action_dim(action_mode)
     if adim != pc.action_dim:
         raise EvalError(f"policy predicts {pc.action_dim}-dim actions but {spec.name!r} in "
@@ -246,7 +288,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     vdir = Path(video_dir) if videos else None
     if vdir is not None:
         vdir.mkdir(parents=True, exist_ok=True)
-    pool = _EnvList(n_envs, **env_kwargs)
+    pool = _EnvList(n_envs, resize=resize, **env_kwargs)
     max_steps = pool.envs[0].max_episode_steps
 
     gen = torch.Generator(device=policy.device)
@@ -273,7 +315,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
         ep = next_ep
         next_ep += 1
         slot_ep[i] = ep
-        obs = fit(pool.reset(i, seed + ep))
+        obs = pool.reset(i, seed + ep)
         start_history(hist, keys, i, obs, n_envs, T)
         pos[i] = n_exec  # query on the first step
         if ens is not None:
@@ -344,7 +386,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
                     if next_ep < episodes:
                         start(i)
                     continue
-                push_history(hist, keys, i, fit(obs))
+                push_history(hist, keys, i, obs)
     finally:
         wall = time.perf_counter() - t0
         bar.close()

@@ -395,14 +395,16 @@ def plot_training(out: Path) -> Path | None:
 
 # -- the loop ---------------------------------------------------------------------------------
 def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: int, out: Path,
-             execution: str, image_size: int | tuple[int, int] | None = None) -> Any:
+             execution: str, image_size: int | tuple[int, int] | None = None,
+             camera_size: int | tuple[int, int] | None = None) -> Any:
+    """`camera_size`: what the twin's cameras render when the policy sees `image_size`
+    frames resized from the recorded size (see ``checkpoint_image_sizes``)."""
     from robot_rl.learn.evaluate import evaluate, write_report
     d = out / "eval" / f"step_{step:07d}"
-    recorded = _image_size(spec, policy)  # what the cameras give; frames are resized when the policy sees another size
     res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
                    n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
-                   video_dir=d, progress=False,
-                   image_size=image_size if image_size is not None else recorded, camera_size=recorded)
+                   video_dir=d, progress=False, camera_size=camera_size,
+                   image_size=image_size if image_size is not None else _image_size(spec, policy))
     write_report(res, d, title=f"{policy.type_name} {task} step {step}")
     return res
 
@@ -597,8 +599,9 @@ def train(cfg: DictConfig) -> dict:
         t0 = time.perf_counter()
         model = ema.model if ema else policy
         model.eval()
-        res = run_eval(model, cfg, spec, task, step, out, execution,
-                       image_size=tuple(policy_image_size) if isinstance(policy_image_size, list) else policy_image_size)
+        from robot_rl.learn.evaluate import checkpoint_image_sizes
+        image_size, camera_size = checkpoint_image_sizes(metadata, spec, [c.removeprefix("image_") for c in cams])
+        res = run_eval(model, cfg, spec, task, step, out, execution, image_size=image_size, camera_size=camera_size)
         policy.train()
         eval_s += time.perf_counter() - t0
         row = {"step": step, "elapsed_s": time.perf_counter() - t_start, "train_s": train_time(),

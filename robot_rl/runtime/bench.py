@@ -107,27 +107,35 @@ def delay_modes(diffusion: bool, replan: int, n_action_steps: int) -> dict[str, 
 
 
 # -- sections ---------------------------------------------------------------------------
-def _observation_stream(policy, task: str, spec, n: int = 200, seed: int = 100_000) -> list[dict]:
+def _observation_stream(policy, task: str, spec, n: int = 200, seed: int = 100_000, image_size=None,
+                        camera_size=None) -> list[dict]:
     """Observation histories along rollouts of the policy itself (cold sampling); the first
-    of each episode carries ``"_start": True``."""
+    of each episode carries ``"_start": True``. An image policy's cameras are rendered (at
+    `camera_size`, resized to `image_size` when they differ, as in evaluation)."""
     import torch
 
-    from robot_rl.sim.env import RobotEnv
+    from robot_rl.learn.evaluate import _EnvList, camera_plan
+    from robot_rl.spec import resolve_spec
     pc = policy.config
-    env = RobotEnv(task=task, robot=spec, action_mode="ee_delta", cameras=[])
+    cams = [c.removeprefix("image_") for c in pc.cameras]
+    render, resize = camera_plan(pc.cameras, image_size, camera_size)
+    pool = _EnvList(1, resize=resize, task=task, robot=resolve_spec(spec, "ee_delta", cams, render) if cams else spec,
+                    action_mode="ee_delta", cameras=cams)
+    env = pool.envs[0]
+    keys = list(pc.state_keys) + list(pc.cameras)
     out, ep = [], 0
     gen = torch.Generator().manual_seed(0)
     try:
         while len(out) < n:
-            obs, _ = env.reset(seed=seed + ep)
+            obs = pool.reset(0, seed + ep)
             ep += 1
-            hist = {k: np.stack([obs[k]] * pc.n_obs_steps) for k in pc.state_keys}
+            hist = {k: np.stack([obs[k]] * pc.n_obs_steps) for k in keys}
             chunk, j = None, 0
             for t in range(env.max_episode_steps):
                 out.append({k: v.copy() for k, v in hist.items()} | {"_start": t == 0})
                 if chunk is None or j >= pc.n_action_steps:
                     chunk, j = policy.predict_chunk(hist, gen), 0
-                obs, _, term, trunc, _ = env.step(chunk[j])
+                obs, _, term, trunc, _ = pool.step(chunk[j][None], np.ones(1, bool))[0]
                 j += 1
                 for k in hist:
                     hist[k] = np.concatenate([hist[k][1:], obs[k][None]])
@@ -146,42 +154,75 @@ def _pcts(x: np.ndarray) -> dict[str, float]:
 def bench_latency(policy, stream: list[dict], configs: dict[str, dict], queries: int, replan: int,
                   spec, progress: bool = True, action_mode: str = "ee_delta") -> dict[str, dict]:
     import torch
+    res = {}
+    gen = torch.Generator().manual_seed(0)
+    # the observation encoding's share: encode_obs timed where the samplers call it (once per query)
+    enc_times: list[float] = []
+    encode = getattr(policy, "encode_obs", None)
+    if encode is not None:
+        def timed_encode(obs):
+            t = time.perf_counter()
+            try:
+                return encode(obs)
+            finally:
+                enc_times.append(time.perf_counter() - t)
+        policy.encode_obs = timed_encode
+    try:
+        for name, cfg in configs.items():
+            res[name] = _latency_one(policy, stream, name, cfg, queries, replan, spec, progress, action_mode, gen,
+                                     enc_times if encode is not None else None)
+    finally:
+        if encode is not None:
+            del policy.encode_obs  # the bound method again
+    return res
+
+
+def _latency_one(policy, stream: list[dict], name: str, cfg: dict, queries: int, replan: int, spec, progress: bool,
+                 action_mode: str, gen, enc_times: list[float] | None) -> dict:
+    """One sampler's batch-1 latency over the stream; with `enc_times` (appended to by the
+    timed ``encode_obs``), the encoder's time per query and its share."""
     from tqdm import tqdm
 
     from robot_rl.runtime.samplers import make_sampler
-    res = {}
-    gen = torch.Generator().manual_seed(0)
-    for name, cfg in configs.items():
-        n = queries if cfg.get("num_steps", 0) < 50 else max(100, queries // 5)
-        smp = make_sampler(policy, cfg, spec=spec, action_mode=action_mode)
-        times, nfe, cold = [], [], []  # cold: an episode's first query, or a fallback
-        step, pos = 0, 0
-        for q in tqdm(range(n + 5), desc=f"latency {name}", leave=False, disable=not progress):
-            item = stream[pos % len(stream)]
-            # a new episode (or the stream wrapping round): the sampler starts afresh, as deployed
-            if item["_start"] or pos % len(stream) < (pos - replan) % len(stream):
-                smp.reset()
-            obs = {k: v[None] for k, v in item.items() if k != "_start"}
-            t0 = time.perf_counter()
-            r = smp.query(obs, [step], [0], None, gen)
-            dt = time.perf_counter() - t0
-            # next query: `replan` steps on, but never past the next episode's first step
-            nxt = pos + 1
-            while nxt < pos + replan and not stream[nxt % len(stream)]["_start"]:
-                nxt += 1
-            step += nxt - pos
-            pos = nxt
-            if q >= 5:  # warm-up queries not timed
-                times.append(dt)
-                nfe.append(int(r.nfe[0]))
-                cold.append(bool(r.cold[0] or r.start[0]))
-        x = np.asarray(times) * 1e3
-        res[name] = _pcts(x) | {"queries": len(x), "nfe_per_query": float(np.mean(nfe)), "settings": cfg,
-                                "start_or_cold_queries": int(np.sum(cold))}
-        w = x[~np.asarray(cold)]
-        if cfg.get("mode") != "cold" and len(w):
-            res[name]["steady"] = _pcts(w) | {"queries": len(w)}
-    return res
+    n = queries if cfg.get("num_steps", 0) < 50 else max(100, queries // 5)
+    smp = make_sampler(policy, cfg, spec=spec, action_mode=action_mode)
+    times, nfe, cold, enc = [], [], [], []  # cold: an episode's first query, or a fallback
+    step, pos = 0, 0
+    for q in tqdm(range(n + 5), desc=f"latency {name}", leave=False, disable=not progress):
+        item = stream[pos % len(stream)]
+        # a new episode (or the stream wrapping round): the sampler starts afresh, as deployed
+        if item["_start"] or pos % len(stream) < (pos - replan) % len(stream):
+            smp.reset()
+        obs = {k: v[None] for k, v in item.items() if k != "_start"}
+        n_enc = len(enc_times) if enc_times is not None else 0
+        t0 = time.perf_counter()
+        r = smp.query(obs, [step], [0], None, gen)
+        dt = time.perf_counter() - t0
+        e = sum(enc_times[n_enc:]) if enc_times is not None else 0.0
+        calls = len(enc_times) - n_enc if enc_times is not None else 0
+        # next query: `replan` steps on, but never past the next episode's first step
+        nxt = pos + 1
+        while nxt < pos + replan and not stream[nxt % len(stream)]["_start"]:
+            nxt += 1
+        step += nxt - pos
+        pos = nxt
+        if q >= 5:  # warm-up queries not timed
+            times.append(dt)
+            nfe.append(int(r.nfe[0]))
+            cold.append(bool(r.cold[0] or r.start[0]))
+            enc.append((e, calls))
+    x = np.asarray(times) * 1e3
+    out = _pcts(x) | {"queries": len(x), "nfe_per_query": float(np.mean(nfe)), "settings": cfg,
+                      "start_or_cold_queries": int(np.sum(cold))}
+    if enc_times is not None:
+        e_ms = np.asarray([a for a, _ in enc]) * 1e3
+        out |= {"encoder_ms_mean": float(e_ms.mean()), "encoder_ms_p99": float(np.percentile(e_ms, 99)),
+                "encoder_share": float(e_ms.sum() / x.sum()) if x.sum() > 0 else float("nan"),
+                "encoder_calls_per_query": float(np.mean([c for _, c in enc]))}
+    w = x[~np.asarray(cold)]
+    if cfg.get("mode") != "cold" and len(w):
+        out["steady"] = _pcts(w) | {"queries": len(w)}
+    return out
 
 
 def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, delays=(0, 1, 2, 4, 8),
@@ -206,8 +247,13 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     task = task or meta.get("task")
     if task not in TASKS:
         raise BenchError(f"unknown task {task!r}; pass task=<{'|'.join(sorted(TASKS))}>")
-    if policy.config.cameras:
-        raise BenchError("bench inference runs state policies (image policies: measure on a GPU machine)")
+    from robot_rl.learn.evaluate import checkpoint_image_sizes
+    cams = [c.removeprefix("image_") for c in policy.config.cameras]
+    image_size, camera_size = checkpoint_image_sizes(meta, spec, cams)
+    if cams and "loop" in sections:
+        print("loop section skipped: its control-loop worker feeds state observations only (image policies: "
+              "the latency section gives the query time, the inference node's /diagnostics the live figures)")
+        sections = [s for s in sections if s != "loop"]
     torch.set_num_threads(1)
     diffusion = is_diffusion(policy)
     out = Path(out) if out else Path(checkpoint) / "bench_inference"
@@ -216,25 +262,31 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "policy": ck.get("policy"), "task": task,
                               "robot": spec.name, "control_hz": spec.control_hz, "episodes": episodes,
                               "seed": seed, "replan_every": replan_every, "chunk_len": int(policy.chunk_len),
-                              "delays": list(delays), "torch_threads": 1}
+                              "delays": list(delays), "torch_threads": 1, "cameras": cams,
+                              "image_size": image_size, "camera_size": camera_size}
 
     def roll(name, smp, ex, d, **kw):
         r = rollout_with_delay(policy, task, spec, sampler=smp, executor=ex, delay=d, episodes=episodes, seed=seed,
-                               n_envs=n_envs, label=f"{name} d={d}", progress=progress, **kw)
+                               n_envs=n_envs, label=f"{name} d={d}", progress=progress, image_size=image_size,
+                               camera_size=camera_size, **kw)
         return r.to_dict()
 
     if "latency" in sections:
-        stream = _observation_stream(policy, task, spec)
+        stream = _observation_stream(policy, task, spec, image_size=image_size, camera_size=camera_size)
         report["latency"] = bench_latency(policy, stream, latency_configs(diffusion, replan_every), queries,
                                           replan_every, spec, progress)  # the stream is ee_delta
         rows = []
         for k, v in report["latency"].items():
-            rows.append([k, "all", v["nfe_per_query"], v["p50_ms"], v["p95_ms"], v["p99_ms"], v["max_ms"], v["queries"]])
+            rows.append([k, "all", v["nfe_per_query"], v["p50_ms"], v["p95_ms"], v["p99_ms"], v["max_ms"],
+                         v.get("encoder_ms_mean"), v.get("encoder_share"), v["queries"]])
             if "steady" in v:
                 s = v["steady"]
-                rows.append(["", "steady", "", s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"], s["queries"]])
-        print(_table(f"\nquery latency, batch 1, 1 thread ({task}); 'all' includes each episode's first query",
-                     ["sampler", "queries", "NFE/query", "p50 ms", "p95 ms", "p99 ms", "max ms", "n"], rows), flush=True)
+                rows.append(["", "steady", "", s["p50_ms"], s["p95_ms"], s["p99_ms"], s["max_ms"], None, None,
+                             s["queries"]])
+        print(_table(f"\nquery latency, batch 1, 1 thread ({task}{', cameras ' + '+'.join(cams) if cams else ''}); "
+                     "'all' includes each episode's first query; encoder = observation encoding, once per query",
+                     ["sampler", "queries", "NFE/query", "p50 ms", "p95 ms", "p99 ms", "max ms", "encoder ms",
+                      "encoder share", "n"], rows), flush=True)
     if "quality" in sections:
         q = {}
         ex = dict(execution="async", replan_every=replan_every)

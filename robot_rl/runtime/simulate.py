@@ -89,13 +89,17 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
                        seed: int = 100_000, n_envs: int = 8, generator_seed: int = 0, label: str = "",
                        action_mode: str = "ee_delta", max_episode_steps: int | None = None,
                        progress: bool = True, torch_threads: int | None = 1,
-                       reset_sampler: bool = True) -> DelayRun:
-    """`reset_sampler=False` keeps each env's previous chunk across episodes (step indices
+                       reset_sampler: bool = True, image_size=None, camera_size=None) -> DelayRun:
+    """An image policy sees its cameras at `image_size`, rendered at `camera_size` and resized
+    when that differs (see ``robot_rl.learn.evaluate.checkpoint_image_sizes``).
+
+    `reset_sampler=False` keeps each env's previous chunk across episodes (step indices
     keep counting): the first warm query of an episode then starts from the last chunk of the
     previous one -- the situation the warm sampler's fallback check exists for."""
     from tqdm import tqdm
 
-    from robot_rl.learn.evaluate import _EnvList, push_history, start_history, wilson_interval
+    from robot_rl.learn.evaluate import _EnvList, camera_plan, push_history, start_history, wilson_interval
+    from robot_rl.spec import resolve_spec
     if isinstance(sampler, dict):
         sampler = SamplerSettings.from_dict(sampler)
     if isinstance(executor, dict):
@@ -114,9 +118,13 @@ def rollout_with_delay(policy, task: str, spec, *, sampler: SamplerSettings | di
     cont[discrete] = False
     smp = make_sampler(policy, sampler, batch=n_envs, discrete_dims=discrete, action_mode=action_mode)
     exs = [ChunkExecutor(A, dt, executor, discrete) for _ in range(n_envs)]
-    pool = _EnvList(n_envs, task=task, robot=spec, action_mode=action_mode, cameras=[],
+    cameras = [c.removeprefix("image_") for c in pc.cameras]
+    render, resize = camera_plan(pc.cameras, image_size, camera_size)
+    if cameras:
+        spec = resolve_spec(spec, action_mode, cameras, render)
+    pool = _EnvList(n_envs, resize=resize, task=task, robot=spec, action_mode=action_mode, cameras=cameras,
                     max_episode_steps=max_episode_steps)
-    keys = list(pc.state_keys)
+    keys = list(pc.state_keys) + list(pc.cameras)
     T = int(pc.n_obs_steps)
     gen = torch.Generator()
     gen.manual_seed(int(generator_seed))
