@@ -16,8 +16,8 @@ same demonstrations (``--state-minutes``), is reported next to each row.
     ../scripts/isolated.sh ../.venv/bin/python bench_image_policies.py --runs act:pick_cube:30 diffusion:push:30
     ../scripts/isolated.sh ../.venv/bin/python bench_image_policies.py --report    # table + plot
 
-The image recipe (``IMAGE_RECIPE``; every lever is a ``robot-rl train`` override) can be
-changed per run with ``--set key=value ...`` and a ``--tag`` to keep the run apart (the
+The image recipe (the ``policy=diffusion_image`` / ``act_image`` presets; every lever is a
+``robot-rl train`` override) can be changed per run with ``--set key=value ...`` and a ``--tag`` to keep the run apart (the
 lever studies in docs/benchmarks.md). Each run writes results/image_policies/<name>.json;
 the table, results/bench_image_policies.json and results/bench_image_policies.png come from
 all saved runs.
@@ -35,11 +35,11 @@ from _common import RESULTS, print_table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {("diffusion", "pick_cube"): 0.80, ("act", "pick_cube"): 0.75, ("diffusion", "push"): 0.60}
 RUN_DIR = RESULTS / "image_policies"
-# the CPU recipe: frames resized 96 -> 64 once and held in RAM, random crop 56, a narrow
-# per-camera ResNet with spatial-softmax keypoints, the deployable observation set
-IMAGE_RECIPE = ["policy.observations=deployable", "policy.cameras=[front,wrist]", "image_size=64",
-                "policy.crop=56", "policy.cnn_widths=[16,32,64]", "policy.cnn_pool=spatial_softmax",
-                "policy.shared_cnn=false", "batch_size=64"]
+# the CPU recipe is the policy presets policy=diffusion_image / act_image
+# (robot_rl/conf/policy/*_image.yaml): frames resized 96 -> 64 once and held in RAM, random
+# crop 56, a narrow per-camera ResNet with spatial-softmax keypoints, the deployable
+# observation set, batch 64
+IMAGE_PRESET = {"diffusion": "diffusion_image", "act": "act_image"}
 
 
 def ensure_demos(task: str, n: int, data_dir: Path) -> Path:
@@ -78,12 +78,13 @@ def run_one(policy: str, task: str, minutes: float, args, image: bool = True) ->
     data = ensure_demos(task, args.demos, Path(args.data))
     name = f"{policy}_{task}" + ("" if image else "_state") + (f"_{args.tag}" if args.tag else "")
     out = Path(args.runs_dir) / name
-    overrides = [f"policy={policy}", f"dataset={data}", f"task={task}", f"max_episodes={args.demos}",
+    overrides = [f"policy={IMAGE_PRESET[policy] if image else policy}", f"dataset={data}", f"task={task}",
+                 f"max_episodes={args.demos}",
                  "steps=null", f"max_minutes={minutes}", f"out={out}", "eval_final=false",
                  f"eval_every_min={args.eval_every_min}", "eval_episodes=50", "eval_videos=0",
                  f"progress={str(not args.quiet).lower()}", f"seed={args.seed}"]
     if image:
-        overrides += IMAGE_RECIPE + list(args.set or [])
+        overrides += list(args.set or [])
     else:
         overrides += ["policy.observations=privileged", "policy.cameras=[]"]
     if args.threads:
@@ -92,7 +93,8 @@ def run_one(policy: str, task: str, minutes: float, args, image: bool = True) ->
     res, eval_s = _eval(out / "checkpoints" / "last", args.episodes, out / "eval_final", deployable=image)
     row = {"name": name, "policy": policy, "task": task, "observations": "deployable + cameras" if image else
            "privileged state", "demos": args.demos, "budget_min": minutes,
-           "overrides": (IMAGE_RECIPE + list(args.set or [])) if image else ["policy.observations=privileged"],
+           "overrides": [f"policy={IMAGE_PRESET[policy]}", *(args.set or [])] if image else
+           [f"policy={policy}", "policy.observations=privileged"],
            "train_min": summary["train_wall_s"] / 60, "steps": summary["steps"],
            "samples_per_s": summary["samples_per_s"], "data_wait_pct": 100 * summary["data_wait_share"],
            "parameters": summary["parameters"], "episodes": res.episodes, "success": res.success_rate,

@@ -232,3 +232,20 @@ def test_prefetcher_threads_keep_the_batch_order(jpeg_store):
         assert pre.loader_threads == 1
     finally:
         pre.close()
+
+
+def test_image_preset_sets_the_cpu_recipe_and_its_image_size(jpeg_store, tmp_path, capsys):
+    """policy=diffusion_image: the narrow per-camera CNN, crop and batch of the CPU recipe, and
+    its own image_size (frames resized once, held in memory) unless the run sets one."""
+    out = tmp_path / "preset"
+    rc = main(["train", "policy=diffusion_image", f"dataset={jpeg_store}", "policy.observations=null",
+               "policy.cameras=[front]", "policy.state_keys=[joint_pos,gripper]", "policy.image_size=16",
+               "policy.crop=12", "policy.down_dims=[16,32]", "policy.horizon=8", "steps=2", "log_every=1",
+               "eval_final=false", "progress=false", "tensorboard=false", f"out={out}"])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "images image_front decoded and resized to 16x16 once, held in memory" in text.out
+    pol, cfg = load_checkpoint(out / "checkpoints" / "last", device="cpu")
+    assert cfg["metadata"]["image_size"] == 16 and cfg["metadata"]["image_resize"] == "area"
+    assert pol.config.cnn_widths == [16, 32, 64] and pol.config.crop == 12 and pol.config.cameras == ["image_front"]
+    assert len(pol.encoder.cnn("image_front").blocks) == 3

@@ -58,7 +58,7 @@ from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.spec import RobotSpec
 
 # policy yaml keys that are training settings, not policy config fields
-TRAIN_KEYS = ("name", "optim", "execution", "observations")
+TRAIN_KEYS = ("name", "optim", "execution", "observations", "image_size")
 
 
 class TrainError(ValueError):
@@ -482,7 +482,9 @@ def train(cfg: DictConfig) -> dict:
         n_obs, horizon = int(pcfg.get("n_obs_steps", 2)), int(pcfg.get("horizon", 16))
         mask = np.zeros(store.n_episodes, bool)
         mask[episodes] = True
-        want_hw, source_hw = resolve_image_size(store, cams, cfg.get("image_size"))
+        # the run's image_size, else the policy preset's (policy=diffusion_image: 64)
+        want_hw, source_hw = resolve_image_size(store, cams, cfg.get("image_size") if cfg.get("image_size") is not None
+                                                else pcfg.get("image_size"))
         sampler = SequenceSampler(store, obs_keys=state_keys + cams, action_key=pcfg.get("action_key", "action"),
                                   n_obs_steps=n_obs, horizon=horizon, episode_mask=mask, image_size=want_hw,
                                   preload_images_mb=float(cfg.get("preload_images_mb", 4096) or 0))
