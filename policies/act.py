@@ -187,11 +187,16 @@ class ACTPolicy(Policy):
         self.last_loss_terms = {"l1": float(l1.detach()), "kl": float(kl.detach())}
         return total
 
+    def normalized_chunks(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised observation tensors (B, n_obs_steps, ...) -> normalised action chunks
+        (B, horizon, action_dim), decoded at the prior mean z = 0 (the whole inference network:
+        what an ONNX export holds)."""
+        x = next(iter(obs.values()))
+        z = torch.zeros(x.shape[0], self.config.latent_dim, device=x.device)  # prior mean
+        return self._decode(obs, z)
+
     @torch.no_grad()
     def predict_chunks(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
-        obs = self.obs_to_tensors(obs_history)
-        b = next(iter(obs.values())).shape[0]
-        z = torch.zeros(b, self.config.latent_dim, device=self.device)  # prior mean
-        pred = self._decode(obs, z)
+        pred = self.normalized_chunks(self.obs_to_tensors(obs_history))
         act = self.normalizer.unnormalize(self.config.action_key, pred)[:, self.config.n_obs_steps - 1:]
         return act.cpu().numpy()

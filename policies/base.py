@@ -85,6 +85,7 @@ def register(name: str):
 class Policy(nn.Module, ABC):
     type_name = ""
     config_class = PolicyConfig
+    backend = "torch"  # what runs the networks ("onnxruntime": an ONNX export, robot_rl.policies.export)
 
     def __init__(self, config: PolicyConfig, normalizer: Normalizer):
         super().__init__()

@@ -27,7 +27,9 @@ class MLPBCPolicy(Policy):
         self.head = nn.Sequential(nn.Linear(self.encoder.out_dim * c.n_obs_steps, hidden), nn.Mish(),
                                   nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, c.horizon * c.action_dim))
 
-    def _forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def normalized_chunks(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised observation tensors (B, n_obs_steps, ...) -> normalised action chunks
+        (B, horizon, action_dim): the whole inference network (what an ONNX export holds)."""
         f = self.encoder(obs).flatten(1)
         return self.head(f).reshape(-1, self.config.horizon, self.config.action_dim)
 
@@ -35,7 +37,7 @@ class MLPBCPolicy(Policy):
         obs = {k: batch[k][:, : self.config.n_obs_steps] for k in self.config.state_keys + self.config.cameras}
         obs = {k: (v if k in self.config.cameras else self.normalizer.normalize(k, v.float())) for k, v in obs.items()}
         target = self.normalizer.normalize(self.config.action_key, batch[self.config.action_key].float())
-        pred = self._forward(obs)
+        pred = self.normalized_chunks(obs)
         err = F.mse_loss(pred, target, reduction="none").mean(-1)
         if "is_pad" in batch:
             keep = (~batch["is_pad"].bool()).float()
@@ -44,6 +46,6 @@ class MLPBCPolicy(Policy):
 
     @torch.no_grad()
     def predict_chunks(self, obs_history: Mapping[str, Any], generator: torch.Generator | None = None) -> np.ndarray:
-        pred = self._forward(self.obs_to_tensors(obs_history))
+        pred = self.normalized_chunks(self.obs_to_tensors(obs_history))
         act = self.normalizer.unnormalize(self.config.action_key, pred)[:, self.config.n_obs_steps - 1:]
         return act.cpu().numpy()

@@ -71,3 +71,21 @@ def test_latency_of_an_image_policy_reports_the_encoder_once_per_query(image_che
     # more network evaluations, the same single encoding: the encoder's share falls
     assert lat["cold DDIM-4"]["encoder_share"] < lat["RTI warm 1 NFE"]["encoder_share"]
     assert (tmp_path / "inference.json").exists()
+
+
+def test_latency_of_an_onnx_export_runs_the_same_samplers_without_rtc(image_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from robot_rl.policies.export import export_onnx
+    from robot_rl.runtime import bench
+
+    export_onnx(image_checkpoint, tmp_path / "onnx")
+    monkeypatch.setattr(bench, "latency_configs", lambda diffusion, replan: {
+        "cold DDIM-4": dict(mode="cold", scheduler="ddim", num_steps=4),
+        "RTI warm 1 NFE": dict(mode="warm", warm_steps=1, fallback_threshold=float("inf")),
+        "RTC": dict(mode="rtc")})
+    rep = bench.run_bench(str(tmp_path / "onnx"), sections=["latency"], queries=8, out=tmp_path / "b", progress=False)
+    assert rep["backend"] == "onnxruntime"
+    # real-time chunking guides with the denoiser's gradients, which an ONNX graph does not give
+    assert sorted(rep["latency"]) == ["RTI warm 1 NFE", "cold DDIM-4"]
+    assert rep["latency"]["RTI warm 1 NFE"]["nfe_per_query"] == 1
+    assert rep["latency"]["cold DDIM-4"]["encoder_calls_per_query"] == 1.0

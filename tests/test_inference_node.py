@@ -38,13 +38,16 @@ def tiny_policy(action_mode: str = "ee_delta"):
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     from robot_rl.policies.base import save_checkpoint
+    from robot_rl.policies.export import export_onnx
     d = tmp_path_factory.mktemp("inference")
     pol = tiny_policy()
     meta = {"task": "pick_cube", "action_mode": "ee_delta"}
-    return {"so101": save_checkpoint(pol, d / "so101", SPEC, meta),
-            "arm6": save_checkpoint(pol, d / "arm6", load_spec("arm6"), meta),
-            "joint_pos": save_checkpoint(tiny_policy("joint_pos"), d / "joint_pos", SPEC,
-                                         {"task": "pick_cube", "action_mode": "joint_pos"})}
+    cks = {"so101": save_checkpoint(pol, d / "so101", SPEC, meta),
+           "arm6": save_checkpoint(pol, d / "arm6", load_spec("arm6"), meta),
+           "joint_pos": save_checkpoint(tiny_policy("joint_pos"), d / "joint_pos", SPEC,
+                                        {"task": "pick_cube", "action_mode": "joint_pos"})}
+    export_onnx(cks["so101"], d / "onnx")  # the so101 checkpoint, run by onnxruntime
+    return {**cks, "onnx": d / "onnx"}
 
 
 proc = node_process  # (module, *args) -> a process of its own, terminated on the way out
@@ -229,7 +232,10 @@ def test_refuses_another_robots_checkpoint_missing_checkpoint_and_bad_settings(c
                        ([str(tmp_path / "nope"), "--robot", "so101"], "nope"),
                        ([str(checkpoints["so101"]), "--robot", "so101", "--output", "trajectory"], "joint_pos"),
                        ([str(checkpoints["so101"]), "--ros-args", "-p", "warm_step:=2"], "warm_step"),
-                       ([str(checkpoints["so101"]), "--ros-args", "-p", "warm_steps:=0"], "warm_steps")):
+                       ([str(checkpoints["so101"]), "--ros-args", "-p", "warm_steps:=0"], "warm_steps"),
+                       ([str(checkpoints["onnx"]), "--robot", "arm6"], "arm6"),
+                       ([str(checkpoints["onnx"]), "--backend", "torch"], "is an ONNX export"),
+                       ([str(checkpoints["onnx"]), "--mode", "rtc"], "rtc")):
         procs.append((args, word, spawn("robot_rl.ros.inference_node", *args)))  # side by side: faster
     for args, word, p in procs:
         out, err = p.communicate(timeout=90)
@@ -281,17 +287,18 @@ def test_deploy_driver_runs_episodes_through_the_graph(checkpoints, ros_domain, 
     assert "success" in format_summary(r)
 
 
-def test_inference_node_names_the_keys_its_robot_does_not_provide(checkpoints, ros_domain, client_factory):
-    """A checkpoint that reads object_state on a robot that publishes joints and pose but no
-    object state (a real arm): one line naming the key, the hint to train a deployable policy,
-    exit code 2."""
+@pytest.mark.parametrize("which", ["so101", "onnx"])
+def test_inference_node_names_the_keys_its_robot_does_not_provide(checkpoints, ros_domain, client_factory, which):
+    """A checkpoint (or its ONNX export) that reads object_state on a robot that publishes
+    joints and pose but no object state (a real arm): one line naming the key, the hint to
+    train a deployable policy, exit code 2."""
     from robot_rl.ros import msgs, topics
     from sensor_msgs.msg import JointState
     from geometry_msgs.msg import PoseStamped
     c = client_factory()  # stands in for a hardware robot node: joint states and the pose only
     pub_js = c.node.create_publisher(JointState, topics.JOINT_STATES, topics.reliable_qos(10))
     pub_ee = c.node.create_publisher(PoseStamped, topics.EE_POSE, topics.reliable_qos(10))
-    p = spawn("robot_rl.ros.inference_node", str(checkpoints["so101"]), "--robot", "so101", "--check-robot", "3")
+    p = spawn("robot_rl.ros.inference_node", str(checkpoints[which]), "--robot", "so101", "--check-robot", "3")
     try:
         end = time.monotonic() + 60
         while p.poll() is None and time.monotonic() < end:

@@ -32,7 +32,7 @@ def run_eval(checkpoint: str, cfg: DictConfig):
     import torch
 
     from robot_rl.learn.evaluate import EXECUTIONS, evaluate, write_report
-    from robot_rl.policies.base import CheckpointError, load_checkpoint
+    from robot_rl.policies.export import BACKENDS, load_policy
     from robot_rl.sim.tasks import TASKS
 
     if cfg.execution is not None and cfg.execution not in EXECUTIONS:
@@ -42,18 +42,15 @@ def run_eval(checkpoint: str, cfg: DictConfig):
             raise EvalError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise EvalError(f"device={cfg.device} asked for, but torch sees no CUDA device")
+    if cfg.backend not in BACKENDS:
+        raise EvalError(f"backend must be one of {', '.join(BACKENDS)}; got {cfg.backend!r}")
 
-    from robot_rl.policies.base import import_policies
-    failed = import_policies()
     override = None
     if cfg.get("robot") is not None:
         override = RobotSpec.from_dict(OmegaConf.to_container(cfg.robot, resolve=True))
-    try:
-        policy, ck = load_checkpoint(checkpoint, spec=override, device=cfg.device or None)
-    except CheckpointError as e:
-        if "unknown policy type" in str(e) and failed:
-            raise CheckpointError(f"{e} (policy modules that failed to import: {failed})") from None
-        raise
+    # a checkpoint folder (torch) or an ONNX export folder (onnxruntime, on the CPU with `threads` threads)
+    policy, ck = load_policy(checkpoint, backend=str(cfg.backend), spec=override, device=cfg.device or None,
+                             threads=None if cfg.threads is None else int(cfg.threads))
     if cfg.get("deployable"):
         from robot_rl.observations import privileged
         priv = privileged(policy.config.state_keys)
@@ -74,16 +71,12 @@ def run_eval(checkpoint: str, cfg: DictConfig):
     if execution not in EXECUTIONS:
         raise EvalError(f"checkpoint {checkpoint} asks for execution {execution!r}; pass execution=chunk|ensemble")
     cams = [c.removeprefix("image_") for c in policy.config.cameras]
-    meta_size = meta.get("image_size")
-    if isinstance(meta_size, (list, tuple)) and len(meta_size) == 2:
-        meta_size = tuple(meta_size)
-    image_size = _image_size(cfg.image_size if cfg.image_size is not None else meta_size, trained, cams)
-    # a policy trained on frames resized from the recorded size sees the twin's cameras at
-    # that size, resized the same way (area), as the inference node does on a robot
-    camera_size = None
-    src = meta.get("image_source_size") or {}
-    if cfg.image_size is None and meta.get("image_resize") == "area" and cams and f"image_{cams[0]}" in src:
-        camera_size = _image_size(src[f"image_{cams[0]}"], trained, cams)
+    from robot_rl.learn.evaluate import checkpoint_image_sizes
+    # the size the policy sees, and for a policy trained on frames resized from the recorded
+    # size, that recorded size: the twin renders it and frames are resized as in training
+    image_size, camera_size = checkpoint_image_sizes(meta, trained, cams)
+    if cfg.image_size is not None:
+        image_size, camera_size = _image_size(cfg.image_size, trained, cams), None
     out = Path(cfg.out) if cfg.out else Path(checkpoint) / f"eval_{task}"
 
     result = evaluate(policy, task, spec, episodes=int(cfg.episodes), seed=int(cfg.seed),
@@ -94,7 +87,8 @@ def run_eval(checkpoint: str, cfg: DictConfig):
                       progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
                       max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
                       torch_threads=None if cfg.threads is None else int(cfg.threads))
-    title = (f"{Path(checkpoint).resolve().name} ({ck.get('policy')}) on {result.robot}/{task}: "
+    backend = "" if policy.backend == "torch" else f", {policy.backend}"
+    title = (f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {result.robot}/{task}: "
              f"{result.summary_line()}")
     files = write_report(result, out, title=title)
     return result, files + [Path(v) for v in result.videos]

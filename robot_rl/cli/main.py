@@ -24,6 +24,8 @@ commands:
   launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim, deploy, ...) and supervise it
   train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
   eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
+  export CHECKPOINT format=onnx [out=DIR]
+                               a checkpoint's networks as ONNX + a manifest (run with backend=onnxruntime)
   bench inference CHECKPOINT   samplers and execution modes: latency, success vs delay, jitter
   rl task=T [demos=PATH ...]   online RL (SAC/RLPD) on the twin: demos, simulated human, offline-to-online,
                                noise-space fine-tuning of a diffusion checkpoint (steer.checkpoint=...)
@@ -43,6 +45,7 @@ examples:
   robot-rl view data/pick.zarr episode=3 format=gif
   robot-rl train policy=diffusion dataset=data/pick.zarr max_minutes=15 out=runs/pick_dp
   robot-rl eval runs/pick_dp/checkpoints/last episodes=200 videos=4
+  robot-rl export runs/pick_dp/checkpoints/last format=onnx out=runs/pick_dp/onnx
   robot-rl bench inference runs/pick_dp/checkpoints/last task=pick_cube
   robot-rl rl task=pick_cube demos=data/pick.zarr hil=true env_steps=30000 out=runs/rl_pick
 """
@@ -177,6 +180,11 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    from robot_rl.cli.export import cmd_export as run
+    return run(args)
+
+
 def cmd_rl(args: list[str]) -> int:
     from robot_rl.cli.rl import cmd_rl as run
     return run(args)
@@ -210,7 +218,8 @@ def cmd_bench(args: list[str]) -> int:
         run_bench(args[1], cfg.task, episodes=int(cfg.episodes), delays=[int(d) for d in cfg.delays],
                   queries=int(cfg.queries), replan_every=int(cfg.replan_every), seed=int(cfg.seed),
                   n_envs=int(cfg.n_envs), sections=list(cfg.sections), out=cfg.out,
-                  loop_seconds=float(cfg.loop_seconds), loop_rate=float(cfg.loop_rate), progress=bool(cfg.progress))
+                  loop_seconds=float(cfg.loop_seconds), loop_rate=float(cfg.loop_rate), progress=bool(cfg.progress),
+                  backend=str(cfg.backend))
     except (BenchError, SamplerError, ExecutorError) as e:
         raise CLIError(str(e)) from None
     return 0
@@ -218,7 +227,7 @@ def cmd_bench(args: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
                                                    "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
-                                                   "eval": cmd_eval, "rl": cmd_rl,
+                                                   "eval": cmd_eval, "export": cmd_export, "rl": cmd_rl,
                                                    "reward-classifier": cmd_reward_classifier,
                                                    "virtual": cmd_virtual, "find-port": cmd_motors("cmd_find_port"),
                                                    "setup-motors": cmd_motors("cmd_setup_motors"),

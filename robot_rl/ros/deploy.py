@@ -170,7 +170,8 @@ def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101
     ck = Path(checkpoint)
     cfg = checkpoint_config(ck)
     if not cfg:
-        raise DeployError(f"no readable checkpoint at {ck} (needs config.json and model.safetensors)")
+        raise DeployError(f"no readable checkpoint at {ck} (needs config.json + model.safetensors, or an ONNX "
+                          "export's manifest.json)")
     meta = cfg.get("metadata") or {}
     task = task or meta.get("task")
     if task not in TASKS:

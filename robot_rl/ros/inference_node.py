@@ -206,11 +206,14 @@ class CameraFrames:
 
 
 def checkpoint_config(path) -> dict:
-    """The checkpoint's config.json (state keys, cameras, metadata), {} when unreadable."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    """The checkpoint's config.json, or an ONNX export's manifest.json (state keys, cameras,
+    metadata), {} when unreadable."""
+    for name in ("config.json", "manifest.json"):
+        try:
+            return json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
 
 
 # -- the node ------------------------------------------------------------------------------------
@@ -660,7 +663,8 @@ class InferenceNode:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m robot_rl.ros.inference_node", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="policy checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("checkpoint", help="policy checkpoint directory (config.json + model.safetensors), or an ONNX "
+                                      "export directory (robot-rl export ... format=onnx)")
     p.add_argument("--robot", default="so101", help="robot spec name or YAML path")
     p.add_argument("--action-mode", default=None, choices=ACTION_MODES,
                    help="the policy's action mode (default: the checkpoint's, else ee_delta)")
@@ -683,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads where inference runs (0: torch's default)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the policy: torch, or onnxruntime on the CPU (an ONNX export directory); auto: "
+                        "onnxruntime for an export directory, else torch")
     p.add_argument("--diag-hz", type=float, default=2.0, help="/diagnostics rate (0: off)")
     p.add_argument("--check-robot", type=float, default=20.0, metavar="S",
                    help="exit (code 2) naming the observation keys the robot does not provide when a topic the "
@@ -703,7 +710,7 @@ def make_controller(args, spec, action_mode: str):
     return DeployController(args.checkpoint, spec, action_mode=action_mode, sampler={"mode": args.mode},
                             executor={"execution": args.execution}, worker=args.worker,
                             stale_after_s=args.stale_after, max_latency_s=args.max_latency, clock=time.time,
-                            device=device, torch_threads=args.torch_threads or None)
+                            device=device, torch_threads=args.torch_threads or None, backend=args.backend)
 
 
 def _check_robot_after(node: "InferenceNode", ex, seconds: float, keys: list[str]) -> None:
@@ -775,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
                              image_metadata=cfg.get("metadata"), image_transport=args.image_transport)
         sys.setswitchinterval(2e-4)  # a waking control thread gets the GIL quickly
         cur = ctl.params()
-        node.log.info(f"{Path(args.checkpoint)} on {spec.name}: {action_mode} actions at {node.rate:g} Hz, "
+        node.log.info(f"{Path(args.checkpoint)} ({ctl.worker.info.get('backend', 'torch')}) on {spec.name}: "
+                      f"{action_mode} actions at {node.rate:g} Hz, "
                       f"sampler {cur['mode']}, execution {cur['execution']}, worker {args.worker}, output "
                       f"{args.output}; observation keys {keys}")
         node.start()

@@ -228,10 +228,12 @@ def _latency_one(policy, stream: list[dict], name: str, cfg: dict, queries: int,
 def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, delays=(0, 1, 2, 4, 8),
               queries: int = 1000, replan_every: int = 4, seed: int = 100_000, n_envs: int = 8,
               sections=SECTIONS, out: str | Path | None = None, loop_seconds: float = 20.0,
-              loop_rate: float = 50.0, progress: bool = True) -> dict[str, Any]:
+              loop_rate: float = 50.0, progress: bool = True, backend: str = "auto") -> dict[str, Any]:
+    """`backend`: torch, onnxruntime (an ONNX export folder) or auto (see
+    ``robot_rl.policies.export.load_policy``)."""
     import torch
 
-    from robot_rl.policies.base import import_policies, load_checkpoint
+    from robot_rl.policies.export import load_policy
     from robot_rl.runtime.samplers import is_diffusion
     from robot_rl.runtime.simulate import rollout_with_delay
     from robot_rl.sim.tasks import TASKS
@@ -240,8 +242,7 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         raise BenchError(f"unknown sections {bad}; sections: {list(SECTIONS)}")
-    import_policies()
-    policy, ck = load_checkpoint(checkpoint, device="cpu")
+    policy, ck = load_policy(checkpoint, backend=backend, device="cpu", threads=1)
     spec = RobotSpec.from_dict(ck["robot_spec"])
     meta = ck.get("metadata") or {}
     task = task or meta.get("task")
@@ -256,11 +257,18 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
         sections = [s for s in sections if s != "loop"]
     torch.set_num_threads(1)
     diffusion = is_diffusion(policy)
+
+    def runnable(configs: dict) -> dict:
+        """Without the rtc rows on an ONNX diffusion export (its guidance needs the denoiser's gradients)."""
+        if policy.backend == "torch" or not diffusion:
+            return configs
+        mode = (lambda v: (v[0] if isinstance(v, tuple) else v).get("mode"))
+        return {k: v for k, v in configs.items() if mode(v) != "rtc"}
     out = Path(out) if out else Path(checkpoint) / "bench_inference"
     out.mkdir(parents=True, exist_ok=True)
     n_act = int(policy.config.n_action_steps)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "policy": ck.get("policy"), "task": task,
-                              "robot": spec.name, "control_hz": spec.control_hz, "episodes": episodes,
+                              "backend": policy.backend, "robot": spec.name, "control_hz": spec.control_hz, "episodes": episodes,
                               "seed": seed, "replan_every": replan_every, "chunk_len": int(policy.chunk_len),
                               "delays": list(delays), "torch_threads": 1, "cameras": cams,
                               "image_size": image_size, "camera_size": camera_size}
@@ -273,7 +281,7 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
 
     if "latency" in sections:
         stream = _observation_stream(policy, task, spec, image_size=image_size, camera_size=camera_size)
-        report["latency"] = bench_latency(policy, stream, latency_configs(diffusion, replan_every), queries,
+        report["latency"] = bench_latency(policy, stream, runnable(latency_configs(diffusion, replan_every)), queries,
                                           replan_every, spec, progress)  # the stream is ee_delta
         rows = []
         for k, v in report["latency"].items():
@@ -290,7 +298,7 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
     if "quality" in sections:
         q = {}
         ex = dict(execution="async", replan_every=replan_every)
-        for name, cfg in quality_configs(diffusion).items():
+        for name, cfg in runnable(quality_configs(diffusion)).items():
             q[name] = roll(name, cfg, ex, 0)
         if diffusion:
             q["RTI (default), carried over episodes, fallback on"] = roll("carry", dict(mode="warm"), ex, 0,
@@ -305,7 +313,7 @@ def run_bench(checkpoint: str, task: str | None = None, *, episodes: int = 100, 
               flush=True)
     if "delay" in sections:
         dres: dict[str, dict] = {}
-        for name, (smp, ex) in delay_modes(diffusion, replan_every, n_act).items():
+        for name, (smp, ex) in runnable(delay_modes(diffusion, replan_every, n_act)).items():
             dres[name] = {str(d): roll(name, smp, ex, d) for d in delays}
         report["delay"] = dres
         rows = []

@@ -102,7 +102,7 @@ class DeployController:
                  executor: ExecutorSettings | Mapping[str, Any] | None = None,
                  worker: str = "thread", stale_after_s: float | None = None, max_latency_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic, device: str = "cpu", torch_threads: int | None = 1,
-                 injected_delay_s: float = 0.0, nice: int | None = 5):
+                 injected_delay_s: float = 0.0, nice: int | None = 5, backend: str = "auto"):
         self.spec = load_spec(spec)
         self.action_mode = action_mode
         expected = self.spec.action_dim(action_mode)  # SpecError (a ValueError) for an unsupported mode
@@ -118,7 +118,8 @@ class DeployController:
         if max_latency_s is not None:
             _positive("max_latency_s", max_latency_s)
         self.worker = InferenceWorker(checkpoint, self.spec, sampler, kind=worker, device=device,
-                                      torch_threads=torch_threads, injected_delay_s=injected_delay_s, nice=nice)
+                                      torch_threads=torch_threads, injected_delay_s=injected_delay_s, nice=nice,
+                                      backend=backend)
         try:
             A = self.worker.action_dim
             if A != expected:

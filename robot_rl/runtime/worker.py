@@ -128,19 +128,20 @@ class _Engine:
     """Policy + sampler, and one query turned into a JSON-able header and a chunk."""
 
     def __init__(self, checkpoint: str, spec: RobotSpec, settings: SamplerSettings, device: str,
-                 torch_threads: int | None):
+                 torch_threads: int | None, backend: str = "auto"):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        from robot_rl.policies.base import import_policies, load_checkpoint
+        from robot_rl.policies.export import load_policy
         from robot_rl.runtime.samplers import is_diffusion, make_sampler
-        import_policies()
-        self.policy, cfg = load_checkpoint(checkpoint, spec, device)
+        # a torch checkpoint or an ONNX export (onnxruntime, as many intra-op threads as torch here)
+        self.policy, cfg = load_policy(checkpoint, backend, spec, device, threads=torch_threads)
+        check_backend(settings, self.policy.backend, is_diffusion(self.policy))
         self.sampler = make_sampler(self.policy, settings, spec=spec,
                                     action_mode=(cfg.get("metadata") or {}).get("action_mode"))
         c = self.policy.config
         self.info = {
-            "policy": self.policy.type_name, "diffusion": is_diffusion(self.policy),
+            "policy": self.policy.type_name, "diffusion": is_diffusion(self.policy), "backend": self.policy.backend,
             "state_keys": list(c.state_keys), "cameras": list(c.cameras),
             "state_dims": {k: int(v) for k, v in c.state_dims.items()},
             "n_obs_steps": int(c.n_obs_steps), "action_dim": int(c.action_dim),
@@ -173,6 +174,14 @@ class _Engine:
 
     def reset(self) -> None:
         self.sampler.reset()
+
+
+def check_backend(settings: SamplerSettings, backend: str, diffusion: bool) -> None:
+    """Refuse sampler settings the policy's backend cannot run: real-time chunking guides a
+    diffusion policy with gradients through its denoiser, which an ONNX export does not give."""
+    if settings.mode == "rtc" and diffusion and backend != "torch":
+        raise SamplerError(f"sampler mode 'rtc' needs gradients through the denoiser, which the {backend} backend "
+                           "(an ONNX export) does not give: use mode 'warm' or 'cold', or the torch checkpoint")
 
 
 class _PolicyView:
@@ -214,7 +223,8 @@ def _child_main(conn) -> None:
             background_priority(int(start["nice"]))
         try:
             eng = _Engine(start["checkpoint"], RobotSpec.from_dict(start["spec"]),
-                          SamplerSettings.from_dict(start["settings"]), start["device"], start["torch_threads"])
+                          SamplerSettings.from_dict(start["settings"]), start["device"], start["torch_threads"],
+                          start["backend"])
         except Exception as e:  # noqa: BLE001 -- reported to the parent, raised there
             conn.send_bytes(pack({"type": "error", "cls": type(e).__name__, "error": str(e)}))
             return
@@ -247,7 +257,9 @@ class InferenceWorker:
     """Runs sampler queries off the caller's thread (see the module docstring).
 
     ``torch_threads`` sets torch's intra-op threads where the sampler runs; for the
-    ``thread`` kind that is this whole process (torch has one setting per process).
+    ``thread`` kind that is this whole process (torch has one setting per process); an ONNX
+    export's sessions get as many. ``backend``: ``torch``, ``onnxruntime`` (an ONNX export
+    folder) or ``auto`` (robot_rl.policies.export.load_policy).
     ``injected_delay_s`` sleeps after each query, before the result is posted (benchmarks).
     ``nice`` (process kind): the child runs SCHED_BATCH with this much more niceness, so the
     control loop wins the CPU (:func:`background_priority`; None: unchanged). The thread kind
@@ -257,7 +269,8 @@ class InferenceWorker:
 
     def __init__(self, checkpoint: str | Path, spec: RobotSpec | str, sampler_settings: SamplerSettings | Mapping[str, Any] | None = None,
                  kind: str = "thread", device: str = "cpu", torch_threads: int | None = 1,
-                 injected_delay_s: float = 0.0, nice: int | None = 5, start_timeout_s: float = START_TIMEOUT_S):
+                 injected_delay_s: float = 0.0, nice: int | None = 5, start_timeout_s: float = START_TIMEOUT_S,
+                 backend: str = "auto"):
         if kind not in KINDS:
             raise ValueError(f"worker kind must be one of {KINDS}, got {kind!r}")
         if not (injected_delay_s >= 0 and np.isfinite(injected_delay_s)):
@@ -270,6 +283,7 @@ class InferenceWorker:
         self.kind = kind
         self.spec = load_spec(spec)
         self.checkpoint = str(checkpoint)
+        self.backend = str(backend)
         self.injected_delay_s = float(injected_delay_s)
         self.nice = None if nice is None else int(nice)
         self._closed = False
@@ -279,7 +293,7 @@ class InferenceWorker:
         self._proc = None
         self._conn = None
         if kind == "thread":
-            self._engine = _Engine(self.checkpoint, self.spec, sampler_settings, device, torch_threads)
+            self._engine = _Engine(self.checkpoint, self.spec, sampler_settings, device, torch_threads, self.backend)
             self.info = self._engine.info
             self._checker: Any = self._engine.policy
             self._inbox: queue.Queue = queue.Queue()
@@ -289,7 +303,7 @@ class InferenceWorker:
         else:
             self._start_process(sampler_settings, device, torch_threads, start_timeout_s)
             self._checker = _PolicyView(self.info)
-        self._settings = sampler_settings.check(self._checker)
+        self._settings = self._check(sampler_settings)
 
     # -- start-up -----------------------------------------------------------------------------
     def _start_process(self, settings: SamplerSettings, device: str, torch_threads: int | None,
@@ -304,7 +318,8 @@ class InferenceWorker:
         self._conn = parent
         parent.send_bytes(pack({"type": "start", "checkpoint": self.checkpoint, "spec": self.spec.to_dict(),
                                 "settings": settings.to_dict(), "device": device, "torch_threads": torch_threads,
-                                "injected_delay_s": self.injected_delay_s, "nice": self.nice}))
+                                "injected_delay_s": self.injected_delay_s, "nice": self.nice,
+                                "backend": self.backend}))
         deadline = time.monotonic() + timeout_s
         try:
             while not parent.poll(0.05):
@@ -429,7 +444,12 @@ class InferenceWorker:
         if bad:
             raise SamplerError(f"unknown sampler settings {bad}; known: {sorted(known)}")
         changes = coerce_settings(SamplerSettings, changes)
-        return replace(self._settings, **changes).check(self._checker)
+        return self._check(replace(self._settings, **changes))
+
+    def _check(self, settings: SamplerSettings) -> SamplerSettings:
+        settings = settings.check(self._checker)
+        check_backend(settings, self.info.get("backend", "torch"), bool(self.info["diffusion"]))
+        return settings
 
     def update_sampler(self, **changes) -> SamplerSettings:
         """Change sampler settings; validated here (bad values raise now), applied in the
