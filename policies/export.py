@@ -457,6 +457,17 @@ def load_onnx_policy(path: str | os.PathLike, spec: RobotSpec | None = None,
 
 
 # -- one entry point for both backends ------------------------------------------------------------------
+def checkpoint_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's config.json, or an export's manifest.json (policy config, robot spec,
+    metadata: the same keys), without loading weights; {} when neither is readable."""
+    for name in ("config.json", MANIFEST):
+        try:
+            return json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
 def check_cameras(cameras: Sequence[str], spec: RobotSpec, what: str) -> None:
     """A policy's cameras (``image_<name>``) must be cameras of `spec`."""
     have = [c.name for c in spec.cameras]
@@ -506,5 +517,5 @@ def load_policy(path: str | os.PathLike, backend: str = "auto", spec: RobotSpec 
 
 
 __all__ = ["BACKENDS", "MANIFEST", "OnnxBackendError", "OnnxChunkMixin", "OnnxDiffusionMixin", "OnnxPolicyMixin",
-           "check_cameras", "export_onnx", "graph_names", "load_onnx_policy", "load_policy", "onnx_policy_class",
+           "check_cameras", "checkpoint_json", "export_onnx", "graph_names", "load_onnx_policy", "load_policy", "onnx_policy_class",
            "resolve_backend", "sha256"]

@@ -39,7 +39,6 @@ import csv
 import json
 import math
 import os
-import queue
 import threading
 import time
 from dataclasses import asdict

@@ -17,7 +17,6 @@ See docs/inference.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import threading
@@ -208,12 +207,8 @@ class CameraFrames:
 def checkpoint_config(path) -> dict:
     """The checkpoint's config.json, or an ONNX export's manifest.json (state keys, cameras,
     metadata), {} when unreadable."""
-    for name in ("config.json", "manifest.json"):
-        try:
-            return json.loads((Path(path) / name).read_text())
-        except (OSError, ValueError):
-            continue
-    return {}
+    from robot_rl.policies.export import checkpoint_json
+    return checkpoint_json(path)
 
 
 # -- the node ------------------------------------------------------------------------------------

@@ -58,7 +58,10 @@ def _pct(x: Sequence[float], scale: float = 1e3) -> dict[str, float]:
 
 
 def _spec_from_checkpoint(checkpoint: str | Path) -> RobotSpec:
-    cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    from robot_rl.policies.export import checkpoint_json
+    cfg = checkpoint_json(checkpoint)
+    if "robot_spec" not in cfg:
+        raise FileNotFoundError(f"no readable checkpoint or ONNX export at {checkpoint}")
     return RobotSpec.from_dict(cfg["robot_spec"])
 
 
