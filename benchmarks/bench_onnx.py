@@ -15,7 +15,7 @@ Exports a checkpoint (``robot_rl.policies.export.export_onnx``), loads both back
   p50 over the same observations / the query's p50).
 
     cd benchmarks
-    ../scripts/isolated.sh ../.venv/bin/python bench_onnx.py          # bench_policies.py's diffusion / pick_cube
+    ../scripts/isolated.sh ../.venv/bin/python bench_onnx.py          # bench_image_policies.py's diffusion / pick_cube
     ../scripts/isolated.sh ../.venv/bin/python bench_onnx.py --checkpoint ../runs/x/checkpoints/last \\
         --store ../data/x.zarr --n 1000 --queries 200
 
@@ -217,10 +217,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(ROOT / "runs" / "bench" / "diffusion_pick_cube" / "checkpoints" / "last"),
-                    help="a torch checkpoint folder (config.json + model.safetensors); default: bench_policies.py's")
-    ap.add_argument("--store", default=str(ROOT / "data" / "bench" / "so101_pick_cube.zarr"),
-                    help="an episode store with the policy's observation keys; default: bench_policies.py's demos")
+    ap.add_argument("--checkpoint",
+                    default=str(ROOT / "runs" / "bench_image" / "diffusion_pick_cube" / "checkpoints" / "last"),
+                    help="a torch checkpoint folder (config.json + model.safetensors); default: bench_image_policies.py's "
+                         "camera-only diffusion policy on pick_cube")
+    ap.add_argument("--store", default=str(ROOT / "data" / "bench" / "so101_pick_cube_cameras.zarr"),
+                    help="an episode store with the policy's observation keys; default: bench_image_policies.py's demos")
     ap.add_argument("--n", type=int, default=1000, help="recorded observations for the parity check")
     ap.add_argument("--queries", type=int, default=200, help="timed batch-1 queries per sampler and backend")
     ap.add_argument("--cold-steps", type=int, default=10, help="DDIM steps of the cold sampler")
