@@ -89,7 +89,12 @@ def run_one(policy: str, task: str, minutes: float, args, image: bool = True) ->
         overrides += ["policy.observations=privileged", "policy.cameras=[]"]
     if args.threads:
         overrides.append(f"threads={args.threads}")
-    summary = _train(overrides)
+    done = out / "summary.json"
+    if args.reuse and done.exists() and (out / "checkpoints" / "last").exists():
+        summary = json.loads(done.read_text())  # a finished training run: evaluate it again
+        print(f"{name}: reusing the training run in {out}", flush=True)
+    else:
+        summary = _train(overrides)
     res, eval_s = _eval(out / "checkpoints" / "last", args.episodes, out / "eval_final", deployable=image)
     row = {"name": name, "policy": policy, "task": task, "observations": "deployable + cameras" if image else
            "privileged state", "demos": args.demos, "budget_min": minutes,
@@ -177,6 +182,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="runs whose training finished (summary.json): only the final evaluation again")
     ap.add_argument("--report", action="store_true", help="only print the table and plot from saved runs")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
