@@ -30,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import RESULTS, print_table, write_json
+from _common import RESULTS, load_runs, plot_runs, print_curves, print_table, success_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {("diffusion", "pick_cube"): 0.80, ("act", "pick_cube"): 0.75, ("diffusion", "push"): 0.60}
@@ -117,54 +117,21 @@ def run_one(policy: str, task: str, minutes: float, args, image: bool = True) ->
 
 
 def report() -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(RUN_DIR.glob("*.json"))]
-    if not rows:
-        raise SystemExit(f"no saved runs in {RUN_DIR}")
-    order = {t: i for i, t in enumerate(["pick_cube", "push", "insert"])}
-    rows.sort(key=lambda r: (order.get(r["task"], 9), r["policy"], r["name"]))
-    table = []
-    for r in rows:
-        t = r.get("target")
-        table.append({**r, "success_%": 100 * r["success"],
-                      "ci95_%": f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]",
-                      "target_%": None if t is None else 100 * t,
-                      "meets": None if t is None else ("yes" if r["success"] >= t else "NO")})
-    print_table(table, ["name", "observations", "demos", "train_min", "steps", "samples_per_s", "episodes",
-                        "success_%", "ci95_%", "target_%", "meets", "mean_episode_s"],
+    rows = load_runs(RUN_DIR, "name")
+    print_table(success_table(rows), ["name", "observations", "demos", "train_min", "steps", "samples_per_s", "episodes",
+                                      "success_%", "ci95_%", "target_%", "meets", "mean_episode_s"],
                 "camera-only policies on the twin (so101, two 96x96 cameras)")
-    for r in rows:
-        pts = ", ".join(f"{c['train_min']:.1f} min: {100 * c['success']:.0f}%" for c in r["curve"])
-        print(f"  {r['name']} success vs training time: {pts}")
+    print_curves(rows, lambda r: r["name"])
     write_json("bench_image_policies", {"runs": rows})
     plot(rows)
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    tasks = sorted({r["task"] for r in rows}, key=["pick_cube", "push", "insert"].index)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for r in (r for r in rows if r["task"] == task):
-            c = r["curve"]
-            x = [p["train_min"] for p in c]
-            y = [100 * p["success"] for p in c]
-            err = [[100 * (p["success"] - p["ci95"][0]) for p in c], [100 * (p["ci95"][1] - p["success"]) for p in c]]
-            ax.errorbar(x, y, yerr=err, marker="o" if "camera" in r["observations"] else "s", capsize=3,
-                        ls="-" if "camera" in r["observations"] else ":", label=r["name"])
-            if r.get("target"):
-                ax.axhline(100 * r["target"], ls="--", lw=0.8, color="gray")
-        ax.set_title(f"so101 {task}: success vs CPU training time")
-        ax.set_xlabel("training time on this 2-core CPU (min)")
-        ax.set_ylabel("success % (95% CI)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    p = RESULTS / "bench_image_policies.png"
-    fig.savefig(p, dpi=110)
-    print(f"wrote {p}")
+    def style(r):
+        cam = "camera" in r["observations"]
+        return dict(marker="o" if cam else "s", ls="-" if cam else ":", label=r["name"])
+    plot_runs(rows, "bench_image_policies", lambda task, runs: f"so101 {task}: success vs CPU training time", style,
+              width=5.5, xlabel="training time on this 2-core CPU (min)")
 
 
 def main() -> None:

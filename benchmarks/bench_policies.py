@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import RESULTS, print_table, write_json
+from _common import RESULTS, load_runs, plot_runs, print_curves, print_table, success_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ["diffusion:pick_cube:15", "act:pick_cube:15", "diffusion:push:10", "act:push:10",
@@ -88,54 +88,18 @@ def run_one(policy: str, task: str, minutes: float, args) -> dict:
 
 
 def report() -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(RUN_DIR.glob("*.json"))]
-    if not rows:
-        raise SystemExit(f"no saved runs in {RUN_DIR}")
-    order = {t: i for i, t in enumerate(["pick_cube", "push", "insert"])}
-    rows.sort(key=lambda r: (order.get(r["task"], 9), r["policy"]))
-    table = []
-    for r in rows:
-        t = r.get("target")
-        table.append({**r, "success_%": 100 * r["success"],
-                      "ci95_%": f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]",
-                      "target_%": None if t is None else 100 * t,
-                      "meets": None if t is None else ("yes" if r["success"] >= t else "NO")})
-    print_table(table, ["policy", "task", "demos", "train_min", "steps", "samples_per_s", "data_wait_pct",
-                        "episodes", "success_%", "ci95_%", "target_%", "meets", "mean_episode_s"],
+    rows = load_runs(RUN_DIR)
+    print_table(success_table(rows), ["policy", "task", "demos", "train_min", "steps", "samples_per_s", "data_wait_pct",
+                                      "episodes", "success_%", "ci95_%", "target_%", "meets", "mean_episode_s"],
                 "imitation policies on the twin (so101, state observations)")
-    for r in rows:
-        pts = ", ".join(f"{c['train_min']:.1f} min: {100 * c['success']:.0f}%" for c in r["curve"])
-        print(f"  {r['policy']}/{r['task']} success vs training time: {pts}")
+    print_curves(rows, lambda r: f"{r['policy']}/{r['task']}")
     write_json("bench_policies", {"runs": rows})
     plot(rows)
 
 
 def plot(rows: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    tasks = sorted({r["task"] for r in rows}, key=["pick_cube", "push", "insert"].index)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for r in (r for r in rows if r["task"] == task):
-            c = r["curve"]
-            x = [p["train_min"] for p in c]
-            y = [100 * p["success"] for p in c]
-            err = [[100 * (p["success"] - p["ci95"][0]) for p in c], [100 * (p["ci95"][1] - p["success"]) for p in c]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"{r['policy']} ({r['execution']})")
-        t = {r["policy"]: r.get("target") for r in rows if r["task"] == task}
-        for v in set(v for v in t.values() if v):
-            ax.axhline(100 * v, ls="--", lw=0.8, color="gray")
-        ax.set_title(f"{task} ({rows[0]['demos']} demos)")
-        ax.set_xlabel("training time on this CPU (min)")
-        ax.set_ylabel("success % (95% CI)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    p = RESULTS / "bench_policies.png"
-    fig.savefig(p, dpi=110)
-    print(f"wrote {p}")
+    plot_runs(rows, "bench_policies", lambda task, runs: f"{task} ({runs[0]['demos']} demos)",
+              lambda r: dict(marker="o", label=f"{r['policy']} ({r['execution']})"))
 
 
 def main() -> None:

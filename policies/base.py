@@ -138,6 +138,18 @@ class Policy(nn.Module, ABC):
         """Forget per-episode state (none by default)."""
 
 
+def trained_robot(robot_spec: Mapping[str, Any], spec: RobotSpec | None, what: str) -> RobotSpec:
+    """The spec a checkpoint (or an export) was trained for; with `spec`, one CheckpointError
+    naming both robots when `spec` is not compatible with it."""
+    trained_for = RobotSpec.from_dict(robot_spec)
+    if spec is not None:
+        try:
+            trained_for.check_compatible(spec, what=what)
+        except SpecError as e:
+            raise CheckpointError(str(e)) from None
+    return trained_for
+
+
 def save_checkpoint(policy: Policy, path: str | os.PathLike, spec: RobotSpec, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``path/model.safetensors`` + ``path/config.json`` atomically (temp files + rename)."""
     # clone: modules shared under two names (one CNN for all cameras) would alias memory,
@@ -188,12 +200,7 @@ def load_checkpoint(path: str | os.PathLike, spec: RobotSpec | None = None, devi
     kind = cfg.get("policy")
     if kind not in POLICIES:
         raise CheckpointError(f"checkpoint {p}: unknown policy type {kind!r}; known: {sorted(POLICIES)}")
-    trained_for = RobotSpec.from_dict(cfg["robot_spec"])
-    if spec is not None:
-        try:
-            trained_for.check_compatible(spec, what=f"checkpoint {p}")
-        except SpecError as e:
-            raise CheckpointError(str(e)) from None
+    trained_robot(cfg["robot_spec"], spec, f"checkpoint {p}")
     try:
         tensors = load_file(str(wf))
     except (SafetensorError, OSError, ValueError) as e:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robot_rl.policies.base import POLICIES, CheckpointError, Policy, import_policies, load_checkpoint
+from robot_rl.policies.base import POLICIES, CheckpointError, Policy, import_policies, load_checkpoint, trained_robot
 from robot_rl.policies.common.normalizer import Normalizer
 from robot_rl.spec import RobotSpec, SpecError
 
@@ -415,12 +415,7 @@ def load_onnx_policy(path: str | os.PathLike, spec: RobotSpec | None = None,
         if kind not in POLICIES:
             raise CheckpointError(f"ONNX export {p}: unknown policy type {kind!r}; known: {sorted(POLICIES)}"
                                   + (f" (policy modules that failed to import: {failed})" if failed else ""))
-    trained_for = RobotSpec.from_dict(m["robot_spec"])
-    if spec is not None:
-        try:
-            trained_for.check_compatible(spec, what=f"ONNX export {p}")
-        except SpecError as e:
-            raise CheckpointError(str(e)) from None
+    trained_robot(m["robot_spec"], spec, f"ONNX export {p}")
     cls = POLICIES[kind]
     try:
         config = cls.config_class.from_dict(m["config"])
