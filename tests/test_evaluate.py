@@ -265,3 +265,33 @@ def test_executed_actions_and_observation_history(execution, monkeypatch):
     for q, t in zip(pol.seen[1:], query_steps[1:]):
         prev = log[t - 2][1] if t >= 2 else h0[1]
         assert np.array_equal(q[0, 0], prev) and np.array_equal(q[0, 1], log[t - 1][1])
+
+
+def test_a_resized_policy_sees_the_recorded_cameras_resized_like_training():
+    """A checkpoint trained on 96x96 frames resized to 64: the twin renders 96 and each frame
+    is resized with area interpolation (as the loader did, and the inference node does)."""
+    import cv2
+
+    from robot_rl.learn.evaluate import _EnvList, camera_plan, checkpoint_image_sizes
+    spec = load_spec("so101")
+    meta = {"image_size": 64, "image_resize": "area",
+            "image_source_size": {"image_front": [96, 96], "image_wrist": [96, 96]}}
+    size, camera = checkpoint_image_sizes(meta, spec, ["front", "wrist"])
+    assert (size, camera) == (64, 96)
+    # trained at the stored size: no resize; a non-square policy size is (width, height)
+    assert checkpoint_image_sizes({"image_size": 96, "image_resize": None}, spec, ["front"]) == (96, None)
+    assert checkpoint_image_sizes({"image_size": [32, 24], "image_resize": "area",
+                                   "image_source_size": {"image_front": [64, 48]}}, spec, ["front"]) == ((32, 24), (64, 48))
+    render, resize = camera_plan(["image_front"], size, camera)
+    assert render == 96 and resize == (["image_front"], (64, 64))
+    assert camera_plan(["image_front"], 64, 64) == (64, None)
+    from robot_rl.spec import resolve_spec
+    pool = _EnvList(1, resize=resize, task="reach", robot=resolve_spec(spec, "ee_delta", ["front"], render),
+                    action_mode="ee_delta", cameras=["front"])
+    try:
+        obs = pool.reset(0, 3)
+        raw = pool.envs[0].reset(seed=3)[0]["image_front"]
+    finally:
+        pool.close()
+    assert raw.shape == (96, 96, 3) and obs["image_front"].shape == (64, 64, 3)
+    np.testing.assert_array_equal(obs["image_front"], cv2.resize(raw, (64, 64), interpolation=cv2.INTER_AREA))
