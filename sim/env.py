@@ -31,7 +31,8 @@ class RobotEnv(gym.Env):
                  image_size: int | tuple[int, int] | None = None, reward_type: str = "dense",
                  max_episode_steps: int | None = None, terminate_on_success: bool = True,
                  render_mode: str | None = "rgb_array", render_size: int = 256,
-                 params: TwinParams | None = None, timestep: float = 0.002, safety: bool = True):
+                 params: TwinParams | None = None, timestep: float = 0.002, safety: bool = True,
+                 randomization: Any = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; available: {sorted(TASKS)}")
         if reward_type not in ("dense", "sparse"):
@@ -42,6 +43,14 @@ class RobotEnv(gym.Env):
                          offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),
                          params=params)
         self.task.bind(self.twin)
+        # domain randomization (sim/randomization.py): a name in robot_rl/conf/randomization, a
+        # YAML file, a mapping; drawn from a generator of its own, seeded from the reset seed, so
+        # a seed gives the same scene (object placement) with and without randomization
+        self.randomizer = None
+        if randomization is not None:
+            from robot_rl.sim.randomization import Randomizer
+            self.randomizer = Randomizer(self.twin, randomization)
+        self._dr_rng: np.random.Generator | None = None
         if safety:
             # joint limits, velocity clamps and the workspace box of the spec, exactly as the
             # robot node applies them: sim demos obey the limits a real arm would
@@ -84,6 +93,13 @@ class RobotEnv(gym.Env):
     # -- gym API ------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.randomizer is not None:
+            if self._dr_rng is None or seed is not None:
+                first = self._dr_rng is None
+                self._dr_rng = np.random.default_rng(None if seed is None else [int(seed), 0xD12])
+                if first:
+                    self.randomizer.startup(self._dr_rng)
+            self.randomizer.reset(self._dr_rng)
         self.twin.seed(int(self.np_random.integers(2**31)))
         q = np.clip(self.twin.home + self.np_random.normal(0, 0.02, self.robot_spec.dof),
                     self.twin.lower, self.twin.upper)
@@ -96,6 +112,8 @@ class RobotEnv(gym.Env):
 
     def step(self, action):
         self.twin.step(self.action_mode, action)
+        if self.randomizer is not None:
+            self.randomizer.step(self._dr_rng)
         reward, terminated, truncated, info = self.after_physics_step()
         return self._obs(), reward, terminated, truncated, info
 
@@ -132,6 +150,8 @@ class RobotEnv(gym.Env):
         obs["object_state"] = self.task.object_state()
         for c in self.robot_spec.cameras:
             obs[f"image_{c.name}"] = self.twin.render(c.name, c.width, c.height)
+        if self.randomizer is not None:
+            obs = self.randomizer.observe(obs, self._dr_rng)
         return obs
 
     def _info(self, success: bool | None = None) -> dict[str, Any]:

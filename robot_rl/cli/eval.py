@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from robot_rl.cli.record import randomization_arg
 from robot_rl.learn.evaluate import EvalError
 from robot_rl.spec import RobotSpec
 
@@ -86,7 +87,8 @@ def run_eval(checkpoint: str, cfg: DictConfig):
                       videos=int(cfg.videos), video_dir=out, render_size=int(cfg.render_size),
                       progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
                       max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
-                      torch_threads=None if cfg.threads is None else int(cfg.threads))
+                      torch_threads=None if cfg.threads is None else int(cfg.threads),
+                      randomization=randomization_arg(cfg))
     backend = "" if policy.backend == "torch" else f", {policy.backend}"
     title = (f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {result.robot}/{task}: "
              f"{result.summary_line()}")

@@ -55,6 +55,9 @@ class CLIError(Exception):
     """A mistake on the command line or in the inputs: printed as one line, exit code 2."""
 
 
+FILE_GROUPS = ("randomization",)
+
+
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose ``robot_rl/conf/<config_name>.yaml`` with hydra overrides; bad keys and
     values become CLIError with the list of valid keys."""
@@ -67,10 +70,25 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise CLIError(f"expected key=value, got {bad[0]!r}")
+    # config groups that also take a file path (randomization=my_terms.yaml): hydra knows only
+    # the group's own files, so a path is set after composing
+    files = {}
+    for o in list(overrides):
+        k, _, v = o.partition("=")
+        if k in FILE_GROUPS and (v.endswith((".yaml", ".yml")) or "/" in v):
+            files[k] = v
+            overrides = [x for x in overrides if x != o]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="robot_rl.conf", version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=overrides)
+        if files:
+            from omegaconf import open_dict
+            with open_dict(cfg):
+                for k, v in files.items():
+                    if f"{k}=<{k} config>" not in _known_keys(config_name):
+                        raise CLIError(f"unknown setting {k!r} for '{config_name}'")
+                    cfg[k] = v
     except (HydraException, OmegaConfBaseException) as e:
         msg = str(e).strip().splitlines()[0]
         cause = e.__cause__
@@ -82,6 +100,11 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
         if "Could not find" in text or "Could not load" in text:
             import re
             from robot_rl.spec import available_robots
+            m = re.search(r"'randomization/([^']+)'", text)
+            if m:
+                from robot_rl.sim.randomization import available
+                raise CLIError(f"no randomization {m.group(1)!r}: not one of {available()} (or pass a YAML file "
+                               "path)") from None
             m = re.search(r"'robot/([^']+)'", text)
             if m:
                 name = m.group(1)
@@ -249,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     def user_errors() -> tuple[type[Exception], ...]:
         # CheckpointError lives with torch: only commands that loaded it can raise it
         base = sys.modules.get("robot_rl.policies.base")
-        return (CLIError, StoreError, SpecError, FileNotFoundError) + ((base.CheckpointError,) if base else ())
+        rand = sys.modules.get("robot_rl.sim.randomization")  # likewise, with the twin
+        return (CLIError, StoreError, SpecError, FileNotFoundError) + ((base.CheckpointError,) if base else ()) \
+            + ((rand.RandomizationError,) if rand else ())
 
     try:
         return COMMANDS[cmd](rest)

@@ -8,14 +8,21 @@ from robot_rl.data.store import EpisodeStore
 from robot_rl.spec import RobotSpec
 
 
+def randomization_arg(cfg: DictConfig):
+    """The command's ``randomization``: None, a file path, or the group's mapping (name, terms)."""
+    r = cfg.get("randomization")
+    return OmegaConf.to_container(r, resolve=True) if isinstance(r, DictConfig) else r
+
+
 def record_sim(cfg: DictConfig) -> dict:
     from robot_rl.sim.env import RobotEnv
     from robot_rl.sim.experts import rollout_expert
 
     spec = RobotSpec.from_dict(OmegaConf.to_container(cfg.robot, resolve=True))
     cams = list(cfg.cameras or [])
+    rand = randomization_arg(cfg)
     env = RobotEnv(task=cfg.task, robot=spec, cameras=cams, image_size=int(cfg.image_size),
-                   terminate_on_success=False)
+                   terminate_on_success=False, randomization=rand)
     store = EpisodeStore.open_or_create(cfg.out, env.robot_spec)
     try:
         first_seed = int(cfg.seed) + store.n_episodes
@@ -28,7 +35,9 @@ def record_sim(cfg: DictConfig) -> dict:
             seed = first_seed + attempts
             attempts += 1
             ep = store.start_episode(task=cfg.task, source="expert", fps=spec.control_hz,
-                                     extra={"seed": seed, "env": "sim", "action_mode": "ee_delta"})
+                                     extra={"seed": seed, "env": "sim", "action_mode": "ee_delta",
+                                            **({"randomization": env.randomizer.randomization.name}
+                                               if env.randomizer else {})})
             t = [0.0]
 
             def on_step(obs, action, reward, info, ep=ep, t=t):

@@ -1,0 +1,306 @@
+"""Domain randomization as data: terms read from ``robot_rl/conf/randomization/<name>.yaml``.
+
+The vocabulary is Isaac Lab's / mjlab's event terms, so a file reads the same there:
+
+```yaml
+name: so101_physics
+terms:
+  - name: cube_friction          # free text, for logs and errors
+    field: geom_friction         # what it changes (FIELDS below)
+    names: [cube]                # which elements (regexes on MuJoCo names; groups: arm, objects; default: all)
+    operation: scale             # add | scale | abs
+    distribution: uniform        # uniform | log_uniform | gaussian
+    range: [0.5, 1.5]            # uniform / log_uniform: [low, high]; gaussian: [mean, std]
+    mode: reset                  # startup (once) | reset (every episode) | interval (every interval_steps)
+```
+
+Every term applies to the *nominal* value cached when the randomizer was built, so repeated
+resets never accumulate; each selected element draws its own value; the draws come from the
+generator the env passes (seeded per env, so every env of a vector env draws its own).
+
+Fields:
+
+| group | field | element | what |
+|---|---|---|---|
+| physics | ``geom_friction`` | geom | sliding friction |
+| physics | ``body_mass`` | body | mass (inertia scaled with it) |
+| physics | ``body_com`` | body | centre of mass offset (m, per axis) |
+| physics | ``joint_damping`` / ``joint_armature`` / ``joint_frictionloss`` | joint | passive joint terms |
+| physics | ``actuator_kp`` / ``actuator_kv`` / ``actuator_forcerange`` | actuator | position-servo gains, force limits |
+| sensing | ``joint_offset`` | joint | encoder bias added to the measured joint positions (rad) |
+| timing, noise | ``action_delay`` | - | control steps between a command and its effect (per episode, rounded) |
+| timing, noise | ``obs_noise`` | - | std of Gaussian noise on joint_pos / joint_vel / ee_pos |
+| visuals | ``light_pos`` / ``light_diffuse`` | light | position (m), colour and intensity |
+| visuals | ``geom_rgba`` | geom | colour (alpha kept) |
+| visuals | ``camera_pos`` / ``camera_fovy`` | camera | pose jitter (m), field of view (deg) |
+| visuals | ``image_noise`` | - | std of Gaussian noise on camera frames (0..255) |
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+OPERATIONS = ("add", "scale", "abs")
+DISTRIBUTIONS = ("uniform", "log_uniform", "gaussian")
+MODES = ("startup", "reset", "interval")
+# field -> (element kind, MjModel attribute, columns it touches or None for all)
+MODEL_FIELDS: dict[str, tuple[str, str, Any]] = {
+    "geom_friction": ("geom", "geom_friction", [0]),
+    "body_mass": ("body", "body_mass", None),
+    "body_com": ("body", "body_ipos", None),
+    "joint_damping": ("dof", "dof_damping", None),
+    "joint_armature": ("dof", "dof_armature", None),
+    "joint_frictionloss": ("dof", "dof_frictionloss", None),
+    "actuator_kp": ("actuator", "actuator_gainprm", [0]),
+    "actuator_kv": ("actuator", "actuator_biasprm", [2]),
+    "actuator_forcerange": ("actuator", "actuator_forcerange", None),
+    "light_pos": ("light", "light_pos", None),
+    "light_diffuse": ("light", "light_diffuse", None),
+    "geom_rgba": ("geom", "geom_rgba", [0, 1, 2]),
+    "camera_pos": ("camera", "cam_pos", None),
+    "camera_fovy": ("camera", "cam_fovy", None),
+}
+# fields drawn per column (a position per axis, a colour per channel); the others per element
+PER_COLUMN = ("body_com", "light_pos", "camera_pos", "light_diffuse", "geom_rgba")
+STATE_FIELDS = ("joint_offset", "action_delay", "obs_noise", "image_noise")
+FIELDS = tuple(MODEL_FIELDS) + STATE_FIELDS
+CONF_DIR = Path(__file__).resolve().parent.parent / "robot_rl" / "conf" / "randomization"
+
+
+class RandomizationError(ValueError):
+    """A randomization file or term that cannot be applied (one line naming the cause)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    field: str
+    operation: str = "scale"
+    distribution: str = "uniform"
+    range: tuple[float, float] = (1.0, 1.0)
+    mode: str = "reset"
+    names: tuple[str, ...] = ()
+    interval_steps: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> "Term":
+        what = f"{where}term {d.get('name', d.get('field', '?'))!r}"
+        known = {"name", "field", "operation", "distribution", "range", "mode", "names", "interval_steps"}
+        unknown = set(d) - known
+        if unknown:
+            raise RandomizationError(f"{what}: unknown keys {sorted(unknown)}; a term has {sorted(known)}")
+        f = d.get("field")
+        if f not in FIELDS:
+            raise RandomizationError(f"{what}: field must be one of {', '.join(FIELDS)}; got {f!r}")
+        t = cls(name=str(d.get("name") or f), field=f, operation=str(d.get("operation", "scale")),
+                distribution=str(d.get("distribution", "uniform")),
+                range=tuple(float(x) for x in d.get("range", (1.0, 1.0))), mode=str(d.get("mode", "reset")),
+                names=tuple(str(n) for n in (d.get("names") or ())), interval_steps=int(d.get("interval_steps", 0)))
+        for key, allowed in (("operation", OPERATIONS), ("distribution", DISTRIBUTIONS), ("mode", MODES)):
+            if getattr(t, key) not in allowed:
+                raise RandomizationError(f"{what}: {key} must be one of {', '.join(allowed)}; got {getattr(t, key)!r}")
+        if len(t.range) != 2:
+            raise RandomizationError(f"{what}: range must be [low, high] (gaussian: [mean, std]); got {list(t.range)}")
+        lo, hi = t.range
+        if t.distribution == "gaussian" and hi < 0:
+            raise RandomizationError(f"{what}: a gaussian's std must be >= 0; got {hi}")
+        if t.distribution != "gaussian" and lo > hi:
+            raise RandomizationError(f"{what}: range low {lo} > high {hi}")
+        if t.distribution == "log_uniform" and lo <= 0:
+            raise RandomizationError(f"{what}: log_uniform needs a positive range; got {list(t.range)}")
+        if t.mode == "interval" and t.interval_steps < 1:
+            raise RandomizationError(f"{what}: mode interval needs interval_steps >= 1")
+        if t.field in STATE_FIELDS and t.field != "joint_offset" and t.operation != "abs":
+            raise RandomizationError(f"{what}: {t.field} has no nominal value to {t.operation}; use operation abs")
+        return t
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        lo, hi = self.range
+        if self.distribution == "uniform":
+            return rng.uniform(lo, hi, n)
+        if self.distribution == "log_uniform":
+            return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+        return rng.normal(lo, hi, n)
+
+
+@dataclass(frozen=True)
+class Randomization:
+    name: str
+    terms: tuple[Term, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def load(cls, name_or_file: "str | Path | Mapping[str, Any] | Randomization") -> "Randomization":
+        """A name in robot_rl/conf/randomization, a YAML path, a mapping, or a Randomization."""
+        if isinstance(name_or_file, Randomization):
+            return name_or_file
+        if isinstance(name_or_file, Mapping):
+            d, where = dict(name_or_file), ""
+        else:
+            p = Path(str(name_or_file))
+            if not p.suffix and not p.exists():
+                p = CONF_DIR / f"{name_or_file}.yaml"
+            if not p.is_file():
+                have = sorted(x.stem for x in CONF_DIR.glob("*.yaml"))
+                raise RandomizationError(f"no randomization {name_or_file!r}: not a file, and not one of {have}")
+            import yaml
+            try:
+                d = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise RandomizationError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            where = f"{p.name}: "
+        if not isinstance(d, Mapping) or not isinstance(d.get("terms"), list):
+            raise RandomizationError(f"{where}a randomization file holds 'terms: [...]'")
+        return cls(name=str(d.get("name") or "randomization"),
+                   terms=tuple(Term.from_dict(t, where) for t in d["terms"]))
+
+
+class Randomizer:
+    """Applies a Randomization to one twin (``sim.twin.Twin``): caches the nominal model
+    values at construction; ``startup(rng)`` once, ``reset(rng)`` at every episode start,
+    ``step(rng)`` after every control step (interval terms). State terms (joint offsets,
+    action delay, observation and image noise) are kept in ``state`` for the env to apply."""
+
+    def __init__(self, twin, randomization: "Randomization | str | Path | Mapping[str, Any]"):
+        self.twin = twin
+        self.randomization = Randomization.load(randomization)
+        m = twin.model
+        self._index: dict[Term, np.ndarray] = {}
+        self._nominal: dict[str, np.ndarray] = {}
+        for t in self.randomization.terms:
+            if t.field in MODEL_FIELDS:
+                kind, attr, _ = MODEL_FIELDS[t.field]
+                self._index[t] = self._select(kind, t)
+                self._nominal.setdefault(attr, getattr(m, attr).copy())
+                if t.field == "body_mass":
+                    self._nominal.setdefault("body_inertia", m.body_inertia.copy())
+                if t.field == "actuator_kp":
+                    self._nominal.setdefault("actuator_biasprm", m.actuator_biasprm.copy())
+            elif t.field == "joint_offset":
+                self._index[t] = self._select("joint", t)
+        self.state: dict[str, Any] = {"joint_offset": np.zeros(len(twin.spec.joint_names)), "action_delay": 0,
+                                      "obs_noise": 0.0, "image_noise": 0.0}
+        self.values: dict[str, np.ndarray] = {}  # the last draw of each term (for logs and tests)
+        self._steps = 0
+
+    # -- element selection ------------------------------------------------------------
+    def _names(self, kind: str) -> list[str]:
+        m = self.twin.model
+        if kind == "joint":
+            return list(self.twin.spec.joint_names)
+        if kind == "dof":
+            return [m.joint(int(m.dof_jntid[i])).name for i in range(m.nv)]
+        getter, n = {"geom": (m.geom, m.ngeom), "body": (m.body, m.nbody), "actuator": (m.actuator, m.nu),
+                     "light": (m.light, m.nlight), "camera": (m.camera, m.ncam)}[kind]
+        return [getter(i).name for i in range(n)]
+
+    def _select(self, kind: str, t: Term) -> np.ndarray:
+        names = self._names(kind)
+        if not t.names:
+            return np.arange(len(names))
+        arm = set(self.twin.spec.joint_names)
+        objects = {self.twin.model.body(b).name for b in getattr(self.twin, "_free_bodies", [])}
+        sel = []
+        for i, n in enumerate(names):
+            for pat in t.names:
+                if (pat == "arm" and n in arm) or (pat == "objects" and (n in objects or self._in_objects(kind, i, objects))) \
+                        or re.fullmatch(pat, n or ""):
+                    sel.append(i)
+                    break
+        if not sel and not set(t.names) <= {"arm", "objects"}:  # a group may be empty (reach: no objects)
+            raise RandomizationError(f"term {t.name!r}: names {list(t.names)} match no {kind} of this model "
+                                     f"(it has {[n for n in names if n][:20]})")
+        return np.asarray(sel, dtype=np.int64)
+
+    def _in_objects(self, kind: str, i: int, objects: set[str]) -> bool:
+        if kind != "geom":
+            return False
+        m = self.twin.model
+        return m.body(int(m.geom_bodyid[i])).name in objects
+
+    # -- applying ---------------------------------------------------------------------
+    def startup(self, rng: np.random.Generator) -> None:
+        self._apply(rng, "startup")
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self._steps = 0
+        self._apply(rng, "reset")
+
+    def step(self, rng: np.random.Generator) -> None:
+        self._steps += 1
+        due = [t for t in self.randomization.terms if t.mode == "interval" and self._steps % t.interval_steps == 0]
+        if due:
+            self._apply(rng, "interval", due)
+
+    def _apply(self, rng: np.random.Generator, mode: str, terms: Sequence[Term] | None = None) -> None:
+        for t in terms if terms is not None else [t for t in self.randomization.terms if t.mode == mode]:
+            idx = self._index.get(t)
+            if t.field in MODEL_FIELDS:
+                self._apply_model(t, idx, rng)
+            elif t.field == "joint_offset":
+                v = t.sample(rng, len(idx))
+                off = np.zeros(len(self.twin.spec.joint_names))
+                off[idx] = v if t.operation != "scale" else 0.0
+                self.state["joint_offset"] = off
+                self.values[t.name] = v
+            else:
+                v = float(t.sample(rng, 1)[0])
+                self.state[t.field] = max(0, int(round(v))) if t.field == "action_delay" else max(0.0, v)
+                self.values[t.name] = np.array([v])
+        fields_ = {t.field for t in self.randomization.terms}
+        if "action_delay" in fields_:
+            self.twin.params = _with(self.twin.params, action_latency_steps=int(self.state["action_delay"]))
+        if "obs_noise" in fields_:
+            self.twin.params = _with(self.twin.params, obs_noise_std=float(self.state["obs_noise"]))
+
+    def _apply_model(self, t: Term, idx: np.ndarray, rng: np.random.Generator) -> None:
+        kind, attr, cols = MODEL_FIELDS[t.field]
+        m = self.twin.model
+        arr = getattr(m, attr)
+        nom = self._nominal[attr]
+        cols_ = cols if cols is not None or arr.ndim == 1 else list(range(arr.shape[1]))
+        base = nom[idx] if arr.ndim == 1 else nom[np.ix_(idx, cols_)]
+        if t.field in PER_COLUMN:
+            val = t.sample(rng, base.size).reshape(base.shape)
+        else:
+            val = t.sample(rng, len(idx)).reshape((len(idx),) + (1,) * (base.ndim - 1))
+        self.values[t.name] = val.reshape(-1)
+        new = base + val if t.operation == "add" else base * val if t.operation == "scale" else np.broadcast_to(val, base.shape)
+        if arr.ndim == 1:
+            arr[idx] = new
+        else:
+            arr[np.ix_(idx, cols_)] = new
+        if t.field == "body_mass":  # inertia follows the mass
+            ratio = np.where(nom[idx] > 0, m.body_mass[idx] / np.where(nom[idx] > 0, nom[idx], 1), 1.0)
+            m.body_inertia[idx] = self._nominal["body_inertia"][idx] * ratio[:, None]
+        if t.field == "actuator_kp":  # a position servo: biasprm[1] = -kp
+            m.actuator_biasprm[idx, 1] = -m.actuator_gainprm[idx, 0]
+
+    # -- what the env applies to observations ----------------------------------------------
+    def observe(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        off = self.state["joint_offset"]
+        if np.any(off):
+            q = obs["joint_pos"].astype(np.float64) + off
+            obs["joint_pos"] = q.astype(np.float32)
+            pos, mat = self.twin.fk(q)  # the pose a controller computes from its (biased) encoders
+            from robot_rl.sim.twin import mat_to_quat
+            obs["ee_pos"] = pos.astype(np.float32)
+            obs["ee_quat"] = mat_to_quat(mat).astype(np.float32)
+        sd = self.state["image_noise"]
+        if sd > 0:
+            for k, v in obs.items():
+                if k.startswith("image_"):
+                    obs[k] = np.clip(v.astype(np.float32) + rng.normal(0, sd, v.shape), 0, 255).astype(np.uint8)
+        return obs
+
+
+def _with(params, **kw):
+    import dataclasses
+    return dataclasses.replace(params, **kw)
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
