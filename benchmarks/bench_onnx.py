@@ -39,27 +39,18 @@ from _common import print_table, write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def image_hw(meta: dict, spec, key: str) -> tuple[int, int]:
-    size = meta.get("image_size")
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return int(size[1]), int(size[0])
-    if isinstance(size, (int, float)) and size:
-        return int(size), int(size)
-    cam = spec.camera(key.removeprefix("image_"))
-    return int(cam.height), int(cam.width)
-
-
-def recorded_observations(store: str, policy, meta: dict, spec, n: int, seed: int) -> dict[str, np.ndarray]:
+def recorded_observations(store: str, policy, ck: dict, n: int, seed: int) -> dict[str, np.ndarray]:
     """{key: (n, n_obs_steps, ...)}: n windows (random, in store order) of the store, frames at
-    the policy's image size."""
-    from robot_rl.data.frames import resize_frames
+    the policy's image size (the sampler resizes them with area interpolation, as in training)."""
     from robot_rl.data.sampler import SequenceSampler
     from robot_rl.data.store import EpisodeStore
+    from robot_rl.policies.export import image_hw
     c = policy.config
     keys = list(c.state_keys) + list(c.cameras)
     with EpisodeStore.open(store) as st:
         sampler = SequenceSampler(st, obs_keys=keys, action_key=c.action_key, n_obs_steps=c.n_obs_steps,
-                                  horizon=c.horizon, in_memory=not c.cameras)
+                                  horizon=c.horizon, in_memory=not c.cameras,
+                                  image_size={k: image_hw(ck, k) for k in c.cameras} or None)
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(len(sampler), size=min(n, len(sampler)), replace=False))
         obs = {k: [] for k in keys}
@@ -68,11 +59,6 @@ def recorded_observations(store: str, policy, meta: dict, spec, n: int, seed: in
             for k in keys:
                 obs[k].append(b[k])
     out = {k: np.concatenate(v) for k, v in obs.items()}
-    for k in c.cameras:
-        x = out[k]
-        hw = image_hw(meta, spec, k)
-        if x.shape[2:4] != hw:
-            out[k] = resize_frames(x.reshape(-1, *x.shape[2:]), hw).reshape(*x.shape[:2], *hw, x.shape[-1])
     for k in c.state_keys:
         out[k] = out[k].astype(np.float32)
     return out
@@ -175,7 +161,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     print(f"exported {args.checkpoint} ({ck['policy']}) to {out} in {export_s:.1f} s: "
           + ", ".join(f"{f['file']} {f['bytes'] / 1e6:.2f} MB" for f in m["files"].values()))
 
-    obs = recorded_observations(args.store, tp, meta, spec, args.n, args.seed)
+    obs = recorded_observations(args.store, tp, ck, args.n, args.seed)
     n = len(next(iter(obs.values())))
     diffs = parity(tp, op, obs, args.seed)
     print_table([{"output": k, "max_abs_diff": v, "within_1e-4": "yes" if v <= 1e-4 else "NO"} for k, v in diffs.items()],

@@ -126,7 +126,7 @@ class _PolicyGraph(nn.Module):
         return self.policy.normalized_chunks(dict(zip(self.keys, obs)))
 
 
-def _image_hw(ck: Mapping[str, Any], camera_key: str) -> tuple[int, int]:
+def image_hw(ck: Mapping[str, Any], camera_key: str) -> tuple[int, int]:
     """(H, W) the policy sees for a camera: the metadata's image_size, else the spec's camera."""
     size = (ck.get("metadata") or {}).get("image_size")
     if isinstance(size, (list, tuple)) and len(size) == 2:
@@ -148,7 +148,7 @@ def _sample_obs(policy: Policy, ck: Mapping[str, Any], batch: int, seed: int) ->
     g = torch.Generator().manual_seed(seed)
     obs = {k: torch.randn(batch, c.n_obs_steps, int(c.state_dims[k]), generator=g) for k in c.state_keys}
     for k in c.cameras:
-        h, w = _image_hw(ck, k)
+        h, w = image_hw(ck, k)
         obs[k] = torch.randint(0, 256, (batch, c.n_obs_steps, h, w, 3), generator=g, dtype=torch.uint8)
     return obs
 

@@ -44,6 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from robot_rl.sim.twin import mat_to_quat
+
 OPERATIONS = ("add", "scale", "abs")
 DISTRIBUTIONS = ("uniform", "log_uniform", "gaussian")
 MODES = ("startup", "reset", "interval")
@@ -286,7 +288,6 @@ class Randomizer:
             q = obs["joint_pos"].astype(np.float64) + off
             obs["joint_pos"] = q.astype(np.float32)
             pos, mat = self.twin.fk(q)  # the pose a controller computes from its (biased) encoders
-            from robot_rl.sim.twin import mat_to_quat
             obs["ee_pos"] = pos.astype(np.float32)
             obs["ee_quat"] = mat_to_quat(mat).astype(np.float32)
         sd = self.state["image_noise"]
