@@ -36,7 +36,7 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # depends on torch then finds it satisfied instead of pulling CUDA wheels.
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || "${PIP[@]}" "torch==2.13.0" 2>&1 | quiet
-"${PIP[@]}" -e ".[dev,ros,torch,bench]" 2>&1 | quiet
+"${PIP[@]}" -e ".[dev,ros,torch,bench,sysid]" 2>&1 | quiet
 "$VENV/bin/python" -c 'import robot_rl.sim, robot_rl.data, torch, diffusers, mujoco, zarr, rosbags' \
   || { echo "bootstrap: the install is incomplete" >&2; exit 1; }
 echo "bootstrap: ready ($("$VENV/bin/python" --version), venv $VENV)"

@@ -38,6 +38,10 @@ commands:
   setup-motors robot=R port=P  give each servo of an arm its id and baud rate, one motor at a time
   calibrate robot=R port=P id=NAME
                                calibrate an arm (ticks <-> joint angles); import_lerobot= / export_lerobot=
+  calibrate board|camera|handeye [key=value ...]
+                               a printable ChArUco board; camera intrinsics; hand-eye (docs/sim2real.md)
+  sysid excite|fit [key=value ...]
+                               excite an arm and record it; fit the twin's dynamics to it (dynamics.yaml)
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
@@ -230,6 +234,23 @@ def cmd_motors(name: str) -> Callable[[list[str]], int]:
     return run
 
 
+CAMERA_CALIBRATION = ("board", "camera", "handeye")
+
+
+def cmd_calibrate(args: list[str]) -> int:
+    """`calibrate board|camera|handeye ...` (cameras, calibration/cameras.py); otherwise an arm's motors."""
+    if args and args[0] in CAMERA_CALIBRATION:
+        from robot_rl.cli import camera_calib
+        return getattr(camera_calib, f"cmd_{args[0]}")(args[1:])
+    return cmd_motors("cmd_calibrate")(args)
+
+
+def cmd_sysid(args: list[str]) -> int:
+    """`sysid excite ...` / `sysid fit DATA ...`: system identification (calibration/sysid.py)."""
+    from robot_rl.cli import sysid
+    return sysid.main(args)
+
+
 def cmd_bench(args: list[str]) -> int:
     if not args or args[0] != "inference" or len(args) < 2 or "=" in args[1]:
         raise CLIError("usage: robot-rl bench inference CHECKPOINT [task=...] [key=value ...]")
@@ -254,7 +275,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record":
                                                    "reward-classifier": cmd_reward_classifier,
                                                    "virtual": cmd_virtual, "find-port": cmd_motors("cmd_find_port"),
                                                    "setup-motors": cmd_motors("cmd_setup_motors"),
-                                                   "calibrate": cmd_motors("cmd_calibrate")}
+                                                   "calibrate": cmd_calibrate, "sysid": cmd_sysid}
 
 
 def main(argv: list[str] | None = None) -> int:
