@@ -7,7 +7,7 @@ name: so101_physics
 terms:
   - name: cube_friction          # free text, for logs and errors
     field: geom_friction         # what it changes (FIELDS below)
-    names: [cube]                # which elements (regexes on MuJoCo names; groups: arm, objects; default: all)
+    names: [cube]                # which elements (regexes on MuJoCo names; groups: arm, objects, robot; default: all)
     operation: scale             # add | scale | abs
     distribution: uniform        # uniform | log_uniform | gaussian
     range: [0.5, 1.5]            # uniform / log_uniform: [low, high]; gaussian: [mean, std]
@@ -29,6 +29,7 @@ Fields:
 | physics | ``actuator_kp`` / ``actuator_kv`` / ``actuator_forcerange`` | actuator | position-servo gains, force limits |
 | sensing | ``joint_offset`` | joint | encoder bias added to the measured joint positions (rad) |
 | timing, noise | ``action_delay`` | - | control steps between a command and its effect (per episode, rounded) |
+| timing, noise | ``obs_delay`` | - | control steps by which every observation (cameras included) lags (per episode, rounded) |
 | timing, noise | ``obs_noise`` | - | std of Gaussian noise on joint_pos / joint_vel / ee_pos |
 | visuals | ``light_pos`` / ``light_diffuse`` | light | position (m), colour and intensity |
 | visuals | ``geom_rgba`` | geom | colour (alpha kept) |
@@ -38,6 +39,7 @@ Fields:
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -47,6 +49,9 @@ import numpy as np
 from robot_rl.sim.twin import mat_to_quat
 
 OPERATIONS = ("add", "scale", "abs")
+# element groups a term's names may use beside regexes: the arm's joints / actuators / dofs,
+# the task's free objects (bodies and their geoms), the robot's bodies and geoms (links, hand, fingers)
+GROUPS = ("arm", "objects", "robot")
 DISTRIBUTIONS = ("uniform", "log_uniform", "gaussian")
 MODES = ("startup", "reset", "interval")
 # field -> (element kind, MjModel attribute, columns it touches or None for all)
@@ -68,7 +73,18 @@ MODEL_FIELDS: dict[str, tuple[str, str, Any]] = {
 }
 # fields drawn per column (a position per axis, a colour per channel); the others per element
 PER_COLUMN = ("body_com", "light_pos", "camera_pos", "light_diffuse", "geom_rgba")
-STATE_FIELDS = ("joint_offset", "action_delay", "obs_noise", "image_noise")
+STATE_FIELDS = ("joint_offset", "action_delay", "obs_delay", "obs_noise", "image_noise")
+# a fixed perturbation (``robot-rl eval ... twin.<field>=value``): the operation and elements a
+# bare value means, per field (friction of every geom scaled, object masses scaled, ...)
+PERTURB_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "geom_friction": ("scale", ()), "body_mass": ("scale", ("objects",)), "body_com": ("add", ("objects",)),
+    "joint_damping": ("scale", ("arm",)), "joint_armature": ("scale", ("arm",)),
+    "joint_frictionloss": ("add", ("arm",)), "actuator_kp": ("scale", ("arm",)), "actuator_kv": ("scale", ("arm",)),
+    "actuator_forcerange": ("scale", ("arm",)), "joint_offset": ("add", ("arm",)),
+    "light_pos": ("add", ()), "light_diffuse": ("scale", ()), "geom_rgba": ("scale", ("objects", "table")),
+    "camera_pos": ("add", ()), "camera_fovy": ("add", ()),
+    "action_delay": ("abs", ()), "obs_delay": ("abs", ()), "obs_noise": ("abs", ()), "image_noise": ("abs", ()),
+}
 FIELDS = tuple(MODEL_FIELDS) + STATE_FIELDS
 CONF_DIR = Path(__file__).resolve().parent.parent / "robot_rl" / "conf" / "randomization"
 
@@ -154,10 +170,44 @@ class Randomization:
             except yaml.YAMLError as e:
                 raise RandomizationError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
             where = f"{p.name}: "
+        terms = d.get("terms") if isinstance(d, Mapping) else None
+        if isinstance(terms, Sequence) and not isinstance(terms, (str, bytes)):  # a list, or an omegaconf ListConfig
+            d = {**d, "terms": list(terms)}
         if not isinstance(d, Mapping) or not isinstance(d.get("terms"), list):
             raise RandomizationError(f"{where}a randomization file holds 'terms: [...]'")
         return cls(name=str(d.get("name") or "randomization"),
                    terms=tuple(Term.from_dict(t, where) for t in d["terms"]))
+
+    @classmethod
+    def fixed(cls, perturbation: Mapping[str, Any], name: str = "perturbation") -> "Randomization":
+        """A fixed perturbation as terms: ``{field: value}`` (the operation and elements
+        ``PERTURB_DEFAULTS`` gives the field: ``geom_friction: 0.5`` halves every friction,
+        ``action_delay: 3`` delays by 3 steps) or ``{field: {value: v, operation: ..., names: [...]}}``.
+        Every episode gets exactly that value."""
+        terms = []
+        for f, v in perturbation.items():
+            if f not in PERTURB_DEFAULTS:
+                raise RandomizationError(f"perturbation {f!r}: not a field; fields: {', '.join(PERTURB_DEFAULTS)}")
+            op, names = PERTURB_DEFAULTS[f]
+            if isinstance(v, Mapping):
+                unknown = set(v) - {"value", "operation", "names"}
+                if unknown or "value" not in v:
+                    raise RandomizationError(f"perturbation {f!r}: expected a number or {{value, operation, names}}; "
+                                             f"got {dict(v)}")
+                op, names, v = str(v.get("operation", op)), tuple(v.get("names") or names), v["value"]
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                raise RandomizationError(f"perturbation {f!r}: value must be a number, got {v!r}") from None
+            terms.append(Term.from_dict({"name": f"{f}={x:g}", "field": f, "operation": op, "names": list(names),
+                                         "distribution": "uniform", "range": [x, x], "mode": "reset"}))
+        return cls(name=name, terms=tuple(terms))
+
+    def __add__(self, other: "Randomization | None") -> "Randomization":
+        """Both sets of terms, applied in order (a fixed perturbation on top of a randomization)."""
+        if other is None:
+            return self
+        return Randomization(name=f"{self.name}+{other.name}", terms=self.terms + other.terms)
 
 
 class Randomizer:
@@ -184,7 +234,8 @@ class Randomizer:
             elif t.field == "joint_offset":
                 self._index[t] = self._select("joint", t)
         self.state: dict[str, Any] = {"joint_offset": np.zeros(len(twin.spec.joint_names)), "action_delay": 0,
-                                      "obs_noise": 0.0, "image_noise": 0.0}
+                                      "obs_delay": 0, "obs_noise": 0.0, "image_noise": 0.0}
+        self._obs_buffer: deque = deque()  # the observations of the last obs_delay steps
         self.values: dict[str, np.ndarray] = {}  # the last draw of each term (for logs and tests)
         self._steps = 0
 
@@ -209,13 +260,21 @@ class Randomizer:
         for i, n in enumerate(names):
             for pat in t.names:
                 if (pat == "arm" and n in arm) or (pat == "objects" and (n in objects or self._in_objects(kind, i, objects))) \
-                        or re.fullmatch(pat, n or ""):
+                        or (pat == "robot" and self._in_robot(kind, i)) or re.fullmatch(pat, n or ""):
                     sel.append(i)
                     break
-        if not sel and not set(t.names) <= {"arm", "objects"}:  # a group may be empty (reach: no objects)
+        if not sel and not set(t.names) <= set(GROUPS):  # a group may be empty (reach: no objects)
             raise RandomizationError(f"term {t.name!r}: names {list(t.names)} match no {kind} of this model "
                                      f"(it has {[n for n in names if n][:20]})")
         return np.asarray(sel, dtype=np.int64)
+
+    def _in_robot(self, kind: str, i: int) -> bool:
+        """A body (or a geom of a body) of the robot: the subtree mounted at its ``base``."""
+        if kind not in ("geom", "body"):
+            return False
+        m = self.twin.model
+        b = int(m.geom_bodyid[i]) if kind == "geom" else i
+        return b > 0 and int(m.body_rootid[b]) == m.body("base").id
 
     def _in_objects(self, kind: str, i: int, objects: set[str]) -> bool:
         if kind != "geom":
@@ -229,6 +288,7 @@ class Randomizer:
 
     def reset(self, rng: np.random.Generator) -> None:
         self._steps = 0
+        self._obs_buffer.clear()
         self._apply(rng, "reset")
 
     def step(self, rng: np.random.Generator) -> None:
@@ -250,7 +310,7 @@ class Randomizer:
                 self.values[t.name] = v
             else:
                 v = float(t.sample(rng, 1)[0])
-                self.state[t.field] = max(0, int(round(v))) if t.field == "action_delay" else max(0.0, v)
+                self.state[t.field] = max(0, int(round(v))) if t.field in ("action_delay", "obs_delay") else max(0.0, v)
                 self.values[t.name] = np.array([v])
         fields_ = {t.field for t in self.randomization.terms}
         if "action_delay" in fields_:
@@ -295,6 +355,12 @@ class Randomizer:
             for k, v in obs.items():
                 if k.startswith("image_"):
                     obs[k] = np.clip(v.astype(np.float32) + rng.normal(0, sd, v.shape), 0, 255).astype(np.uint8)
+        k = int(self.state["obs_delay"])
+        if k > 0:  # sensing latency: the policy sees the world as it was k control steps ago
+            self._obs_buffer.append(obs)
+            while len(self._obs_buffer) > k + 1:
+                self._obs_buffer.popleft()
+            obs = dict(self._obs_buffer[0])  # the episode's first observation until k steps have passed
         return obs
 
 

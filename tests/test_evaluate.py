@@ -295,3 +295,32 @@ def test_a_resized_policy_sees_the_recorded_cameras_resized_like_training():
         pool.close()
     assert raw.shape == (96, 96, 3) and obs["image_front"].shape == (64, 64, 3)
     np.testing.assert_array_equal(obs["image_front"], cv2.resize(raw, (64, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_cli_eval_fixed_perturbations_and_a_sweep(checkpoint, tmp_path, capsys):
+    """twin.<field>=value and perturb=FILE perturb every episode by exactly that value; sweep=FILE
+    evaluates each factor value (the nominal point once) and writes sweep.json + sweep.png."""
+    base = [f"max_episode_steps={MAX_STEPS}", "n_envs=2", "videos=0", "progress=false"]
+    out = tmp_path / "pert"
+    pf = tmp_path / "p.yaml"
+    pf.write_text("geom_friction: 0.5\n")
+    assert main(["eval", str(checkpoint), "episodes=2", f"out={out}", f"perturb={pf}", "twin.action_delay=2",
+                 *base]) == 0
+    assert json.loads((out / "eval.json").read_text())["episodes"] == 2
+    sw = tmp_path / "s.yaml"
+    sw.write_text("episodes: 2\nfactors:\n  friction: {field: geom_friction, values: [0.5, 1.0]}\n"
+                  "  action_delay: [0, 3]\n")
+    capsys.readouterr()
+    assert main(["eval", str(checkpoint), f"sweep={sw}", f"out={tmp_path / 'sw'}", *base]) == 0
+    text = capsys.readouterr().out
+    assert "[3/3]" in text and "[4/" not in text  # friction 1.0 and delay 0 are one nominal evaluation
+    res = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    (r,) = res.values()
+    assert r["factors"]["friction"]["values"] == [0.5, 1.0] and len(r["factors"]["action_delay"]["success"]) == 2
+    assert r["factors"]["friction"]["success"][1] == r["factors"]["action_delay"]["success"][0]
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 5000
+    for bad, msg in ((["twin.nope=1"], "not a field"), (["twin.geom_friction=abc"], "must be a number"),
+                     ([f"sweep={tmp_path / 'none.yaml'}"], "no sweep")):
+        assert main(["eval", str(checkpoint), "episodes=1", *base, *bad]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err

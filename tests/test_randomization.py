@@ -165,3 +165,48 @@ def test_a_randomization_file_path_works_where_a_name_does(tmp_path):
                  f"randomization={f}"]) == 0
     with EpisodeStore.open(out) as st:
         assert st.episode_meta(0)["extra"]["randomization"] == "mine"
+
+
+def test_a_fixed_perturbation_is_exactly_its_value_every_episode():
+    from robot_rl.sim.randomization import Randomization
+    r = Randomization.fixed({"geom_friction": 0.5, "body_mass": {"value": 2.0, "names": ["cube"]},
+                             "action_delay": 3, "camera_pos": 0.02})
+    env = make_env("pick_cube", "so101", randomization=r)
+    m = env.twin.model
+    f0, m0, c0 = (env.randomizer._nominal[a].copy() for a in ("geom_friction", "body_mass", "cam_pos"))
+    for seed in (1, 2):
+        env.reset(seed=seed)
+        assert np.allclose(m.geom_friction[:, 0], 0.5 * f0[:, 0])
+        assert m.body_mass[m.body("cube").id] == pytest.approx(2.0 * m0[m.body("cube").id])
+        assert np.allclose(m.cam_pos, c0 + 0.02) and env.twin.params.action_latency_steps == 3
+    with pytest.raises(RandomizationError, match="not a field"):
+        Randomization.fixed({"friction": 0.5})
+    assert (Randomization.load("physics") + r).terms[-1].name == "camera_pos=0.02"
+
+
+def test_observation_delay_and_the_robot_group():
+    env = _env([{"field": "obs_delay", "operation": "abs", "range": [2, 2]},
+                {"field": "geom_rgba", "names": ["robot"], "operation": "abs", "range": [0.3, 0.3]}])
+    obs0, _ = env.reset(seed=0)
+    m = env.twin.model
+    robot = [g for g in range(m.ngeom) if m.body_rootid[m.geom_bodyid[g]] == m.body("base").id]
+    assert robot and np.allclose(m.geom_rgba[robot, :3], 0.3)
+    assert not np.allclose(m.geom_rgba[m.geom("cube").id, :3], 0.3)  # not the objects
+    seen, true = [], []
+    for _ in range(5):
+        obs, *_ = env.step(np.r_[0.02, 0.0, 0.0, np.zeros(3), 0.0].astype(np.float32)[:env.action_space.shape[0]])
+        seen.append(obs["joint_pos"].copy())
+        true.append(env.twin.observe()["joint_pos"].copy())
+    np.testing.assert_allclose(seen[0], obs0["joint_pos"])  # the first two steps still show the start
+    np.testing.assert_allclose(seen[4], true[2], atol=1e-6)  # then the world as it was 2 steps ago
+
+
+def test_train_and_rl_take_a_randomization():
+    from robot_rl.cli.main import compose
+    from robot_rl.cli.record import randomization_arg
+    from robot_rl.rl.loop import RLConfig, make_rl_env
+    cfg = compose("train", ["dataset=x.zarr", "randomization=physics"])
+    assert randomization_arg(cfg)["name"] == "physics"
+    d = dict(compose("rl", ["randomization=wide"]))
+    env = make_rl_env(RLConfig(task="reach", randomization=d["randomization"]))
+    assert env.randomizer is not None and env.randomizer.randomization.name == "wide"

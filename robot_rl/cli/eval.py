@@ -28,11 +28,80 @@ def _image_size(value, spec: RobotSpec, cameras: list[str]):
     return int(value)
 
 
-def run_eval(checkpoint: str, cfg: DictConfig):
+def twin_overrides(args: list[str]) -> dict:
+    """``twin.<field>=value`` tokens -> ``{field: value}`` (values parsed as YAML)."""
+    import yaml
+    out = {}
+    for a in args:
+        k, eq, v = a.partition("=")
+        field = k.removeprefix("twin.")
+        if not eq or not field or "." in field:
+            raise EvalError(f"expected twin.<field>=value, got {a!r}")
+        try:
+            out[field] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise EvalError(f"{a}: the value is not a number or YAML mapping") from None
+    return out
+
+
+def _perturbation(cfg: DictConfig, twin: dict):
+    """The fixed perturbation: ``perturb=FILE`` then the ``twin.<field>=value`` on top."""
+    from robot_rl.sim.randomization import Randomization
+    fixed: dict = {}
+    if cfg.get("perturb"):
+        import yaml
+        p = Path(str(cfg.perturb))
+        if not p.is_file():
+            raise EvalError(f"perturb={p}: no such file")
+        d = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(d, dict):
+            raise EvalError(f"perturb={p}: expected a mapping {{field: value}}")
+        fixed.update(d)
+    fixed.update(twin)
+    return Randomization.fixed(fixed, name="perturbation") if fixed else None
+
+
+def run_eval(checkpoint: str, cfg: DictConfig, twin: dict | None = None):
     """Load, evaluate, write the report. Returns (EvalResult, written files)."""
+    run, out, title = _prepare(checkpoint, cfg)
+    result = run(_perturbation(cfg, twin or {}), out, int(cfg.episodes), int(cfg.videos))
+    files = _write(result, out, title)
+    return result, files + [Path(v) for v in result.videos]
+
+
+def _write(result, out: Path, title: str) -> list[Path]:
+    from robot_rl.learn.evaluate import write_report
+    return write_report(result, out, title=f"{title}: {result.summary_line()}")
+
+
+def run_sweep(checkpoint: str, cfg: DictConfig, twin: dict | None = None, episodes: int | None = None):
+    """``sweep=FILE``: one evaluation per factor value (plus the fixed perturbation and the
+    randomization, if given, under all of them); sweep.json + sweep.png in out."""
+    from robot_rl.learn.robustness import Sweep, run_sweep as sweep_points, write_sweep
+    sweep = Sweep.load(str(cfg.sweep))
+    run, out, title = _prepare(checkpoint, cfg)
+    base = _perturbation(cfg, twin or {})
+    episodes = episodes or sweep.episodes or int(cfg.episodes)  # per point: episodes= given, else the file's
+    out = out.parent / "sweep" if out.name.startswith("eval_") else out
+
+    def at(perturbation, label):
+        r = run(perturbation + base if perturbation is not None else base, out / label.replace("=", "_"),
+                episodes, 0)
+        print(f"  {label}: {r.summary_line()}", flush=True)
+        return r
+
+    res = sweep_points(sweep, at)
+    files = write_sweep(res, out, Path(checkpoint).resolve().name, title=title)
+    lines = [f"{f}: " + ", ".join(f"{v:g} {100 * s:.0f}%" for v, s in zip(r["values"], r["success"]))
+             for f, r in res["factors"].items()]
+    return "\n".join(lines), files
+
+
+def _prepare(checkpoint: str, cfg: DictConfig):
+    """Load the policy; returns (run(perturbation, out, episodes, videos) -> EvalResult, out, title)."""
     import torch
 
-    from robot_rl.learn.evaluate import EXECUTIONS, evaluate, write_report
+    from robot_rl.learn.evaluate import EXECUTIONS, evaluate
     from robot_rl.policies.export import BACKENDS, load_policy
     from robot_rl.sim.tasks import TASKS
 
@@ -79,18 +148,21 @@ def run_eval(checkpoint: str, cfg: DictConfig):
     if cfg.image_size is not None:
         image_size, camera_size = _image_size(cfg.image_size, trained, cams), None
     out = Path(cfg.out) if cfg.out else Path(checkpoint) / f"eval_{task}"
+    from robot_rl.sim.randomization import Randomization
+    rand = randomization_arg(cfg)
+    rand = Randomization.load(rand) if rand is not None else None
 
-    result = evaluate(policy, task, spec, episodes=int(cfg.episodes), seed=int(cfg.seed),
-                      n_envs=int(cfg.n_envs), execution=execution,
-                      n_action_steps=None if cfg.n_action_steps is None else int(cfg.n_action_steps),
-                      action_mode=action_mode, cameras=cams, image_size=image_size, camera_size=camera_size,
-                      videos=int(cfg.videos), video_dir=out, render_size=int(cfg.render_size),
-                      progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
-                      max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
-                      torch_threads=None if cfg.threads is None else int(cfg.threads),
-                      randomization=randomization_arg(cfg))
+    def run(perturbation, where: Path, episodes: int, videos: int):
+        r = rand + perturbation if rand is not None else perturbation
+        return evaluate(policy, task, spec, episodes=episodes, seed=int(cfg.seed),
+                        n_envs=int(cfg.n_envs), execution=execution,
+                        n_action_steps=None if cfg.n_action_steps is None else int(cfg.n_action_steps),
+                        action_mode=action_mode, cameras=cams, image_size=image_size, camera_size=camera_size,
+                        videos=videos, video_dir=where, render_size=int(cfg.render_size),
+                        progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
+                        max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
+                        torch_threads=None if cfg.threads is None else int(cfg.threads), randomization=r)
+
     backend = "" if policy.backend == "torch" else f", {policy.backend}"
-    title = (f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {result.robot}/{task}: "
-             f"{result.summary_line()}")
-    files = write_report(result, out, title=title)
-    return result, files + [Path(v) for v in result.videos]
+    title = f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {spec.name}/{task}"
+    return run, out, title

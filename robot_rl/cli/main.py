@@ -195,13 +195,20 @@ def cmd_train(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     if not args or "=" in args[0]:
         raise CLIError("'eval' needs a checkpoint folder: robot-rl eval CHECKPOINT [key=value ...]")
-    cfg = compose("eval", args[1:])
-    from robot_rl.cli.eval import EvalError, run_eval
+    # fixed perturbations twin.<field>=value (any randomization field): kept out of hydra
+    twin = [a for a in args[1:] if a.startswith("twin.")]
+    cfg = compose("eval", [a for a in args[1:] if a not in twin])
+    from robot_rl.cli.eval import EvalError, run_eval, run_sweep, twin_overrides
     try:
-        result, files = run_eval(args[0], cfg)
+        perturb = twin_overrides(twin)
+        if cfg.sweep:
+            given = any(a.startswith("episodes=") for a in args[1:])
+            result, files = run_sweep(args[0], cfg, perturb, episodes=int(cfg.episodes) if given else None)
+        else:
+            result, files = run_eval(args[0], cfg, perturb)
     except EvalError as e:
         raise CLIError(str(e)) from None
-    print(result.summary_line())
+    print(result if isinstance(result, str) else result.summary_line())
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -398,11 +398,12 @@ def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: 
              camera_size: int | tuple[int, int] | None = None) -> Any:
     """`camera_size`: what the twin's cameras render when the policy sees `image_size`
     frames resized from the recorded size (see ``checkpoint_image_sizes``)."""
+    from robot_rl.cli.record import randomization_arg
     from robot_rl.learn.evaluate import evaluate, write_report
     d = out / "eval" / f"step_{step:07d}"
     res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
                    n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
-                   video_dir=d, progress=False, camera_size=camera_size,
+                   video_dir=d, progress=False, camera_size=camera_size, randomization=randomization_arg(cfg),
                    image_size=image_size if image_size is not None else _image_size(spec, policy))
     write_report(res, d, title=f"{policy.type_name} {task} step {step}")
     return res

@@ -68,6 +68,7 @@ class RLConfig:
     sac: SACConfig = field(default_factory=SACConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
+    randomization: Any = None  # a name in robot_rl/conf/randomization, a YAML file or a mapping
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RLConfig":
@@ -95,7 +96,7 @@ def _sub(cls, d: Mapping[str, Any] | None, what: str):
 def make_rl_env(cfg: RLConfig):
     from robot_rl.sim import make_env
 
-    kw: dict[str, Any] = {"reward_type": "sparse"}
+    kw: dict[str, Any] = {"reward_type": "sparse", "randomization": cfg.randomization}
     if cfg.cameras:
         kw.update(cameras=list(cfg.cameras), image_size=cfg.image_size)
     return make_env(cfg.task, cfg.robot, **kw)
