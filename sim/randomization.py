@@ -63,7 +63,7 @@ MODEL_FIELDS: dict[str, tuple[str, str, Any]] = {
     "joint_armature": ("dof", "dof_armature", None),
     "joint_frictionloss": ("dof", "dof_frictionloss", None),
     "actuator_kp": ("actuator", "actuator_gainprm", [0]),
-    "actuator_kv": ("actuator", "actuator_biasprm", [2]),
+    "actuator_kv": ("actuator", "actuator_biasprm", [2]),  # -kv, as MuJoCo stores a position servo
     "actuator_forcerange": ("actuator", "actuator_forcerange", None),
     "light_pos": ("light", "light_pos", None),
     "light_diffuse": ("light", "light_diffuse", None),
@@ -73,6 +73,11 @@ MODEL_FIELDS: dict[str, tuple[str, str, Any]] = {
 }
 # fields drawn per column (a position per axis, a colour per channel); the others per element
 PER_COLUMN = ("body_com", "light_pos", "camera_pos", "light_diffuse", "geom_rgba")
+# values a field cannot leave, whatever a term draws
+PHYSICAL_BOUNDS: dict[str, tuple[float, float]] = {
+    "geom_friction": (0.0, np.inf), "body_mass": (1e-6, np.inf), "joint_damping": (0.0, np.inf),
+    "joint_armature": (0.0, np.inf), "joint_frictionloss": (0.0, np.inf), "actuator_kp": (0.0, np.inf),
+    "actuator_kv": (-np.inf, 0.0), "light_diffuse": (0.0, 1.0), "geom_rgba": (0.0, 1.0), "camera_fovy": (1.0, 179.0)}
 STATE_FIELDS = ("joint_offset", "action_delay", "obs_delay", "obs_noise", "image_noise")
 # a fixed perturbation (``robot-rl eval ... twin.<field>=value``): the operation and elements a
 # bare value means, per field (friction of every geom scaled, object masses scaled, ...)
@@ -331,6 +336,9 @@ class Randomizer:
             val = t.sample(rng, len(idx)).reshape((len(idx),) + (1,) * (base.ndim - 1))
         self.values[t.name] = val.reshape(-1)
         new = base + val if t.operation == "add" else base * val if t.operation == "scale" else np.broadcast_to(val, base.shape)
+        lo_hi = PHYSICAL_BOUNDS.get(t.field)
+        if lo_hi is not None:  # a gaussian or an add must not make a mass or a damping negative
+            new = np.clip(new, *lo_hi)
         if arr.ndim == 1:
             arr[idx] = new
         else:
