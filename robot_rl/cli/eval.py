@@ -161,7 +161,8 @@ def _prepare(checkpoint: str, cfg: DictConfig):
                         videos=videos, video_dir=where, render_size=int(cfg.render_size),
                         progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
                         max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
-                        torch_threads=None if cfg.threads is None else int(cfg.threads), randomization=r)
+                        torch_threads=None if cfg.threads is None else int(cfg.threads), randomization=r,
+                        calibration=cfg.get("calibration"))
 
     backend = "" if policy.backend == "torch" else f", {policy.backend}"
     title = f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {spec.name}/{task}"

@@ -22,7 +22,7 @@ def record_sim(cfg: DictConfig) -> dict:
     cams = list(cfg.cameras or [])
     rand = randomization_arg(cfg)
     env = RobotEnv(task=cfg.task, robot=spec, cameras=cams, image_size=int(cfg.image_size),
-                   terminate_on_success=False, randomization=rand)
+                   terminate_on_success=False, randomization=rand, calibration=cfg.get("calibration"))
     store = EpisodeStore.open_or_create(cfg.out, env.robot_spec)
     try:
         first_seed = int(cfg.seed) + store.n_episodes
@@ -37,7 +37,8 @@ def record_sim(cfg: DictConfig) -> dict:
             ep = store.start_episode(task=cfg.task, source="expert", fps=spec.control_hz,
                                      extra={"seed": seed, "env": "sim", "action_mode": "ee_delta",
                                             **({"randomization": env.randomizer.randomization.name}
-                                               if env.randomizer else {})})
+                                               if env.randomizer else {}),
+                                            **({"calibration": str(cfg.calibration)} if cfg.get("calibration") else {})})
             t = [0.0]
 
             def on_step(obs, action, reward, info, ep=ep, t=t):

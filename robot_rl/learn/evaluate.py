@@ -224,7 +224,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
              videos: int = 0, video_dir: str | Path | None = None, render_size: int = 160,
              progress: bool = True, generator_seed: int = 0, max_episode_steps: int | None = None,
              torch_threads: int | None = 1, camera_size: int | tuple[int, int] | None = None,
-             randomization: Any = None) -> EvalResult:
+             randomization: Any = None, calibration: Any = None) -> EvalResult:
     """Roll `policy` out for `episodes` episodes of `task` on the twin of `spec_or_robot`
     (a RobotSpec or robot name). `cameras` default to the policy's (``image_front`` ->
     ``front``); the first `videos` episodes are written to `video_dir` as
@@ -235,7 +235,8 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     from the recorded size): each frame is then resized to `image_size` with area
     interpolation, as the loader did in training and the inference node does on a robot.
     `randomization`: domain randomization of every twin (robot_rl.sim.randomization: a name,
-    a YAML file or a mapping), drawn per episode from its seed.
+    a YAML file or a mapping), drawn per episode from its seed. `calibration`: a calibrated
+    twin (a calibration folder or a dynamics.yaml, ``RobotEnv(calibration=)``).
 
     `torch_threads`: torch's intra-op threads while a CPU policy is evaluated (restored
     afterwards; None leaves them alone). One is the default: small batched queries
@@ -284,7 +285,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     n_envs = min(int(n_envs), episodes)
     keys = list(pc.state_keys) + list(pc.cameras)
 
-    env_kwargs = dict(task=task, robot=spec, action_mode=action_mode, cameras=cameras, randomization=randomization,
+    env_kwargs = dict(task=task, robot=spec, action_mode=action_mode, cameras=cameras, randomization=randomization, calibration=calibration,
                       max_episode_steps=max_episode_steps, render_size=render_size)
     dt = 1.0 / float(spec.control_hz)
     fps = float(spec.control_hz)

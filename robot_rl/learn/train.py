@@ -404,6 +404,7 @@ def run_eval(policy: Policy, cfg: DictConfig, spec: RobotSpec, task: str, step: 
     res = evaluate(policy, task, spec, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed),
                    n_envs=int(cfg.eval_n_envs), execution=execution, videos=int(cfg.eval_videos),
                    video_dir=d, progress=False, camera_size=camera_size, randomization=randomization_arg(cfg),
+                   calibration=cfg.get("calibration"),
                    image_size=image_size if image_size is not None else _image_size(spec, policy))
     write_report(res, d, title=f"{policy.type_name} {task} step {step}")
     return res

@@ -69,6 +69,7 @@ class RLConfig:
     steer: SteerConfig = field(default_factory=SteerConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     randomization: Any = None  # a name in robot_rl/conf/randomization, a YAML file or a mapping
+    calibration: str | None = None  # a calibrated twin: a calibration folder or a dynamics.yaml
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RLConfig":
@@ -96,7 +97,7 @@ def _sub(cls, d: Mapping[str, Any] | None, what: str):
 def make_rl_env(cfg: RLConfig):
     from robot_rl.sim import make_env
 
-    kw: dict[str, Any] = {"reward_type": "sparse", "randomization": cfg.randomization}
+    kw: dict[str, Any] = {"reward_type": "sparse", "randomization": cfg.randomization, "calibration": cfg.calibration}
     if cfg.cameras:
         kw.update(cameras=list(cfg.cameras), image_size=cfg.image_size)
     return make_env(cfg.task, cfg.robot, **kw)
