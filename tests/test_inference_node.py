@@ -144,15 +144,17 @@ def test_inference_node_drives_the_twin_params_pause_stale_and_nan_holds(checkpo
         assert len(client.actions) - n1 > 10 and client.diag[-1]["held"] == "false"  # still running, now cold
         assert client.diag[-1]["mode"] == "cold"
 
-        # pause: holds (arm still), resume: runs again
+        # pause: publishes nothing (the robot node holds by itself), resume: runs again
         from std_srvs.srv import SetBool
         from robot_rl.ros import topics
         assert client.call(SetBool, topics.INFERENCE_PAUSE, data=True).success
         assert client.get_param("paused") is True
         client.spin_until(lambda: client.diag[-1]["held"] == "true" and "pause" in client.diag[-1]["reason"],
                           5.0, "the pause")
-        client.spin(0.3)
-        assert all(np.all(np.asarray(m.data[:6]) == 0) for _, m in client.actions[-4:])
+        client.spin(0.2)
+        n_paused = len(client.actions)
+        client.spin(0.5)
+        assert len(client.actions) == n_paused, "a paused node publishes no command"
         assert client.call(SetBool, topics.INFERENCE_PAUSE, data=False).success
         client.spin_until(lambda: client.diag[-1]["held"] == "false", 10.0, "the resume")
 
@@ -260,6 +262,28 @@ def test_observation_assembler_groups_by_stamp():
     with pytest.raises(ValueError, match="no robot_rl topic"):
         ObservationAssembler(["joint_pos", "tactile"])
     assert "image_front" in ObservationAssembler(["joint_pos", "image_front"]).parts
+
+
+def test_observation_assembler_takes_each_cameras_newest_frame_on_a_robot():
+    """Camera nodes stamp their own capture times: a step takes every camera's newest frame
+    within image_max_age_s of its joint-state stamp, and waits for one that is older."""
+    from robot_rl.ros.inference_node import ObservationAssembler
+    keys = ["joint_pos", "image_front", "image_wrist"]
+    a = ObservationAssembler(keys, latest_images=True, image_max_age_s=0.1)
+    ms = 1_000_000
+    js = {"joint_pos": np.zeros(5), "gripper": np.zeros(1)}
+    assert a.add("image_front", 1000 * ms, {"image_front": 1}) is None
+    assert a.add("joint_states", 1010 * ms, js) is None  # waits for the wrist camera
+    obs = a.add("image_wrist", 1003 * ms, {"image_wrist": 2})
+    assert obs is not None and (obs["image_front"], obs["image_wrist"]) == (1, 2)
+    assert a.add("joint_states", 1200 * ms, js) is None and a.counts["frames_too_old"] >= 1  # frames 200 ms old
+    a.add("image_front", 1190 * ms, {"image_front": 3})
+    obs = a.add("image_wrist", 1195 * ms, {"image_wrist": 4})
+    assert (obs["image_front"], obs["image_wrist"]) == (3, 4)
+    # the twin's robot node stamps frames with the step: grouped by exact stamp (the default)
+    b = ObservationAssembler(keys)
+    assert b.add("joint_states", 5, js) is None and b.add("image_front", 5, {"image_front": 1}) is None
+    assert b.add("image_wrist", 6, {"image_wrist": 2}) is None
 
 
 def test_deploy_graph():

@@ -16,6 +16,9 @@
   episode: move the leader home, place the scene's objects (seed S+k), press ``start``,
   move the LEADER with the task's scripted expert watching the follower's scene, press
   ``success`` once the task's success test held 0.3 s (``failure`` after T seconds).
+- ``{"do": "scene", "seed": S}``: set up the follower's scene for an episode: the task's
+  objects where ``RobotEnv.reset(seed=S)`` puts them, the arm left where it is (between
+  the episodes a policy runs).
 - ``{"do": "stop"}``: stop teleoperating; ``{"do": "unplug", "arm": A}``: pull the arm's
   USB adapter (``"motor": M``: only that motor's cable).
 - ``"wait": false`` on plug/pose/sweep/release: answer at once, act in the background.
@@ -40,7 +43,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ARMS = ("follower", "leader")
-ACTIONS = ("plug", "pose", "sweep", "release", "teleop", "stop", "unplug")
+ACTIONS = ("plug", "pose", "sweep", "release", "teleop", "stop", "unplug", "scene")
 
 
 class PersonError(ValueError):
@@ -85,6 +88,15 @@ class Person:
             return self._start_teleop(req)
         if what == "stop":
             return self._stop_teleop()
+        if what == "scene":
+            try:
+                seed = int(req["seed"])
+            except (KeyError, TypeError, ValueError):
+                raise PersonError("scene: needs an integer 'seed'") from None
+            if self._doing["follower"]:
+                raise PersonError(f"scene: the person is busy with the follower ({self._doing['follower']})")
+            self.rig.follower.place_objects(seed)
+            return {"ok": True, "do": "scene", "seed": seed}
         arm = req.get("arm")
         if arm not in ARMS:
             raise PersonError(f"{what}: 'arm' must be 'follower' or 'leader', got {arm!r}")

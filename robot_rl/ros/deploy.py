@@ -111,11 +111,56 @@ class _Driver:
         self.diag: dict[str, dict[str, str]] = {}
         self.diag_level: dict[str, int] = {}
         self.sub_js = self.node.create_subscription(JointState, topics.JOINT_STATES, self._on_js, rq(100))
+        self.q: dict[str, float] = {}  # the latest /joint_states positions
+        from std_srvs.srv import SetBool
+        from trajectory_msgs.msg import JointTrajectory
+        self.pub_traj = self.node.create_publisher(JointTrajectory, topics.JOINT_TRAJECTORY, rq(10))
+        self.pause_client = self.node.create_client(SetBool, topics.INFERENCE_PAUSE)
         self.node.create_subscription(Bool, topics.SUCCESS, lambda m: self.success.append(bool(m.data)), rq(100))
         self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diag, rq(50))
 
     def _on_js(self, m) -> None:
         self.js_stamps.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9)
+        self.q = dict(zip(m.name, m.position))
+
+    def pause(self, on: bool, timeout: float = 10.0) -> None:
+        """Pause (the robot holds) or resume the inference node through its service."""
+        from std_srvs.srv import SetBool
+        if not self.pause_client.wait_for_service(timeout_sec=timeout):
+            raise DeployError("the inference node's pause service did not appear")
+        fut = self.pause_client.call_async(SetBool.Request(data=bool(on)))
+        end = time.monotonic() + timeout
+        while not fut.done():
+            if time.monotonic() > end:
+                raise DeployError("the inference node did not answer its pause service")
+            self.spin(0.02)
+        if not fut.result().success:
+            raise DeployError(f"pausing the inference node failed: {fut.result().message}")
+
+    def move_home(self, spec, seconds: float = 2.5, tol: float = 0.03, timeout: float = 8.0) -> float:
+        """Send the robot home (gripper open) as a /joint_trajectory and wait until it is
+        there; returns the largest joint error left."""
+        from builtin_interfaces.msg import Duration
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        from robot_rl.ros import topics
+        names = list(spec.joint_names)
+        m = JointTrajectory()
+        m.joint_names = names + ([topics.GRIPPER_JOINT] if spec.gripper is not None else [])
+        p = JointTrajectoryPoint()
+        p.positions = [float(x) for x in spec.home] + ([0.0] if spec.gripper is not None else [])
+        p.time_from_start = Duration(sec=int(seconds), nanosec=int((seconds - int(seconds)) * 1e9))
+        m.points = [p]
+        self.pub_traj.publish(m)
+        end = time.monotonic() + max(timeout, seconds + 1.0)
+        err = math.inf
+        while time.monotonic() < end:
+            self.spin(0.05)
+            if all(n in self.q for n in names):
+                err = max(abs(self.q[n] - h) for n, h in zip(names, spec.home))
+                if err < tol and time.monotonic() > end - max(timeout, seconds + 1.0) + seconds:
+                    break
+        return err
 
     def _on_diag(self, msg) -> None:
         for s in msg.status:
@@ -143,11 +188,29 @@ class _Driver:
         self.ctx.try_shutdown()
 
 
+class PersonScene:
+    """The virtual SO-101's scripted person as the scene keeper and referee: places the
+    task's objects for a seed (``{"do": "scene"}``) and reads the task's success from the
+    unit's ground truth (``/truth``: a benchmark's view, never the code under test's)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def reset(self, seed: int) -> None:
+        from robot_rl.drivers.virtual.person import post
+        post(self.url, {"do": "scene", "seed": int(seed)})
+
+    def success(self) -> bool:
+        from robot_rl.drivers.virtual.person import get
+        return bool(get(self.url, "/truth", timeout=5)["success"])
+
+
 def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101", episodes: int = 10,
                         seed: int = 200000, mode: str = "warm", timeout_steps: int | None = None,
                         worker: str = "thread", log_dir=None, verbose: bool = False, execution: str = "async",
                         action_mode: str | None = None, params: dict[str, Any] | None = None,
-                        startup_timeout: float = 90.0, extra: dict[str, str] | None = None) -> dict[str, Any]:
+                        startup_timeout: float = 90.0, extra: dict[str, str] | None = None,
+                        scene: Any = None) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed .. seed+episodes-1``) of ``task`` with the policy
     at ``checkpoint`` driving the realtime twin through the inference node; returns success
     rate, per-episode outcomes and the inference node's final diagnostics.
@@ -157,7 +220,14 @@ def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101
     (sampler / executor settings: ``{"warm_steps": 4}``); ``extra``: more ``deploy`` graph
     parameters (``{"rate": "40"}``). ``log_dir``: where the nodes' output (``deploy.log``) and the
     result (``deploy.json``) go. Raises :class:`DeployError` when the graph does not come up or
-    dies; RuntimeError outside a loopback-only network namespace."""
+    dies; RuntimeError outside a loopback-only network namespace.
+
+    ``scene``: a robot on the desk instead of the twin (``extra`` names its driver, port,
+    calibration and camera sources). Nothing resets a real scene by itself, so between
+    episodes the inference node is paused, the arm is sent home on ``/joint_trajectory``,
+    ``scene.reset(seed)`` sets the scene up (a person, or the virtual SO-101's scripted one:
+    :class:`PersonScene`), and the start event resumes the policy; ``scene.success()`` is
+    the referee (a person's judgement, or the virtual unit's ground truth)."""
     from robot_rl.ros.isolation import HOW, loopback_only
     if not loopback_only():
         raise RuntimeError(f"run_deploy_episodes starts DDS participants: {HOW}")
@@ -231,14 +301,27 @@ def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101
             if up:
                 break
             if time.monotonic() > end:
-                raise fail(f"the deploy graph was not ready within {startup_timeout:g} s")
+                why = {k: v for k, v in (d or {}).items() if k in ("held", "hold_reason", "reason", "missing")
+                       or k.startswith("node/images_")}
+                raise fail(f"the deploy graph was not ready within {startup_timeout:g} s "
+                           f"(joint states {'flowing' if drv.sub_js.get_publisher_count() else 'absent'}, "
+                           f"inference {why or 'silent'})")
             drv.spin(0.05)
         t_ready = time.perf_counter() - t_start
         dt = 1.0 / float((extra or {}).get("rate") or spec.control_hz)
         outcomes: list[dict[str, Any]] = []
         for i in range(episodes):
             s = seed + i
+            if scene is not None:
+                drv.pause(True)
+                home_err = drv.move_home(spec)
+                if home_err > 0.1:
+                    raise fail(f"the arm did not reach home before episode seed={s} (off by {home_err:.2f} rad)")
+                scene.reset(s)
             t_sent = drv.start(s)
+            if scene is not None:
+                drv.pause(False)
+                n_succ0 = 0
             armed_at = None  # index into js_stamps of the first step of the new episode
             ok = False
             wall_end = time.monotonic() + 5.0 + 3 * max_steps * dt
@@ -246,6 +329,13 @@ def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101
                 drv.spin(0.01)
                 if not th.is_alive():
                     raise fail(f"the deploy graph stopped during episode seed={s} ({lx.reason or 'exited'})")
+                if armed_at is None and scene is not None:
+                    new = [k for k, st in enumerate(drv.js_stamps) if st > t_sent]
+                    if new:
+                        armed_at, next_check = new[0], 0.0
+                    elif time.monotonic() > wall_end:
+                        raise fail(f"the robot node published nothing after the start of episode seed={s}")
+                    continue
                 if armed_at is None:
                     # the new episode has begun when the twin publishes a step stamped after the
                     # start event and /success reads false (a success left over from the last
@@ -257,7 +347,13 @@ def run_deploy_episodes(checkpoint, task: str | None = None, robot: str = "so101
                         raise fail(f"the twin never started episode seed={s}")
                     continue
                 steps = len(drv.js_stamps) - armed_at
-                if any(drv.success[n_succ0:]):
+                if scene is not None:
+                    if time.monotonic() >= next_check:  # the referee, ten times a second
+                        next_check = time.monotonic() + 0.1
+                        if scene.success():
+                            ok = True
+                            break
+                elif any(drv.success[n_succ0:]):
                     ok = True
                     break
                 if steps >= max_steps or time.monotonic() > wall_end:
@@ -350,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-dir", default=None, help="write the nodes' output (deploy.log) and deploy.json here")
     ap.add_argument("--json", default=None, help="also write the result to this JSON file")
     ap.add_argument("--verbose", action="store_true", help="print every node's output and each episode")
+    hw = ap.add_argument_group("a robot on the desk instead of the twin (the deploy graph's hardware settings)")
+    hw.add_argument("--driver", default="sim", help="feetech | dynamixel | ros2_control | ... (sim: the twin)")
+    hw.add_argument("--port", default="", help="the follower's serial port")
+    hw.add_argument("--calibration", default="", help="the follower's motor calibration file")
+    hw.add_argument("--sources", default="", help="camera sources, one per camera (URLs or devices), comma-separated")
+    hw.add_argument("--cameras", default="front,wrist", help="the camera names the sources feed")
+    hw.add_argument("--person", default="", help="the virtual SO-101's person URL: it sets each episode's scene "
+                    "and referees success (robot-rl virtual so101 prints it)")
     args = ap.parse_args(argv)
     from robot_rl.ros.isolation import HOW, loopback_only
     if not loopback_only():
@@ -363,12 +467,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deploy: --param needs NAME=VALUE, got {kv!r}", file=sys.stderr)
             return 2
         params[k] = v
+    extra = {"rate": args.rate} if args.rate else {}
+    scene = None
+    if args.driver != "sim":
+        if not args.person:
+            print("deploy: on a robot, episodes need someone to set the scene and judge success: --person URL "
+                  "(the virtual SO-101's); on a real arm, use `robot-rl launch deploy` and judge by eye",
+                  file=sys.stderr)
+            return 2
+        extra.update(driver=args.driver, port=args.port, calibration=args.calibration, sources=args.sources,
+                     cameras=args.cameras if args.sources else "none")
+        scene = PersonScene(args.person)
     try:
         r = run_deploy_episodes(args.checkpoint, args.task, robot=args.robot, episodes=args.episodes, seed=args.seed,
                                 mode=args.mode, timeout_steps=args.timeout_steps, worker=args.worker,
                                 log_dir=args.log_dir, verbose=args.verbose, execution=args.execution,
-                                action_mode=args.action_mode, params=params,
-                                extra={"rate": args.rate} if args.rate else None)
+                                action_mode=args.action_mode, params=params, extra=extra or None, scene=scene)
     except (DeployError, ValueError, KeyError) as e:
         print(f"deploy: {e}", file=sys.stderr)
         return 2

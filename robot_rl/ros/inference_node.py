@@ -98,14 +98,22 @@ class ObservationAssembler:
     Only stamps newer than the last completed one are kept (at most ``max_pending``; the
     oldest incomplete ones are dropped and counted)."""
 
-    def __init__(self, keys: list[str], max_pending: int = 16):
+    def __init__(self, keys: list[str], max_pending: int = 16, latest_images: bool = False,
+                 image_max_age_s: float = 0.2):
         self.keys = list(keys)
         self.parts = self.required_parts(self.keys)
         self.max_pending = int(max_pending)
+        # cameras on a robot are separate devices (camera nodes): their frames never share the
+        # joint states' stamps, so each step takes every camera's newest frame, if it is no more
+        # than image_max_age_s away from the step's stamp. The twin renders its frames with the
+        # step's stamp: there the parts are grouped by exact stamp.
+        self.latest = {p for p in self.parts if p.startswith("image_")} if latest_images else set()
+        self.max_age_ns = int(image_max_age_s * 1e9)
+        self._frames: dict[str, tuple[int, dict[str, Any]]] = {}
         self._pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.last_ns = -1
         self.max_seen_ns = -1  # newest stamp of any part received
-        self.counts = {"observations": 0, "incomplete_dropped": 0, "late_dropped": 0}
+        self.counts = {"observations": 0, "incomplete_dropped": 0, "late_dropped": 0, "frames_too_old": 0}
 
     @staticmethod
     def required_parts(keys: list[str]) -> set[str]:
@@ -132,6 +140,14 @@ class ObservationAssembler:
     def add(self, part: str, ns: int, values: dict[str, Any]) -> dict[str, Any] | None:
         if part not in self.parts:
             return None
+        if part in self.latest:
+            self._frames[part] = (ns, values)
+            # a step whose robot parts are complete may have waited for this frame
+            for k in reversed(self._pending):
+                d = self._pending[k]
+                if d["_parts"] == self.parts - self.latest:
+                    return self._complete(k, d)
+            return None
         self.max_seen_ns = max(self.max_seen_ns, ns)
         if ns <= self.last_ns:
             self.counts["late_dropped"] += 1
@@ -144,8 +160,26 @@ class ObservationAssembler:
                 self.counts["incomplete_dropped"] += 1
         d["_parts"].add(part)
         d.update(values)
+        if self.latest:
+            return self._complete(ns, d) if d["_parts"] == self.parts - self.latest else None
         if d["_parts"] != self.parts:
             return None
+        return self._finish(ns, d)
+
+    def _complete(self, ns: int, d: dict[str, Any]) -> dict[str, Any] | None:
+        """Robot parts of step `ns` complete: add each camera's newest frame when it is recent."""
+        for p in self.latest:
+            f = self._frames.get(p)
+            if f is None:
+                return None
+            if abs(f[0] - ns) > self.max_age_ns:
+                if f[0] < ns:  # a newer frame may still come
+                    self.counts["frames_too_old"] += 1
+                    return None
+            d.update(f[1])
+        return self._finish(ns, d)
+
+    def _finish(self, ns: int, d: dict[str, Any]) -> dict[str, Any]:
         del self._pending[ns]
         for old in [k for k in self._pending if k < ns]:  # older, still incomplete: never will be used
             del self._pending[old]
@@ -238,7 +272,8 @@ class InferenceNode:
         self.period = 1.0 / self.rate
         self.phase = phase
         self.lock = threading.RLock()
-        self.asm = ObservationAssembler(keys)
+        # camera nodes (compressed JPEG, a robot's cameras) stamp their own capture times
+        self.asm = ObservationAssembler(keys, latest_images=image_transport == "compressed")
         self.frames = CameraFrames(image_metadata)
         self.names = spec.joint_names
         self.node = rclpy.create_node(node_name)
@@ -540,6 +575,11 @@ class InferenceNode:
         self.counts["ticks"] += 1
         if res.held and res.reason == "no_observation" and self.action_mode == "joint_pos":
             return  # the controller's hold would be the home pose: a robot must not be sent it
+        if res.held and res.reason == "paused":
+            # paused: the robot is someone else's (a person homing it, a trajectory, teleop);
+            # nothing is published, and the robot node holds on its own when no command comes
+            self._holding = True
+            return
         a = np.asarray(res.action, np.float32)
         if not np.all(np.isfinite(a)):  # the controller guarantees it; never forward NaN anyway
             self.counts["nonfinite_blocked"] += 1
