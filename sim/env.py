@@ -32,7 +32,7 @@ class RobotEnv(gym.Env):
                  max_episode_steps: int | None = None, terminate_on_success: bool = True,
                  render_mode: str | None = "rgb_array", render_size: int = 256,
                  params: TwinParams | None = None, timestep: float = 0.002, safety: bool = True,
-                 randomization: Any = None):
+                 randomization: Any = None, calibration: Any = None):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; available: {sorted(TASKS)}")
         if reward_type not in ("dense", "sparse"):
@@ -43,6 +43,13 @@ class RobotEnv(gym.Env):
                          offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),
                          params=params)
         self.task.bind(self.twin)
+        # fitted dynamics (robot-rl sysid fit: a dynamics.yaml or its directory) become the
+        # twin's nominal values before anything caches them (randomization centres on the fit)
+        self.calibration = None
+        if calibration is not None:
+            from robot_rl.calibration.sysid import apply_dynamics, load_dynamics
+            self.calibration = load_dynamics(calibration)
+            apply_dynamics(self.twin, self.calibration)
         # domain randomization (sim/randomization.py): a name in robot_rl/conf/randomization, a
         # YAML file, a mapping; drawn from a generator of its own, seeded from the reset seed, so
         # a seed gives the same scene (object placement) with and without randomization

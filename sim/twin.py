@@ -32,6 +32,9 @@ class TwinParams:
     object_mass_scale: float = 1.0  # free bodies (task objects)
     damping_scale: float = 1.0  # joint damping
     actuator_gain_scale: float = 1.0  # arm position-actuator kp (and kv)
+    armature_scale: float = 1.0  # arm joint armature (reflected rotor inertia)
+    frictionloss: float = 0.0  # N m of dry friction added to each arm joint's nominal frictionloss
+    forcerange_scale: float = 1.0  # arm position-actuator force limits
     action_latency_steps: int = 0  # control steps between a command and its application
     obs_noise_std: float = 0.0  # gaussian noise on joint_pos / joint_vel / ee_pos observations
     camera_pos_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # front camera shift (m)
@@ -121,6 +124,8 @@ class Twin:
             "geom_friction": m.geom_friction.copy(), "body_mass": m.body_mass.copy(),
             "body_inertia": m.body_inertia.copy(), "dof_damping": m.dof_damping.copy(),
             "actuator_gainprm": m.actuator_gainprm.copy(), "actuator_biasprm": m.actuator_biasprm.copy(),
+            "dof_armature": m.dof_armature.copy(), "dof_frictionloss": m.dof_frictionloss.copy(),
+            "actuator_forcerange": m.actuator_forcerange.copy(),
             "cam_pos": m.cam_pos.copy(), "light_diffuse": m.light_diffuse.copy(),
         }
         self._free_bodies = [b for b in range(m.nbody) if m.body_jntnum[b] == 1
@@ -142,6 +147,9 @@ class Twin:
         for a in self.act:
             m.actuator_gainprm[a, 0] = n["actuator_gainprm"][a, 0] * p.actuator_gain_scale
             m.actuator_biasprm[a, 1:3] = n["actuator_biasprm"][a, 1:3] * p.actuator_gain_scale
+            m.actuator_forcerange[a] = n["actuator_forcerange"][a] * p.forcerange_scale
+        m.dof_armature[self.dadr] = n["dof_armature"][self.dadr] * p.armature_scale
+        m.dof_frictionloss[self.dadr] = n["dof_frictionloss"][self.dadr] + p.frictionloss
         if m.ncam:
             front = [i for i in range(m.ncam) if m.cam(i).name == "front"]
             for i in front:

@@ -71,11 +71,16 @@ class ArmUnit:
 
 @dataclass
 class TwinUnit:
-    friction_scale: float = 1.0
-    damping_scale: float = 1.0
-    actuator_gain_scale: float = 1.0
+    """The follower's physics relative to the nominal twin (all nominal by default): what
+    system identification has to find out through the port."""
+    friction_scale: float = 1.0  # geom sliding friction
+    damping_scale: float = 1.0  # joint damping
+    actuator_gain_scale: float = 1.0  # servo kp (and kv with it: the twin's position actuators)
     object_mass_scale: float = 1.0
     latency_ms: float = 0.0  # from a bus write to the actuator
+    armature_scale: float = 1.0  # arm joint armature (reflected rotor inertia)
+    frictionloss: float = 0.0  # N m of dry friction on every arm joint (nominal: none)
+    forcerange_scale: float = 1.0  # servo torque limit
 
 
 @dataclass
@@ -192,10 +197,16 @@ def unit_from_dict(d: dict[str, Any], where: str = "unit") -> Unit:
     leader = _arm_from_dict(d.pop("leader"), f"{where}: leader")
     twin = _build(TwinUnit, d.pop("twin", None) or {}, f"{where}: twin")
     for f in fields(TwinUnit):
-        setattr(twin, f.name, float(getattr(twin, f.name)))
-    if twin.latency_ms < 0 or min(twin.friction_scale, twin.damping_scale, twin.actuator_gain_scale,
-                                  twin.object_mass_scale) <= 0:
-        raise UnitError(f"{where}: twin scales must be > 0 and latency_ms >= 0, got {twin}")
+        try:
+            setattr(twin, f.name, float(getattr(twin, f.name)))
+        except (TypeError, ValueError):
+            raise UnitError(f"{where}: twin.{f.name} must be a number, got {getattr(twin, f.name)!r}") from None
+    if not all(np.isfinite(float(getattr(twin, f.name))) for f in fields(TwinUnit)):
+        raise UnitError(f"{where}: twin values must be finite numbers, got {twin}")
+    if twin.latency_ms < 0 or twin.frictionloss < 0 or min(
+            twin.friction_scale, twin.damping_scale, twin.actuator_gain_scale, twin.object_mass_scale,
+            twin.armature_scale, twin.forcerange_scale) <= 0:
+        raise UnitError(f"{where}: twin scales must be > 0, latency_ms and frictionloss >= 0, got {twin}")
     faults_in = d.pop("faults", None) or {}
     if not isinstance(faults_in, dict) or set(faults_in) - set(ARMS):
         raise UnitError(f"{where}: faults must map 'follower' / 'leader' to fault settings")
@@ -773,7 +784,9 @@ class VirtualSO101:
                                 f"cameras {spec_cams}")
         t = u.twin
         params = TwinParams(friction_scale=t.friction_scale, object_mass_scale=t.object_mass_scale,
-                            damping_scale=t.damping_scale, actuator_gain_scale=t.actuator_gain_scale)
+                            damping_scale=t.damping_scale, actuator_gain_scale=t.actuator_gain_scale,
+                            armature_scale=t.armature_scale, frictionloss=t.frictionloss,
+                            forcerange_scale=t.forcerange_scale)
         render = max([64] + [max(c.width, c.height) for c in u.cameras])
         self.env = RobotEnv(task=u.task, robot=spec, action_mode="ee_delta", cameras=spec_cams,
                             render_size=render, params=params, safety=False)

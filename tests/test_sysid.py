@@ -1,0 +1,211 @@
+"""System identification (calibration/sysid.py): real MuJoCo physics, no mocks.
+
+Recordings come from a SimRobot twin with known perturbed TwinParams (through the Robot
+interface and its safety filter, like any driver); the fit never sees those values."""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from robot_rl.calibration import sysid as S
+from robot_rl.runtime.robot import SimRobot
+from robot_rl.sim.twin import TwinParams
+from robot_rl.spec import load_spec
+
+SO101 = load_spec("so101")
+TRUTH = dict(actuator_gain_scale=1.25, damping_scale=2.0, armature_scale=0.7, frictionloss=0.3,
+             action_latency_steps=1)
+
+
+def record(path, params: TwinParams, seconds=18.0, seed=0, **plan_kw):
+    plan = S.excitation_plan(SO101, seconds=seconds, seed=seed, segment_s=6, **plan_kw)
+    robot = SimRobot("so101", "reach", "joint_pos", params=params, safety={"timeout_s": None})
+    try:
+        S.excite(robot, plan, path, seed=seed, driver="sim")
+    finally:
+        robot.disconnect()
+    return path
+
+
+@pytest.fixture(scope="module")
+def truth_recording(tmp_path_factory):
+    return record(tmp_path_factory.mktemp("sysid") / "truth.zarr", TwinParams(**TRUTH), seconds=24.0)
+
+
+@pytest.fixture(scope="module")
+def truth_fit(truth_recording):
+    return S.fit(truth_recording, robot="so101", max_delay=2)
+
+
+def test_excitation_stays_inside_limits_and_is_deterministic():
+    kw = dict(seconds=24.0, seed=3, margin=0.2, velocity_fraction=0.6)
+    plan = S.excitation_plan(SO101, **kw)
+    again = S.excitation_plan(SO101, **kw)
+    assert [s.kind for s in plan] == ["multisine", "steps", "ramps"]
+    lo, hi = np.array(SO101.lower) + 0.2, np.array(SO101.upper) - 0.2
+    vmax = 0.6 * np.array([j.max_velocity for j in SO101.joints])
+    for s, t in zip(plan, again):
+        np.testing.assert_array_equal(s.targets, t.targets)
+        assert np.all(s.targets >= lo - 1e-12) and np.all(s.targets <= hi + 1e-12)
+        v = np.abs(np.diff(s.targets, axis=0)) * SO101.control_hz
+        assert np.all(v <= vmax + 1e-9)
+        np.testing.assert_allclose(s.targets[0], s.targets[-1], atol=1e-9)  # starts and ends at rest, at the centre
+        assert np.ptp(s.targets, axis=0).max() > 0.1  # and moves in between
+    other = S.excitation_plan(SO101, seconds=24.0, seed=4)
+    assert not np.allclose(other[0].targets, plan[0].targets)
+    # clear of the table: the tool stays well above it along the whole plan
+    from robot_rl.sim.twin import Twin
+    tw = Twin(SO101)
+    assert min(tw.fk(q)[0][2] for s in plan for q in s.targets[::3]) > 0.03
+
+
+def test_fit_recovers_known_parameters_and_the_delay(truth_fit):
+    d = truth_fit.dynamics
+    assert d.delay_steps == TRUTH["action_latency_steps"] and d.delay_identifiable
+    want = {"kp": TRUTH["actuator_gain_scale"], "damping": TRUTH["damping_scale"], "armature": TRUTH["armature_scale"],
+            "frictionloss": TRUTH["frictionloss"]}
+    for k, v in want.items():
+        p = d.params[k]
+        assert p.identifiable, (k, p.reason)
+        assert abs(p.value - v) <= 0.1 * v, (k, p.value, v)
+        assert p.interval[0] <= p.value <= p.interval[1]
+    v = d.validation
+    assert v["rms_calibrated"] <= v["rms_nominal"] / 3
+    assert d.condition_number >= 1 and len(d.correlation["matrix"]) == 4
+
+
+def test_dynamics_yaml_round_trip_and_robotenv_applies_it(truth_fit, tmp_path):
+    from robot_rl.sim.env import RobotEnv
+    path = S.default_dynamics_path("so101", "unit_a", tmp_path)
+    assert path == tmp_path / "so101" / "unit_a" / "dynamics.yaml"
+    truth_fit.dynamics.save(path)
+    back = S.load_dynamics(path.parent)  # a directory works too
+    assert back.robot == "so101" and back.delay_steps == truth_fit.dynamics.delay_steps
+    for k, p in truth_fit.dynamics.params.items():
+        assert back.params[k].value == pytest.approx(p.value)
+        assert back.params[k].identifiable == p.identifiable
+        assert back.params[k].absolute == pytest.approx(p.absolute)
+    nominal = RobotEnv("reach", "so101", action_mode="joint_pos")
+    env = RobotEnv("reach", "so101", action_mode="joint_pos", calibration=path)
+    m0, m = nominal.twin.model, env.twin.model
+    a, dof = env.twin.act, env.twin.dadr
+    kp = back.params["kp"].value
+    np.testing.assert_allclose(m.actuator_gainprm[a, 0], m0.actuator_gainprm[a, 0] * kp)
+    np.testing.assert_allclose(m.actuator_biasprm[a, 2], m0.actuator_biasprm[a, 2] * kp)  # kv goes with kp
+    np.testing.assert_allclose(m.dof_damping[dof], m0.dof_damping[dof] * back.params["damping"].value)
+    np.testing.assert_allclose(m.dof_armature[dof], m0.dof_armature[dof] * back.params["armature"].value)
+    np.testing.assert_allclose(m.dof_frictionloss[dof], back.params["frictionloss"].value)
+    assert env.twin.params.action_latency_steps == back.delay_steps
+    # calibrated values are the twin's new nominal: set_params scales them, never accumulates
+    env.twin.set_params(TwinParams(damping_scale=2.0))
+    env.twin.set_params(TwinParams(damping_scale=2.0))
+    np.testing.assert_allclose(m.dof_damping[dof], m0.dof_damping[dof] * back.params["damping"].value * 2.0)
+    S.apply_dynamics(env.twin, back)  # twice: same model
+    np.testing.assert_allclose(m.actuator_gainprm[a, 0], m0.actuator_gainprm[a, 0] * kp)
+    with pytest.raises(S.SysidError, match="no dynamics file"):
+        S.load_dynamics(tmp_path / "nowhere")
+    nominal.close()
+    env.close()
+
+
+def test_collinear_damping_and_kv_are_flagged(truth_recording):
+    res = S.fit(truth_recording, robot="so101", params=["kv", "damping", "delay"], max_delay=1,
+                global_start="never", max_iters=15)
+    flagged = {k for k, p in res.dynamics.params.items() if not p.identifiable}
+    assert {"kv", "damping"} <= flagged
+    assert "collinear" in res.dynamics.params["damping"].reason
+
+
+@pytest.mark.slow
+def test_saturated_forcerange_flags_kp(tmp_path):
+    rec = record(tmp_path / "sat.zarr", TwinParams(forcerange_scale=0.004), seconds=12.0)
+    res = S.fit(rec, robot="so101", params=["kp", "damping", "forcerange"], max_iters=15)
+    d = res.dynamics
+    assert d.fit["saturated_fraction"] > S.SAT_KP_LIMIT
+    assert not d.params["kp"].identifiable and "saturated" in d.params["kp"].reason
+
+
+def test_unreached_forcerange_is_flagged(truth_recording):
+    res = S.fit(truth_recording, robot="so101", params=["kp", "forcerange"], max_delay=1, global_start="never",
+                max_iters=8)
+    p = res.dynamics.params["forcerange"]
+    assert not p.identifiable and "never reached" in p.reason
+
+
+def test_bad_input_is_one_clear_error(truth_recording, tmp_path):
+    still = record(tmp_path / "still.zarr", TwinParams(), seconds=6.0, amplitude=0.0)
+    with pytest.raises(S.SysidError, match="no excitation"):
+        S.fit(still, robot="so101")
+    with pytest.raises(S.SysidError, match="unknown sysid parameter"):
+        S.fit(truth_recording, robot="so101", params=["kp", "stiffness"])
+    with pytest.raises(S.SysidError, match="robot 'so101', not 'arm6'"):
+        S.fit(truth_recording, robot="arm6")
+    with pytest.raises(S.SysidError, match="cannot read recording"):
+        S.fit(tmp_path / "missing.zarr", robot="so101")
+    from robot_rl.cli.main import CLIError
+    from robot_rl.cli.sysid import main
+    with pytest.raises(CLIError, match="unknown setting"):
+        main(["fit", str(truth_recording), "robot=so101", "colour=red"])
+    with pytest.raises(CLIError, match="needs driver"):
+        main(["excite", "robot=so101", f"out={tmp_path / 'x.zarr'}"])
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_cli_excite_and_fit_on_the_sim_driver(tmp_path, capsys):
+    from robot_rl.cli.sysid import main
+    data = tmp_path / "sim.zarr"
+    assert main(["excite", "robot=so101", "driver=sim", f"out={data}", "seconds=12", "segment_s=6"]) == 0
+    assert main(["fit", str(data), "robot=so101", "params=[kp,damping,delay]", "id=nominal", f"out={tmp_path / 'cal'}",
+                 "max_delay=1", "global_start=never"]) == 0
+    out = capsys.readouterr().out
+    assert "kp" in out and "held-out RMS" in out
+    d = S.load_dynamics(tmp_path / "cal" / "so101" / "nominal")
+    assert d.delay_steps == 0
+    assert d.params["kp"].value == pytest.approx(1.0, rel=0.02)  # the sim driver is the nominal twin
+    assert (tmp_path / "cal" / "so101" / "nominal" / "validation.png").stat().st_size > 1000
+
+
+def test_virtual_unit_field_validation():
+    from robot_rl.drivers.virtual.so101 import UnitError, random_unit, unit_from_dict
+    d = random_unit(0, cameras=[]).to_dict()
+    d["twin"] = {"frictionloss": 0.2, "armature_scale": 1.5, "forcerange_scale": 0.5, "latency_ms": 50}
+    u = unit_from_dict(d)
+    assert u.twin.frictionloss == 0.2 and u.twin.armature_scale == 1.5
+    for bad in ({"frictionloss": -0.1}, {"armature_scale": 0}, {"forcerange_scale": "x"}, {"kp": 2}):
+        d["twin"] = bad
+        with pytest.raises(UnitError):
+            unit_from_dict(d)
+
+
+@pytest.mark.slow
+def test_virtual_so101_through_the_port(tmp_path):
+    """The acceptance path in small: a hidden-parameter virtual SO-101, its follower
+    calibrated and excited through the pseudo-terminal, the fit checked against the truth."""
+    from robot_rl.calibration.procedures import calibrate
+    from robot_rl.calibration.prompter import PersonPrompter
+    from robot_rl.cli.sysid import make_sysid_robot
+    from robot_rl.drivers.virtual.so101 import TwinUnit, VirtualSO101, random_unit
+    unit = random_unit(5, cameras=[])
+    unit.twin = TwinUnit(actuator_gain_scale=1.2, damping_scale=2.5, armature_scale=1.2, frictionloss=0.3,
+                         latency_ms=50.0)
+    with VirtualSO101(unit) as rig:
+        info = rig.start()
+        cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101, PersonPrompter(info["person"], quiet=True),
+                        arm_id="follower", sweep_s=2.0, log=lambda *a, **k: None).save(tmp_path / "follower.yaml")
+        robot = make_sysid_robot("so101", "feetech", port=info["follower_port"], calibration=str(cal))
+        robot.connect()
+        try:
+            S.excite(robot, S.excitation_plan(SO101, seconds=24.0, seed=1, segment_s=6), tmp_path / "v.zarr",
+                     driver="feetech")
+        finally:
+            robot.disconnect()
+    res = S.fit(tmp_path / "v.zarr", robot="so101", max_delay=3)
+    d = res.dynamics
+    assert d.delay_steps == 1
+    assert d.validation["rms_calibrated"] <= d.validation["rms_nominal"] / 3
+    # through the port the values are biased by encoder backlash / quantisation and bus and
+    # physics-tick timing the twin does not model (benchmarks/bench_sysid.py: 0-34 % off);
+    # here only a sanity bound
+    assert abs(d.params["kp"].value - 1.2) <= 0.3 * 1.2
+    assert d.params["frictionloss"].value > 0.15
