@@ -43,13 +43,13 @@ class RobotEnv(gym.Env):
                          offscreen=max([render_size] + [max(c.width, c.height) for c in self.robot_spec.cameras]),
                          params=params)
         self.task.bind(self.twin)
-        # fitted dynamics (robot-rl sysid fit: a dynamics.yaml or its directory) become the
-        # twin's nominal values before anything caches them (randomization centres on the fit)
+        # a calibration folder (calibration/twin.py: fitted dynamics, camera intrinsics and
+        # hand-eye poses) becomes the twin's nominal values before anything caches them, so
+        # randomization is centred on the calibrated twin
         self.calibration = None
         if calibration is not None:
-            from robot_rl.calibration.sysid import apply_dynamics, load_dynamics
-            self.calibration = load_dynamics(calibration)
-            apply_dynamics(self.twin, self.calibration)
+            from robot_rl.calibration.twin import apply_calibration
+            self.calibration = apply_calibration(self.twin, calibration)
         # domain randomization (sim/randomization.py): a name in robot_rl/conf/randomization, a
         # YAML file, a mapping; drawn from a generator of its own, seeded from the reset seed, so
         # a seed gives the same scene (object placement) with and without randomization

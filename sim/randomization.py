@@ -379,3 +379,64 @@ def _with(params, **kw):
 
 def available() -> list[str]:
     return sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+
+
+# fitted dynamics (calibration/sysid.py) -> the randomization field each parameter maps to
+SYSID_FIELDS = {"kp": ("actuator_kp", ["arm"]), "kv": ("actuator_kv", ["arm"]), "damping": ("joint_damping", ["arm"]),
+                "armature": ("joint_armature", ["arm"]), "frictionloss": ("joint_frictionloss", ["arm"]),
+                "forcerange": ("actuator_forcerange", ["arm"]), "mass": ("body_mass", ["link[0-9]+", "hand"]),
+                "payload": ("body_mass", ["hand"])}
+
+
+def centred_on_fit(dynamics, base: "str | Path | Mapping[str, Any] | Randomization | None" = "wide",
+                   widen: float = 2.0, min_rel: float = 0.05, unidentified: tuple[float, float] = (0.5, 2.0)
+                   ) -> dict[str, Any]:
+    """A randomization (as a mapping, ready to save as YAML) for a calibrated twin
+    (``robot=... calibration=DIR``): every fitted parameter is drawn around the fit -- the
+    twin's nominal values already are the fit, so scales around 1 -- with a half-width of
+    `widen` x its 95% interval's (at least `min_rel`); a parameter the data could not
+    identify is drawn over `unidentified` (x nominal); the fitted action delay +-1 step. The
+    terms of `base` that touch none of those fields (objects, light, colours, cameras,
+    noise) are kept, so one file covers what system identification does not see."""
+    from robot_rl.calibration.sysid import load_dynamics
+    dyn = dynamics if hasattr(dynamics, "params") else load_dynamics(dynamics)
+    terms: list[dict[str, Any]] = []
+    covered = set()
+    for name, p in dyn.params.items():
+        if name not in SYSID_FIELDS:
+            continue
+        field_, names = SYSID_FIELDS[name]
+        covered.add(field_)
+        lo, hi = p.interval
+        why = ""
+        if not p.identifiable or not (np.isfinite(lo) and np.isfinite(hi)):
+            rng_ = list(unidentified)
+            why = f"not identified ({p.reason or 'no interval'}): wide"
+            dist = "log_uniform"
+        elif p.kind == "abs":  # frictionloss, payload: added around the fitted value
+            half = max(widen * (hi - lo) / 2, min_rel * abs(p.value), 1e-3)
+            rng_, dist = [-half, half], "uniform"
+        else:
+            half = max(widen * (hi - lo) / 2 / max(abs(p.value), 1e-9), min_rel)
+            rng_, dist = [max(1e-3, 1 - half), 1 + half], "uniform"
+        op = "add" if (p.kind == "abs" and p.identifiable and dist == "uniform") else "scale"
+        term = {"name": f"fit_{name}", "field": field_, "names": names, "operation": op,
+                "distribution": dist, "range": [float(x) for x in rng_], "mode": "reset"}
+        if why:
+            term["name"] = f"unidentified_{name}"
+        terms.append(term)
+    d = int(dyn.delay_steps)
+    terms.append({"name": "fit_action_delay", "field": "action_delay", "operation": "abs", "distribution": "uniform",
+                  "range": [max(-0.49, d - 1.49), d + 1.49], "mode": "reset"})
+    covered.add("action_delay")
+    kept = []
+    if base is not None:
+        for t in Randomization.load(base).terms:
+            if t.field in covered:
+                continue
+            kept.append({"name": t.name, "field": t.field, "names": list(t.names), "operation": t.operation,
+                         "distribution": t.distribution, "range": list(t.range), "mode": t.mode,
+                         **({"interval_steps": t.interval_steps} if t.mode == "interval" else {})})
+    out = {"name": f"{dyn.robot}_{dyn.id or 'fit'}_centred", "terms": terms + kept}
+    Randomization.load(out)  # validates
+    return out

@@ -209,3 +209,45 @@ def test_virtual_so101_through_the_port(tmp_path):
     # here only a sanity bound
     assert abs(d.params["kp"].value - 1.2) <= 0.3 * 1.2
     assert d.params["frictionloss"].value > 0.15
+
+
+def test_randomization_centred_on_the_fit_and_a_calibration_folder(truth_fit, tmp_path, capsys):
+    """`sysid randomization` draws the fitted parameters around the fit (scales around 1 of the
+    calibrated twin), keeps base's visual terms, and `calibration=DIR` also places cameras."""
+    import math
+
+    import yaml
+
+    from robot_rl.calibration.camera_info import CalibrationError, CameraIntrinsics
+    from robot_rl.cli.main import main
+    from robot_rl.sim.env import RobotEnv
+    from robot_rl.sim.randomization import centred_on_fit
+    d = tmp_path / "so101" / "u"
+    truth_fit.dynamics.save(d / "dynamics.yaml")
+    r = centred_on_fit(d, base="wide")
+    terms = {t["name"]: t for t in r["terms"]}
+    kp = terms.get("fit_kp") or terms["unidentified_kp"]
+    assert kp["field"] == "actuator_kp" and kp["range"][0] < 1 < kp["range"][1]
+    lo, hi = terms["fit_action_delay"]["range"]
+    assert lo < truth_fit.dynamics.delay_steps < hi and hi - lo <= 3
+    assert "scene_colours" in terms and "servo_kp" not in terms  # wide's visuals kept, its kp replaced
+    out = tmp_path / "dr.yaml"
+    assert main(["sysid", "randomization", str(d), f"out={out}"]) == 0
+    assert yaml.safe_load(out.read_text())["terms"] == r["terms"]
+    # cameras in the same folder: the twin's front camera takes the calibrated field of view
+    h = 96
+    fy = h / 2 / math.tan(math.radians(30) / 2)
+    (d / "cameras").mkdir()
+    CameraIntrinsics(96, 96, np.array([[fy, 0, 47.5], [0, fy, 47.5], [0, 0, 1.0]])).save(d / "cameras" / "front.yaml")
+    env = RobotEnv("pick_cube", "so101", cameras=["front"], image_size=96, calibration=d, randomization=out)
+    m = env.twin.model
+    assert m.cam_fovy[m.camera("front").id] == pytest.approx(30.0, abs=1e-6)
+    assert "camera:front" in env.calibration.applied and "dynamics:kp" in env.calibration.applied
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(CalibrationError, match="no dynamics.yaml"):
+        RobotEnv("reach", "so101", calibration=tmp_path / "empty_dir_that_is_missing")
+    capsys.readouterr()
+    assert main(["record", "sim", "task=reach", "episodes=1", "cameras=[]", f"out={tmp_path / 'x.zarr'}",
+                 "progress=false", f"calibration={tmp_path / 'none'}"]) == 2
+    assert "no dynamics.yaml" in capsys.readouterr().err

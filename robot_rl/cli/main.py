@@ -301,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         # CheckpointError lives with torch: only commands that loaded it can raise it
         base = sys.modules.get("robot_rl.policies.base")
         rand = sys.modules.get("robot_rl.sim.randomization")  # likewise, with the twin
+        cal = sys.modules.get("robot_rl.calibration.camera_info")  # a calibration= the twin cannot use
+        sysid = sys.modules.get("robot_rl.calibration.sysid")
         return (CLIError, StoreError, SpecError, FileNotFoundError) + ((base.CheckpointError,) if base else ()) \
-            + ((rand.RandomizationError,) if rand else ())
+            + ((rand.RandomizationError,) if rand else ()) + ((cal.CalibrationError,) if cal else ()) \
+            + ((sysid.SysidError,) if sysid else ())
 
     try:
         return COMMANDS[cmd](rest)

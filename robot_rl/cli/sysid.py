@@ -6,6 +6,7 @@
     robot-rl sysid fit DATA.zarr robot=so101 [params=[kp,damping,armature,frictionloss,delay]]
                        [validate=DATA2.zarr] [id=NAME] [out=CALIBRATION_ROOT] [max_delay=4]
                        [global_start=auto|always|never] [holdout=3,4]
+    robot-rl sysid randomization CALIBRATION_DIR [base=wide|none|FILE] [widen=2] out=FILE.yaml
 
 ``excite`` drives the arm through its driver (the robot node's ``make_robot``: same safety
 filter, same options) along multi-sines, steps and slow ramps around the home pose, at the
@@ -162,7 +163,41 @@ def main(args: list[str]) -> int:
         return excite_cmd(rest)
     if sub == "fit":
         return fit_cmd(rest)
-    raise CLIError(f"unknown sysid command {sub!r}: use 'sysid excite' or 'sysid fit'")
+    if sub == "randomization":
+        return randomization_cmd(rest)
+    raise CLIError(f"unknown sysid command {sub!r}: use 'sysid excite', 'sysid fit' or 'sysid randomization'")
+
+
+RAND_KEYS = ("base", "widen", "min_rel", "out")
+
+
+def randomization_cmd(args: list[str]) -> int:
+    """``sysid randomization CALIBRATION [base=wide|none|FILE] [widen=2] [min_rel=0.05] out=FILE``:
+    a randomization file centred on a fit (sim/randomization.py ``centred_on_fit``)."""
+    kv, pos = _kv(args, "randomization", RAND_KEYS)
+    if len(pos) != 1:
+        raise CLIError("usage: robot-rl sysid randomization CALIBRATION_DIR|dynamics.yaml [base=wide] [widen=2] "
+                       "out=FILE.yaml")
+    if "out" not in kv:
+        raise CLIError("sysid randomization: out=FILE.yaml is required")
+    import yaml
+
+    from robot_rl.calibration.sysid import SysidError
+    from robot_rl.sim.randomization import RandomizationError, centred_on_fit
+    base = kv.get("base", "wide")
+    try:
+        d = centred_on_fit(pos[0], base=None if base in ("none", "null", "") else base,
+                           widen=_num(kv, "widen", 2.0), min_rel=_num(kv, "min_rel", 0.05))
+    except (SysidError, RandomizationError) as e:
+        raise CLIError(str(e)) from None
+    out = Path(kv["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# centred on the fit in {pos[0]} (robot-rl sysid randomization); base: {base}\n"
+                   + yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=140))
+    for t in d["terms"]:
+        print(f"  {t['name']:<22} {t['field']:<20} {t['operation']:<5} {t['distribution']:<11} {t['range']}")
+    print(f"wrote {out} ({len(d['terms'])} terms); use it with calibration={pos[0]} randomization={out}")
+    return 0
 
 
 __all__ = ["main", "make_sysid_robot"]
