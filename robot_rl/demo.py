@@ -37,7 +37,7 @@ expert, as a simulated human with a 10% budget, takes over when the arm drifts f
 Success before (the policy's own Gaussian noise) and after is printed, with the curves.
 
     python -m robot_rl.demo [--robot so101] [--task pick_cube] [--episodes 50] [--out out/demo]
-                            [--train-minutes 4] [--eval-episodes 50] [--deploy-episodes 20] [--rl-steps 2000]
+                            [--train-minutes 4] [--eval-episodes 30] [--dr-episodes 20] [--deploy-episodes 20] [--rl-steps 2000]
                             [--camera-seconds 10] [--hardware-episodes 2] [--skip-train]
 
 DDS never leaves this machine: outside a loopback-only network namespace the demo
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--verbose", action="store_true", help="show every node's log lines")
     ap.add_argument("--train-minutes", type=float, default=4.0, help="training budget of the diffusion policy")
-    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--eval-episodes", type=int, default=30)
+    ap.add_argument("--dr-episodes", type=int, default=20,
+                    help="also evaluate on twins randomized with robot_rl/conf/randomization/physics.yaml (0: skip)")
     ap.add_argument("--deploy-episodes", type=int, default=20, help="episodes through the inference node (0: skip)")
     ap.add_argument("--rl-steps", type=int, default=2000, help="env steps of online RL fine-tuning (0: skip)")
     ap.add_argument("--rl-eval-episodes", type=int, default=30)
@@ -289,12 +291,25 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         res = json.loads((run_dir / "eval" / "eval.json").read_text())
         report["eval"] = {k: res[k] for k in ("success_rate", "ci95", "episodes")}
+        if args.dr_episodes > 0:
+            # the same policy on randomized twins: friction, masses, damping, gains, delays, noise
+            dr_args = ["eval", str(ck), f"episodes={args.dr_episodes}", "videos=0", "randomization=physics",
+                       f"out={run_dir / 'eval_randomized'}"]
+            print("  robot-rl " + " ".join(dr_args))
+            if cli(dr_args) != 0:
+                print("demo: the randomized evaluation failed", file=sys.stderr)
+                return 1
+            dr = json.loads((run_dir / "eval_randomized" / "eval.json").read_text())
+            report["eval_randomized"] = {k: dr[k] for k in ("success_rate", "ci95", "episodes")}
         report["train"] = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items()
                            if k in ("steps", "train_wall_s", "samples_per_s")} \
             if (run_dir / "summary.json").exists() else {}
         print(f"diffusion policy on {args.task}: success {100 * res['success_rate']:.1f}% "
               f"[{100 * res['ci95'][0]:.1f}, {100 * res['ci95'][1]:.1f}] over {res['episodes']} held-out seeds; "
               f"training curve {run_dir / 'training.png'}, report {run_dir / 'eval' / 'eval.png'}")
+        if args.dr_episodes > 0:
+            print(f"on randomized twins (randomization=physics): success {100 * dr['success_rate']:.1f}% "
+                  f"[{100 * dr['ci95'][0]:.1f}, {100 * dr['ci95'][1]:.1f}] over {dr['episodes']} seeds")
 
         if args.deploy_episodes > 0:
             stage(f"7/8 deploy through the inference node on the realtime twin: {args.deploy_episodes} episodes, "

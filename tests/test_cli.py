@@ -120,7 +120,7 @@ def test_demo_runs_end_to_end(tmp_path):
     # 300 env steps of online RL
     r = subprocess.run([sys.executable, "-m", "robot_rl.demo", "--episodes", "2", "--out", str(tmp_path),
                         "--train-minutes", "0.08", "--camera-seconds", "3", "--eval-episodes", "3", "--deploy-episodes", "2",
-                        "--rl-steps", "300", "--rl-eval-episodes", "2"],
+                        "--dr-episodes", "2", "--rl-steps", "300", "--rl-eval-episodes", "2"],
                        capture_output=True, text=True, timeout=420, env={**os.environ, "MUJOCO_GL": "egl"})
     assert r.returncode == 0, r.stderr
     assert "demo finished" in r.stdout
@@ -131,6 +131,8 @@ def test_demo_runs_end_to_end(tmp_path):
     run = tmp_path / "diffusion_pick_cube"
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["episodes"] == 3 and (run / "checkpoints" / "last" / "model.safetensors").exists()
+    assert json.loads((run / "eval_randomized" / "eval.json").read_text())["episodes"] == 2
+    assert "on randomized twins (randomization=physics): success" in r.stdout
     assert (run / "training.png").exists() and (run / "eval" / "eval.png").exists()
     dep = json.loads((tmp_path / "deploy" / "deploy.json").read_text())
     assert dep["episodes"] == 2 and len(dep["outcomes"]) == 2, dep
