@@ -275,7 +275,8 @@ def test_person_rejects_bad_requests(rig):
                       ({"do": "pose", "arm": "folower", "pose": "zero"}, "'arm' must be 'follower' or 'leader'"),
                       ({"do": "pose", "arm": "leader", "pose": "rest"}, "unknown pose 'rest'"),
                       ({"do": "pose", "arm": "leader", "angles": {"elbow_flex": 9.0}}, "outside its range"),
-                      ({"do": "plug", "arm": "leader", "motor": "elbow"}, "no motor 'elbow'")]:
+                      ({"do": "plug", "arm": "leader", "motor": "elbow"}, "no motor 'elbow'"),
+                      ({"do": "scene"}, "needs an integer 'seed'")]:
         with pytest.raises(PersonError, match=msg):
             post(url, body)
     req = urllib.request.Request(url, data=b"{not json", method="POST")
@@ -347,7 +348,7 @@ def test_objects_are_placed_like_the_env_places_them(rig):
     finally:
         env.close()
     arm = rig.follower.values()
-    rig.follower.place_objects(12)
+    assert post(rig.info["person"], {"do": "scene", "seed": 12}) == {"ok": True, "do": "scene", "seed": 12}
     got = np.array(get(rig.info["person"], "/truth")["object_state"][:3])
     assert np.abs(got[:2] - want[:2]).max() < 1e-3 and abs(got[2] - want[2]) < 3e-3
     assert all(abs(rig.follower.values()[n] - arm[n]) < 0.05 for n in arm)  # the arm stayed put
@@ -460,3 +461,43 @@ def test_cli_prints_ports_writes_info_and_stops_on_sigterm(tmp_path):
     assert proc.returncode == 0, err
     assert info["follower_port"] in out and info["leader_port"] in out and info["person"] in out
     assert "stopped" in out and not info_path.exists()
+
+
+@pytest.mark.slow
+def test_scored_episodes_on_the_virtual_arm_through_the_inference_node(tmp_path, ros_domain):
+    """`python -m robot_rl.ros.deploy --driver feetech --person URL`: per episode the inference
+    node is paused, the arm goes home over /joint_trajectory, the person sets the scene for the
+    seed, the policy resumes, the person referees; every episode is counted."""
+    from policy_helpers import record_expert_store
+    from robot_rl.cli.main import main
+    store = record_expert_store(tmp_path / "pick.zarr", "pick_cube", episodes=2, keys=["joint_pos", "gripper", "ee_pos",
+                                                                                       "ee_quat"])
+    run = tmp_path / "policy"
+    assert main(["train", "policy=mlp_bc", f"dataset={store}", f"out={run}", "steps=20", "policy.observations=proprio",
+                 "eval_final=false", "tensorboard=false", "progress=false"]) == 0
+    unit = random_unit(11).with_cameras(**SMALL)
+    rig = VirtualSO101(unit)
+    info = rig.start()
+    env = {**os.environ, "ROBOT_RL_CALIBRATION_DIR": str(tmp_path / "cal")}
+    try:
+        cal = tmp_path / "cal" / "follower.yaml"
+        r = subprocess.run([sys.executable, "-m", "robot_rl.cli.main", "calibrate", "robot=so101", "arm=follower",
+                            f"port={info['follower_port']}", "id=follower", f"person={info['person']}", f"out={cal}"],
+                           env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([sys.executable, "-m", "robot_rl.ros.deploy", str(run / "checkpoints" / "last"),
+                            "--episodes", "2", "--timeout-steps", "30", "--mode", "cold", "--driver", "feetech",
+                            "--port", info["follower_port"], "--calibration", str(cal), "--person", info["person"],
+                            "--log-dir", str(tmp_path / "dep")], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        dep = json.loads((tmp_path / "dep" / "deploy.json").read_text())
+        assert dep["episodes"] == 2 and [o["seed"] for o in dep["outcomes"]] == [200000, 200001]
+        assert all(o["steps"] > 0 for o in dep["outcomes"])
+        assert "paused" in r.stdout  # the held-ticks line: the node sat out each homing
+        # without a person the command refuses at once
+        r = subprocess.run([sys.executable, "-m", "robot_rl.ros.deploy", str(run / "checkpoints" / "last"),
+                            "--driver", "feetech", "--port", info["follower_port"]], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and "--person" in r.stderr
+    finally:
+        rig.close()
