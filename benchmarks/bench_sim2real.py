@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -100,21 +99,12 @@ def main() -> None:
     for k, v in HIDDEN.items():
         setattr(unit.twin, k, v)
     unit_file = unit.save(OUT / "hidden_unit.yaml")
-    info_path = OUT / "virtual.json"
-    info_path.unlink(missing_ok=True)
-    rig = subprocess.Popen(cli("virtual", "so101", "--unit", str(unit_file), "--camera-size", "96x96", "--fps", "30",
-                               "--info-json", str(info_path)),
-                           env=env, cwd=REPO, stdout=open(OUT / "virtual.log", "w"), stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    from robot_rl.hardware_session import start_virtual, stop_virtual
+    rig = start_virtual(["--unit", str(unit_file), "--camera-size", "96x96", "--fps", "30"], env, OUT)
     result: dict = {"hidden": HIDDEN, "unit_seed": args.unit_seed, "steps": {}}
     t_all = time.perf_counter()
     try:
-        end = time.monotonic() + 60
-        while not info_path.exists():
-            if rig.poll() is not None or time.monotonic() > end:
-                raise SystemExit(f"virtual so101 did not start: {(OUT / 'virtual.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        info = json.loads(info_path.read_text())
+        info = rig.info
         port, person = info["follower_port"], info["person"]
         sources = f"{info['cameras']['front']},{info['cameras']['wrist']}"
         print(f"virtual SO-101: follower {port}, person {person}, cameras {sources}", flush=True)
@@ -181,12 +171,7 @@ def main() -> None:
                          "mean_success_s": r["mean_success_time_s"], "checkpoint": str(ck[name])})
         result["deploy"] = rows
     finally:
-        if rig.poll() is None:
-            os.killpg(rig.pid, signal.SIGTERM)
-            try:
-                rig.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(rig.pid, signal.SIGKILL)
+        stop_virtual(rig)
     result["wall_s"] = time.perf_counter() - t_all
     print_table(result["deploy"], ["policy", "episodes", "successes", "success_%", "ci95_%", "mean_success_s"],
                 f"pick_cube on the hidden-parameter virtual SO-101 (unit seed {args.unit_seed}), through the "

@@ -284,23 +284,23 @@ def main(argv: list[str] | None = None) -> int:
             print("demo: training failed", file=sys.stderr)
             return 1
         ck = run_dir / "checkpoints" / "last"
-        eval_args = ["eval", str(ck), f"episodes={args.eval_episodes}", "videos=4", f"out={run_dir / 'eval'}"]
-        print("  robot-rl " + " ".join(eval_args))
-        if cli(eval_args) != 0:
-            print("demo: evaluation failed", file=sys.stderr)
+
+        def evaluate(name: str, *extra: str) -> dict | None:
+            eval_args = ["eval", str(ck), *extra, f"out={run_dir / name}"]
+            print("  robot-rl " + " ".join(eval_args))
+            if cli(eval_args) != 0:
+                print(f"demo: evaluation ({name}) failed", file=sys.stderr)
+                return None
+            r = json.loads((run_dir / name / "eval.json").read_text())
+            report[name] = {k: r[k] for k in ("success_rate", "ci95", "episodes")}
+            return r
+
+        res = evaluate("eval", f"episodes={args.eval_episodes}", "videos=4")
+        # the same policy on randomized twins: friction, masses, damping, gains, delays, noise
+        dr = evaluate("eval_randomized", f"episodes={args.dr_episodes}", "videos=0", "randomization=physics") \
+            if args.dr_episodes > 0 else {}
+        if res is None or dr is None:
             return 1
-        res = json.loads((run_dir / "eval" / "eval.json").read_text())
-        report["eval"] = {k: res[k] for k in ("success_rate", "ci95", "episodes")}
-        if args.dr_episodes > 0:
-            # the same policy on randomized twins: friction, masses, damping, gains, delays, noise
-            dr_args = ["eval", str(ck), f"episodes={args.dr_episodes}", "videos=0", "randomization=physics",
-                       f"out={run_dir / 'eval_randomized'}"]
-            print("  robot-rl " + " ".join(dr_args))
-            if cli(dr_args) != 0:
-                print("demo: the randomized evaluation failed", file=sys.stderr)
-                return 1
-            dr = json.loads((run_dir / "eval_randomized" / "eval.json").read_text())
-            report["eval_randomized"] = {k: dr[k] for k in ("success_rate", "ci95", "episodes")}
         report["train"] = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items()
                            if k in ("steps", "train_wall_s", "samples_per_s")} \
             if (run_dir / "summary.json").exists() else {}

@@ -56,6 +56,32 @@ def _run(step: str, cmd: list[str], env: dict, timeout: float, log: Path, verbos
     return out
 
 
+def start_virtual(args: list[str], env: dict, out: Path, timeout: float = 60.0) -> subprocess.Popen:
+    """``robot-rl virtual so101 ARGS`` as a process of its own session (log: out/virtual.log);
+    returns once it wrote its ports and URLs, which are then the process's ``info``."""
+    info_path = out / "virtual.json"
+    info_path.unlink(missing_ok=True)
+    rig = subprocess.Popen(_cli("virtual", "so101", *args, "--info-json", str(info_path)), env=env, cwd=REPO,
+                           stdout=open(out / "virtual.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    end = time.monotonic() + timeout
+    while not info_path.exists():
+        if rig.poll() is not None or time.monotonic() > end:
+            stop_virtual(rig)
+            raise SessionError(f"robot-rl virtual so101 did not start:\n{(out / 'virtual.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    rig.info = json.loads(info_path.read_text())  # type: ignore[attr-defined]
+    return rig
+
+
+def stop_virtual(rig: subprocess.Popen) -> None:
+    if rig.poll() is None:
+        os.killpg(rig.pid, signal.SIGTERM)
+        try:
+            rig.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(rig.pid, signal.SIGKILL)
+
+
 def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_size: tuple[int, int] = (320, 240),
         camera_fps: float = 15.0, train_steps: int = 300, deploy_seconds: float = 8.0, verbose: bool = False) -> dict:
     out = Path(out)
@@ -63,22 +89,13 @@ def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_s
     log = out / "session.log"
     log.write_text("")
     env = {**os.environ, "ROBOT_RL_CALIBRATION_DIR": str(out / "calibration"), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    info_path = out / "virtual.json"
-    info_path.unlink(missing_ok=True)
     w, h = camera_size
     t0 = time.perf_counter()
-    rig = subprocess.Popen(_cli("virtual", "so101", "--random-unit", str(seed), "--factory-new", "--camera-size",
-                                f"{w}x{h}", "--fps", f"{camera_fps:g}", "--info-json", str(info_path)),
-                           env=env, cwd=REPO, stdout=open(out / "virtual.log", "w"), stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    rig = start_virtual(["--random-unit", str(seed), "--factory-new", "--camera-size", f"{w}x{h}",
+                         "--fps", f"{camera_fps:g}"], env, out)
     result: dict = {"episodes": episodes, "seed": seed, "rate": rate}
     try:
-        end = time.monotonic() + 60
-        while not info_path.exists():
-            if rig.poll() is not None or time.monotonic() > end:
-                raise SessionError(f"robot-rl virtual so101 did not start:\n{(out / 'virtual.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        info = json.loads(info_path.read_text())
+        info = rig.info
         fport, lport, person = info["follower_port"], info["leader_port"], info["person"]
         cams = info["cameras"]
         print(f"  virtual SO-101: follower {fport}, leader {lport}, cameras {', '.join(cams)}, person {person}",
@@ -150,12 +167,7 @@ def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_s
         print(f"  deploy: the policy moved the follower {t_moving:.1f} s after launch, then drove it for "
               f"{deploy_seconds:g} s (largest joint change {moved:.2f} rad)", flush=True)
     finally:
-        if rig.poll() is None:
-            os.killpg(rig.pid, signal.SIGTERM)
-            try:
-                rig.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(rig.pid, signal.SIGKILL)
+        stop_virtual(rig)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "session.json").write_text(json.dumps(result, indent=1))
     return result

@@ -98,6 +98,22 @@ class RandomizationError(ValueError):
     """A randomization file or term that cannot be applied (one line naming the cause)."""
 
 
+def load_named_yaml(name_or_file: "str | Path", folder: Path, what: str) -> "tuple[Any, Path]":
+    """(contents, path) of a YAML file, or of ``<folder>/<name>.yaml`` for a bare name; one
+    RandomizationError naming the shipped names when neither exists, or the YAML error."""
+    import yaml
+    p = Path(str(name_or_file))
+    if not p.suffix and not p.exists():
+        p = folder / f"{name_or_file}.yaml"
+    if not p.is_file():
+        have = sorted(x.stem for x in folder.glob("*.yaml"))
+        raise RandomizationError(f"no {what} {str(name_or_file)!r}: not a file, and not one of {have}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}, p
+    except yaml.YAMLError as e:
+        raise RandomizationError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 @dataclass(frozen=True)
 class Term:
     name: str
@@ -163,17 +179,7 @@ class Randomization:
         if isinstance(name_or_file, Mapping):
             d, where = dict(name_or_file), ""
         else:
-            p = Path(str(name_or_file))
-            if not p.suffix and not p.exists():
-                p = CONF_DIR / f"{name_or_file}.yaml"
-            if not p.is_file():
-                have = sorted(x.stem for x in CONF_DIR.glob("*.yaml"))
-                raise RandomizationError(f"no randomization {name_or_file!r}: not a file, and not one of {have}")
-            import yaml
-            try:
-                d = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise RandomizationError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            d, p = load_named_yaml(name_or_file, CONF_DIR, "randomization")
             where = f"{p.name}: "
         terms = d.get("terms") if isinstance(d, Mapping) else None
         if isinstance(terms, Sequence) and not isinstance(terms, (str, bytes)):  # a list, or an omegaconf ListConfig

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from robot_rl.sim.randomization import PERTURB_DEFAULTS, Randomization, RandomizationError
+from robot_rl.sim.randomization import PERTURB_DEFAULTS, Randomization, RandomizationError, load_named_yaml
 from robot_rl.spec import CONF_DIR
 
 SWEEP_DIR = CONF_DIR / "sweeps"
@@ -63,17 +63,7 @@ class Sweep:
         if isinstance(src, Mapping):
             d, where = dict(src), "sweep"
         else:
-            import yaml
-            p = Path(src)
-            if not p.suffix and not p.exists():  # a name in robot_rl/conf/sweep
-                p = SWEEP_DIR / f"{src}.yaml"
-            if not p.is_file():
-                have = sorted(x.stem for x in SWEEP_DIR.glob("*.yaml"))
-                raise RandomizationError(f"no sweep {str(src)!r}: not a file, and not one of {have}")
-            try:
-                d = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise RandomizationError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            d, p = load_named_yaml(src, SWEEP_DIR, "sweep")  # a file, or a name in robot_rl/conf/sweeps
             where = p.name
         if not isinstance(d, Mapping) or not isinstance(d.get("factors"), Mapping) or not d["factors"]:
             raise RandomizationError(f"{where}: a sweep holds 'factors: {{label: {{field: ..., values: [...]}}}}'")
