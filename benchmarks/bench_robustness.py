@@ -16,6 +16,11 @@ everything else nominal. One plot, one panel per factor, both policies.
 
     ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py             # record, train, sweep
     ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py --episodes 50 --steps 6000
+    # train the randomized policy longer (a warm restart of its cosine schedule), then sweep it again:
+    ../.venv/bin/robot-rl train policy=diffusion_image dataset=../data/bench/so101_pick_cube_cameras_wide.zarr \
+        task=pick_cube max_episodes=300 steps=12000 max_minutes=120 out=../runs/bench_robustness/randomized_wide \
+        eval_final=false eval_every_min=15 eval_episodes=50 eval_videos=0 randomization=wide resume=true
+    ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py      # sweeps only what was trained since
 
 Targets: the randomized policy keeps >= 80% on every perturbation; the nominal policy drops
 below 50% on at least half of them (reported as measured, whichever way it goes).
@@ -90,6 +95,14 @@ def ensure_policy(name: str, data: Path, demos: int, steps: int, randomization: 
 def sweep(run: Path, sweep_name: str, episodes: int, label: str) -> dict:
     from robot_rl.cli.main import compose
     ck = run / "checkpoints" / "last"
+    done = RUNS / "sweeps" / label / "sweep.json"
+    model = next(ck.glob("*.safetensors"), ck)
+    if done.exists() and done.stat().st_mtime > model.stat().st_mtime:  # swept since it was last trained
+        out = next(iter(json.loads(done.read_text()).values()))
+        if out.get("episodes") == episodes:
+            print(f"{label}: reusing the sweep in {done}", flush=True)
+            out["checkpoint"] = str(ck)
+            return out
     cfg = compose("eval", [f"sweep={sweep_name}", f"episodes={episodes}", "n_envs=5", "videos=0",
                            f"out={RUNS / 'sweeps' / label}", "progress=false", "deployable=true"])
     t0 = time.perf_counter()

@@ -91,6 +91,7 @@ def run_sweep(checkpoint: str, cfg: DictConfig, twin: dict | None = None, episod
         return r
 
     res = sweep_points(sweep, at)
+    res["episodes"] = episodes  # per point, as run
     files = write_sweep(res, out, Path(checkpoint).resolve().name, title=title)
     lines = [f"{f}: " + ", ".join(f"{v:g} {100 * s:.0f}%" for v, s in zip(r["values"], r["success"]))
              for f, r in res["factors"].items()]
