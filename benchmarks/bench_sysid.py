@@ -97,6 +97,8 @@ def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[
         row["rms_calibrated"] = v.get("rms_calibrated")
         row["rms_ratio"] = v.get("ratio")
         row["saturated_fraction"] = dyn.fit.get("saturated_fraction")
+        row["split_half"] = dyn.fit.get("split_half")
+        row["timing"] = dyn.fit.get("timing")
         rows.append(row)
     return rows
 

@@ -29,7 +29,15 @@ kp and armature is carried by the (known) link inertia, which changes with the p
   samples are saturated kp is flagged; ``forcerange`` is flagged when the data never
   reaches it.
 
-**Fit.** Open loop in the recorded targets, from the recorded initial state, per segment.
+**Fit.** Open loop in the recorded targets, from the recorded initial state, per segment,
+on the recording's clock: each command replayed at its recorded stamp and each measurement
+compared at its stamp (``Recording.steps``; a twin's stamps are the even grid). Stale reads
+(a repeated stamp) and the samples just after a timing fault are not compared
+(``Recording.valid``); each sample is weighted by its expected error, resolution plus timing
+jitter times speed (``_sample_weights``); and where the readings are quantised
+(``encoder_quantum``, found from the data) the twin's motion is compared as an encoder with
+one count of hysteresis reads it (``_encoder_reading``): unmodelled, that half count of lag
+in the direction of motion reads as dry friction.
 The action delay (whole control steps) is an exact outer grid search (a short local fit per
 candidate delay, the best one kept and re-checked against its neighbours after the full
 fit). The continuous parameters are fitted by ``mujoco.sysid.optimize`` (MuJoCo's own
@@ -46,9 +54,12 @@ and Gauss-Newton is run again from its best point; the better of the two is kept
 number, when: its 95 % interval is wide (half-width > 25 % of the value; for absolute
 parameters, and an absolute floor), its |correlation| with another fitted parameter
 exceeds 0.95, it is ``forcerange`` and the fitted twin never saturates on the data, or it
-is ``kp``/``kv`` and the actuators are saturated in more than a quarter of the samples.
-The intervals assume white measurement noise; encoder quantisation and backlash are not
-white, so treat them as optimistic, the flags as the conservative part.
+is ``kp``/``kv`` and the actuators are saturated in more than a quarter of the samples, or
+(split half) refitted on the first and on the second half of every segment's samples its
+two estimates differ by more than twice its interval's half-width (a 95 % test) and more
+than ``SPLIT_TOL`` of the value: model error that the white-noise intervals do not show.
+The intervals assume white measurement noise; treat them as optimistic, the flags as the
+conservative part.
 
 The result is written as ``<calibration_dir>/<robot>/<id>/dynamics.yaml`` (the motor
 calibration's root, ``$ROBOT_RL_CALIBRATION_DIR`` or ``~/.cache/robot_rl/calibration``).
@@ -70,6 +81,7 @@ CV_LIMIT = 0.25  # relative interval half-width beyond which a parameter is not 
 CORR_LIMIT = 0.95
 SAT_KP_LIMIT = 0.25  # fraction of saturated samples beyond which kp says little
 SAT_MIN = 0.005  # fraction of saturated samples below which forcerange was never reached
+SPLIT_TOL = 0.10  # relative disagreement between the two halves of the data beyond which a value is not trusted
 MIN_MOTION = 0.02  # rad: a recording whose joints moved less has no excitation
 TASK = "sysid"
 
@@ -327,12 +339,74 @@ class Recording:
     gripper: list[np.ndarray]  # per segment (T,): gripper command (0 open .. 1 closed)
     path: str = ""
     qd: list[np.ndarray] = field(default_factory=list)  # per segment (T, dof): measured joint velocities
+    t: list[np.ndarray] = field(default_factory=list)  # per segment (T,): stamp of each measurement (s)
 
     def subset(self, idx: Iterable[int]) -> "Recording":
         idx = list(idx)
         return Recording(self.robot, self.control_hz, [self.targets[i] for i in idx], [self.q[i] for i in idx],
                          [self.kinds[i] for i in idx], [self.gripper[i] for i in idx], self.path,
-                         [self.qd[i] for i in idx] if self.qd else [])
+                         [self.qd[i] for i in idx] if self.qd else [], [self.t[i] for i in idx] if self.t else [])
+
+    def _stamps(self, i: int) -> np.ndarray | None:
+        """Segment `i`'s stamps relative to its first sample, with the stale ones (a read that
+        failed keeps the previous measurement and its stamp) re-timed evenly between the
+        good stamps around them; None where the stamps are missing or unusable."""
+        n = len(self.q[i])
+        if not self.t or len(self.t[i]) != n or n < 2:
+            return None
+        rel = np.asarray(self.t[i], float) - float(self.t[i][0])
+        dt = 1.0 / self.control_hz
+        if not np.all(np.isfinite(rel)) or np.any(np.diff(rel) < 0) or not (
+                0.5 * (n - 1) * dt <= rel[-1] <= 2.0 * (n - 1) * dt):
+            return None
+        stale = self.stale(i)
+        if np.any(stale):
+            good = np.flatnonzero(~stale)
+            rel = rel.copy()
+            rel[stale] = np.interp(np.flatnonzero(stale), good, rel[good])
+        return rel
+
+    def stale(self, i: int) -> np.ndarray:
+        """Samples of segment `i` whose stamp repeats the previous one: no new measurement."""
+        n = len(self.q[i])
+        out = np.zeros(n, bool)
+        if self.t and len(self.t[i]) == n:
+            out[1:] = np.diff(np.asarray(self.t[i], float)) < 1e-6
+        return out
+
+    def steps(self, i: int, h: float, n_sub: int) -> np.ndarray:
+        """Physics step (of `h` s) at which each sample of segment `i` was measured and its
+        command sent, from the segment's first sample: the recorded stamps where they are
+        usable (a real-time loop is not an even grid: sleep jitter, a loaded machine), else
+        the even control grid (``k * n_sub``)."""
+        n = len(self.q[i])
+        rel = self._stamps(i)
+        if rel is None:
+            return np.arange(n) * n_sub
+        k = np.rint(rel / h).astype(int) - np.arange(n)  # strictly increasing steps
+        return np.maximum.accumulate(k) + np.arange(n)
+
+    def valid(self, i: int, settle_s: float = 0.3) -> np.ndarray:
+        """Samples of segment `i` to compare with the twin: not stale, not within `settle_s`
+        after a timing fault (a stale read, or a gap of more than two control periods: when
+        the commands really took effect there is not known), not off the control grid by
+        more than a quarter period."""
+        n = len(self.q[i])
+        ok = np.ones(n, bool)
+        rel = self._stamps(i)
+        if rel is None:
+            return ok
+        dt = 1.0 / self.control_hz
+        stale = self.stale(i)
+        fault = stale.copy()
+        fault[1:] |= np.diff(rel) > 2.0 * dt
+        for k in np.flatnonzero(fault):
+            ok[k:][rel[k:] <= rel[k] + settle_s] = False
+        # a sample a quarter period off the grid: the stamp (taken after the reply) may be late
+        # on the moment the state was read; not compared, its command still replayed at its stamp
+        ok[1:] &= np.abs(np.diff(rel) - dt) <= 0.25 * dt
+        ok[0] = True
+        return ok
 
 
 def load_recording(path: str | os.PathLike, robot: str | None = None) -> Recording:
@@ -352,18 +426,72 @@ def load_recording(path: str | os.PathLike, robot: str | None = None) -> Recordi
             sy = (m.get("extra") or {}).get("sysid")
             if m["task"] != TASK or not isinstance(sy, dict):
                 continue
-            ep = store.episode(m["index"], keys=["joint_pos", "joint_vel", "action"])
+            ep = store.episode(m["index"], keys=["joint_pos", "joint_vel", "action", "timestamp"])
             a = np.asarray(ep["action"], float)
             rec.targets.append(a[:, :spec.dof])
             rec.gripper.append(a[:, spec.dof] if a.shape[1] > spec.dof else np.zeros(len(a)))
             rec.q.append(np.asarray(ep["joint_pos"], float))
             rec.qd.append(np.asarray(ep["joint_vel"], float))
+            rec.t.append(np.asarray(ep["timestamp"], float))
             rec.kinds.append(str(sy.get("kind", "?")))
     finally:
         store.close()
     if not rec.targets:
         raise SysidError(f"{p} holds no sysid episodes (record them with `robot-rl sysid excite`)")
     return rec
+
+
+def encoder_quantum(rec: Recording) -> np.ndarray:
+    """Per joint: the resolution of the position readings when they are quantised (an
+    encoder's count, e.g. 2 pi / 4096 rad), found from the recorded values themselves (the
+    distinct readings sit on a lattice); 0 where they are not (a simulated twin)."""
+    q = np.concatenate(rec.q)
+    out = np.zeros(q.shape[1])
+    for j in range(q.shape[1]):
+        d = np.diff(np.unique(np.round(q[:, j], 7)))
+        if len(d) < 20:
+            continue
+        m = float(np.median(d))
+        k = d / max(m, 1e-12)
+        if m > 1e-5 and np.mean(np.abs(k - np.rint(k)) < 0.05) > 0.95:
+            out[j] = m
+    return out
+
+
+def _sample_weights(rec: Recording, i: int, quantum: np.ndarray) -> np.ndarray:
+    """(T, dof) weights 1 / sd of each sample of segment `i`: a reading is off by its
+    resolution (quantisation, noise) and by where the joint was when it was really read --
+    the moment of a sample is uncertain by the loop's timing jitter (from the stamps, at
+    least 5 % of a period), which at speed v is v * sd_t of position. Relative to the
+    weight of a sample at rest."""
+    q = np.asarray(rec.q[i], float)
+    rel = rec._stamps(i)
+    dt = 1.0 / rec.control_hz
+    t = np.arange(len(q)) * dt if rel is None else rel
+    jit = 0.0
+    if rel is not None and len(rel) > 4:
+        d = np.diff(rel) - dt
+        jit = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2)
+    sd_t = max(jit, 0.05 * dt)
+    sd_q = np.maximum(np.asarray(quantum, float) / math.sqrt(12), 2e-4)
+    v = np.gradient(q, t, axis=0) if len(q) > 2 else np.zeros_like(q)
+    sd = np.sqrt(sd_q ** 2 + (v * sd_t) ** 2)
+    return sd_q / sd
+
+
+def _encoder_reading(pred: np.ndarray, first: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """What a quantised encoder with one count of hysteresis reads along the predicted
+    positions `pred` (rows after the first sample; `first` the first reading): the reading
+    moves only once the joint has moved half a count past it (a play operator of half-width
+    `half`). The rounding to counts is left out (zero-mean)."""
+    if not np.any(half > 0):
+        return pred
+    out = np.empty_like(pred)
+    b = np.asarray(first, float).copy()
+    for k in range(len(pred)):
+        b = np.clip(b, pred[k] - half, pred[k] + half)
+        out[k] = b
+    return out
 
 
 def check_excitation(rec: Recording) -> None:
@@ -462,20 +590,22 @@ class ArmModel:
             qvel[self.dof] = qd0
         return sysid.create_initial_state(self.model, qpos, qvel)
 
-    def controls(self, targets: np.ndarray, gripper: np.ndarray, delay: int) -> np.ndarray:
+    def controls(self, targets: np.ndarray, gripper: np.ndarray, delay: int,
+                 steps: np.ndarray | None = None) -> np.ndarray:
         """Actuator controls at every physics step for the first T-1 control periods of a
         segment, the targets `delay` *physics* steps late (the pose held before the segment
-        fills the gap), plus one last row (mujoco.sysid drops it)."""
+        fills the gap), plus one last row (mujoco.sysid drops it). `steps`: the physics step
+        each command was sent at (``Recording.steps``; default the even grid)."""
         u = np.asarray(targets, float)
         ctrl = np.zeros((len(u), self.model.nu))
         ctrl[:, self.act] = u
         if self.has_gripper:
             ctrl[:, self.grip_act] = (1.0 - np.clip(gripper, 0, 1)) * self.half_open
-        up = np.repeat(ctrl, self.n_sub, axis=0)
-        if delay > 0:
-            up = np.concatenate([np.repeat(up[:1], delay, 0), up[:-delay]])
-        n = (len(u) - 1) * self.n_sub
-        return np.concatenate([up[:n], up[n - 1:n]])
+        s = np.arange(len(u)) * self.n_sub if steps is None else np.asarray(steps, int)
+        n = int(s[-1])
+        k = np.searchsorted(s + int(delay), np.arange(n), side="right") - 1
+        up = ctrl[np.clip(k, 0, None)]
+        return np.concatenate([up, up[-1:]])
 
 
 # -- the fit ---------------------------------------------------------------------------------
@@ -670,20 +800,29 @@ class FitResult:
 class _Problem:
     """Residuals of one recording under a parameter vector, through mujoco.sysid."""
 
-    def __init__(self, arm: ArmModel, rec: Recording, names: list[str], delay: int, n_threads: int):
+    def __init__(self, arm: ArmModel, rec: Recording, names: list[str], delay: int, n_threads: int,
+                 part: int | None = None, hysteresis: np.ndarray | None = None,
+                 quantum: np.ndarray | None = None, weighted: bool = False):
+        """`part`: None for every sample; 0 / 1 for the first / second half of each segment's
+        samples only (the rollouts still run the whole segment): the split-half check."""
         from mujoco import sysid
         from mujoco.sysid._src.timeseries import TimeSeries
         self.arm, self.rec, self.names, self.delay = arm, rec, names, delay
         self.n_threads = n_threads
-        dt = 1.0 / rec.control_hz
         states, controls, sensors, seq = [], [], [], []
+        self._weights: dict[bytes, np.ndarray] = {}
         smap = TimeSeries.compute_all_sensor_mapping(arm.model)
         cmap = TimeSeries.compute_all_control_mapping(arm.model)
         h = arm.model.opt.timestep
         for i, (u, q, g) in enumerate(zip(rec.targets, rec.q, rec.gripper)):
-            ctrl = arm.controls(u, g, delay)
+            st = rec.steps(i, h, arm.n_sub)  # the recorded stamps (or the even grid)
+            ctrl = arm.controls(u, g, delay, st)
             controls.append(TimeSeries(np.arange(len(ctrl)) * h, ctrl, cmap))
-            sensors.append(TimeSeries(np.arange(len(q)) * dt, q, smap))
+            qm = np.where(rec.valid(i)[:, None], q, np.nan)  # NaN: a sample not compared (timing fault)
+            sensors.append(TimeSeries(st * h, qm, smap))
+            if weighted:
+                self._weights[qm[1:].tobytes()] = _sample_weights(rec, i, np.zeros(q.shape[1]) if quantum is None
+                                                                  else quantum)[1:]
             states.append(arm.initial_state(q[0], float(g[0]), rec.qd[i][0] if rec.qd else None))
             seq.append(f"segment{i}")
         self.ms = sysid.ModelSequences("arm", arm.mjspec, seq, states, controls, sensors)
@@ -692,17 +831,31 @@ class _Problem:
             d = PARAMS[n]
             nominal = 1.0 if d.kind == "scale" else 0.0
             self.params.add(sysid.Parameter(n, nominal, d.lo, d.hi))
-        n_sub = arm.n_sub
 
         qcols = 1 + arm.qadr  # full-physics state rows: [time, qpos, qvel, ...]
+        hyst = None if hysteresis is None or not np.any(np.asarray(hysteresis) > 0) else np.asarray(hysteresis, float)
 
         def modify(params, pred, meas, model, return_pred_all, state=None, **kw):
             # rollout sensor rows are evaluated before each step's integration; the state rows
-            # after it: the state after k control periods is row k * n_sub - 1
-            idx = np.arange(1, len(meas.data)) * n_sub - 1
+            # after it: the state after s physics steps (a sample's time) is row s - 1
+            idx = np.rint(np.asarray(meas.times[1:]) / h).astype(int) - 1
             p = TimeSeries(meas.times[1:], np.asarray(state)[idx][:, qcols], meas.signal_mapping)
             m = TimeSeries(meas.times[1:], meas.data[1:], meas.signal_mapping)
-            return m.data - p.data, p, m
+            if hyst is not None:  # what the encoder reads of the predicted motion
+                p = TimeSeries(p.times, _encoder_reading(np.asarray(p.data), meas.data[0], hyst),
+                               p.signal_mapping)
+            r = np.nan_to_num(m.data - p.data, nan=0.0)
+            w = self._weights.get(np.asarray(meas.data[1:]).tobytes()) if self._weights else None
+            if w is not None:
+                r = r * w
+            if part is not None:
+                mid = len(r) // 2
+                r = r.copy()
+                if part == 0:
+                    r[mid:] = 0.0
+                else:
+                    r[:mid] = 0.0
+            return r, p, m
 
         base = arm.model
 
@@ -807,34 +960,43 @@ def _cma(prob: _Problem, x0: np.ndarray, seed: int, iters: int = 12, popsize: in
     return best, best_c
 
 
-def _rollout(arm: ArmModel, m, rec: Recording, delay: int) -> tuple[list[np.ndarray], float]:
-    """Open-loop predictions per segment (T x dof, from the recorded initial state) and the
-    fraction of samples where an arm actuator sits at its force limit."""
+def _rollout(arm: ArmModel, m, rec: Recording, delay: int,
+             hysteresis: np.ndarray | None = None) -> tuple[list[np.ndarray], float]:
+    """Open-loop predictions per segment (T x dof, from the recorded initial state; as the
+    encoder reads them where `hysteresis` is given) and the fraction of samples where an
+    arm actuator sits at its force limit."""
     import mujoco
     d = mujoco.MjData(m)
     preds, sat, total = [], 0, 0
     fr = m.actuator_forcerange[arm.act, 1]
     limited = m.actuator_forcelimited[arm.act] > 0
     for i, (u, q, g) in enumerate(zip(rec.targets, rec.q, rec.gripper)):
-        ctrl = arm.controls(u, g, delay)
+        st = rec.steps(i, arm.model.opt.timestep, arm.n_sub)
+        ctrl = arm.controls(u, g, delay, st)
         mujoco.mj_setState(m, d, arm.initial_state(q[0], float(g[0]), rec.qd[i][0] if rec.qd else None),
                            mujoco.mjtState.mjSTATE_FULLPHYSICS)
         out = np.empty_like(q)
         out[0] = q[0]
+        step = 0
         for k in range(1, len(q)):
-            for s in range(arm.n_sub):
-                d.ctrl[:] = ctrl[(k - 1) * arm.n_sub + s]
+            while step < st[k]:
+                d.ctrl[:] = ctrl[step]
                 mujoco.mj_step(m, d)
                 f = np.abs(d.actuator_force[arm.act])
                 sat += int(np.any(limited & (f >= 0.98 * fr)))
                 total += 1
+                step += 1
             out[k] = d.qpos[arm.qadr]
+        if hysteresis is not None:
+            out[1:] = _encoder_reading(out[1:], q[0], np.asarray(hysteresis, float))
         preds.append(out)
     return preds, sat / max(total, 1)
 
 
-def _rms(pred: list[np.ndarray], meas: list[np.ndarray]) -> float:
-    e = np.concatenate([(p - q)[1:] for p, q in zip(pred, meas)])
+def _rms(pred: list[np.ndarray], meas: list[np.ndarray], rec: Recording | None = None) -> float:
+    """RMS joint error after the first sample (of the samples `rec.valid` keeps, if given)."""
+    e = np.concatenate([(p - q)[1:][rec.valid(i)[1:]] if rec is not None else (p - q)[1:]
+                        for i, (p, q) in enumerate(zip(pred, meas))])
     return float(np.sqrt(np.mean(e ** 2)))
 
 
@@ -860,13 +1022,19 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         *, validate: str | os.PathLike | Recording | None = None, holdout: Sequence[int] | None = None,
         max_delay: int = 4, global_start: str = "auto", max_iters: int = 40, seed: int = 0,
         n_threads: int | None = None, progress: bool = False, log: Callable[[str], None] | None = None,
-        dyn_id: str = "") -> FitResult:
+        dyn_id: str = "", split_check: bool = True, encoder_model: bool = True, weighted: bool = True) -> FitResult:
     """Fit the twin's arm dynamics to a sysid recording (see the module doc).
 
     `validate`: a second recording for the held-out check; otherwise `holdout` segment
     indices (default: the last multi-sine segment when there are two or more, else the last
     segment) are left out of the fit and used for it. `global_start`: "auto" (CMA-ES when
-    Gauss-Newton stalls), "always" or "never"."""
+    Gauss-Newton stalls), "always" or "never". `split_check`: refit on the first and the second
+    half of every segment's samples and flag a parameter whose two estimates disagree by more
+    than their intervals and more than ``SPLIT_TOL`` of the value (model error that the
+    white-noise intervals do not show). `encoder_model`: where the readings are quantised
+    (``encoder_quantum``), compare the twin's motion as such an encoder reads it (one count
+    of hysteresis) instead of the joint angle itself. `weighted`: weight each sample by its
+    expected error (resolution, and timing jitter times speed: ``_sample_weights``)."""
     from robot_rl.spec import load_spec
     from tqdm import tqdm
     t_start = time.perf_counter()
@@ -896,6 +1064,10 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         train, val = rec.subset(keep), (rec.subset(holdout) if holdout else None)
     check_excitation(train)
     arm = ArmModel(spec)
+    quantum = encoder_quantum(rec)
+    hyst = 0.5 * quantum if encoder_model else np.zeros(spec.dof)
+    hyst = hyst if np.any(hyst > 0) else None
+    pkw = dict(hysteresis=hyst, quantum=quantum, weighted=bool(weighted))
     threads = int(n_threads or min(8, os.cpu_count() or 1))
     delays = list(range(0, max_delay + 1)) if fit_delay else [0]
     bar = tqdm(total=len(delays) + 3, desc="sysid fit", disable=not progress)
@@ -903,7 +1075,7 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
 
     def prob(dl: int) -> _Problem:
         if dl not in probs:
-            probs[dl] = _Problem(arm, train, names, dl, threads)
+            probs[dl] = _Problem(arm, train, names, dl, threads, **pkw)
         return probs[dl]
 
     # 1. the delay (whole control steps): a short local fit from nominal per candidate
@@ -981,6 +1153,10 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         cost_by_delay[delay] = min(cost_by_delay.get(delay, c), c)
     fitinfo["cost_by_delay"] = {int(k): float(v) for k, v in cost_by_delay.items()}
     fitinfo["delay_ms"] = float(D * arm.model.opt.timestep * 1000)
+    fitinfo["encoder_hysteresis_rad"] = [float(v) for v in (hyst if hyst is not None else np.zeros(spec.dof))]
+    fitinfo["timing"] = "recorded stamps" if train.t and any(
+        not np.array_equal(train.steps(i, arm.model.opt.timestep, ns), np.arange(len(q)) * ns)
+        for i, q in enumerate(train.q)) else "even control grid"
     bar.update(1)
     p = prob(D)
 
@@ -988,7 +1164,7 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     fitted = {n: float(v) for n, v in zip(names, x)}
     m_fit = copy.copy(arm.model)
     arm.set(m_fit, fitted)
-    preds_train, sat = _rollout(arm, m_fit, train, D)
+    preds_train, sat = _rollout(arm, m_fit, train, D, hyst)
     out_params: dict[str, FitParam] = {}
     corr = np.eye(len(names))
     cond = 1.0
@@ -1007,6 +1183,12 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         np.fill_diagonal(corr, 1.0)
         cond = float(np.linalg.cond(corr))
         fitted_abs = arm.absolute(fitted)
+        split = None
+        if split_check:
+            split = [_Problem(arm, train, names, D, threads, part=k, **pkw).least_squares(
+                x, min(max_iters, 12))[0]
+                     for k in (0, 1)]
+            fitinfo["split_half"] = {n: [float(split[0][i]), float(split[1][i])] for i, n in enumerate(names)}
         for i, n in enumerate(names):
             d = PARAMS[n]
             v = float(x[i])
@@ -1016,6 +1198,13 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
                 reasons.append("not determined by the data (singular J^T J)")
             elif hw > max(CV_LIMIT * abs(v), d.abs_floor):
                 reasons.append(f"wide 95% interval (+-{hw:.3g}, {100 * hw / max(abs(v), 1e-12):.0f}% of the value)")
+            if split is not None and np.isfinite(hw):
+                a, b = float(split[0][i]), float(split[1][i])
+                # under white noise each half's estimate has twice the whole's variance, so the
+                # difference has sd 2 * (hw / 1.96): a 95 % test that the halves agree
+                if abs(a - b) > max(2 * hw, SPLIT_TOL * abs(v), d.abs_floor):  # 1.96 * 2 hw / 1.96
+                    reasons.append(f"the two halves of the data disagree ({a:.4g} vs {b:.4g}): model error "
+                                   f"the interval does not show")
             for k, o in enumerate(names):
                 if k != i and abs(corr[i, k]) > CORR_LIMIT:
                     reasons.append(f"collinear with {o} (correlation {corr[i, k]:+.3f})")
@@ -1044,16 +1233,16 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     predictions: dict[str, Any] = {}
     if val is not None and len(val.targets):
         m_nom = copy.copy(arm.model)
-        pn, _ = _rollout(arm, m_nom, val, 0)
-        pc, _ = _rollout(arm, m_fit, val, D)
-        rn, rc = _rms(pn, val.q), _rms(pc, val.q)
+        pn, _ = _rollout(arm, m_nom, val, 0, hyst)
+        pc, _ = _rollout(arm, m_fit, val, D, hyst)
+        rn, rc = _rms(pn, val.q, val), _rms(pc, val.q, val)
         validation = {"rms_nominal": rn, "rms_calibrated": rc, "ratio": rc / max(rn, 1e-300),
                       "segments": len(val.targets), "kinds": list(val.kinds),
                       "source": str(validate) if validate is not None and not isinstance(validate, Recording)
                       else "held-out segments of the recording"}
         predictions = {"measured": val.q, "nominal": pn, "calibrated": pc, "targets": val.targets,
                        "dt": 1.0 / val.control_hz}
-    validation["rms_train_calibrated"] = _rms(preds_train, train.q)
+    validation["rms_train_calibrated"] = _rms(preds_train, train.q, train)
     fitinfo.update(saturated_fraction=float(sat), cost=float(c), evaluations=sum(pp.evals for pp in probs.values()),
                    train_segments=len(train.targets), seconds=time.perf_counter() - t_start,
                    method="mujoco.sysid.optimize (mujoco.minimize.least_squares) + cma (global start)")
@@ -1118,6 +1307,6 @@ def plot_validation(res: FitResult, path: str | os.PathLike) -> Path | None:
 
 
 __all__ = ["ALL_PARAMS", "ArmModel", "DEFAULT_PARAMS", "Dynamics", "FitParam", "FitResult", "PARAMS", "Recording",
-           "Segment", "SysidError", "apply_dynamics", "check_excitation", "default_dynamics_path", 
+           "Segment", "SysidError", "apply_dynamics", "check_excitation", "default_dynamics_path", "encoder_quantum",
            "excitation_plan", "excite", "fit", "format_table", "load_dynamics", "load_recording", "parse_params",
            "plot_validation"]
