@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--nominal", default=str(REPO / "runs" / "bench_image" / "diffusion_pick_cube" / "checkpoints" / "last"))
     ap.add_argument("--policies", default="nominal,calibrated,calibrated_randomized")
     ap.add_argument("--reuse", action="store_true", help="keep what an earlier run left in runs/bench_sim2real")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="also deploy this checkpoint (repeatable), e.g. bench_robustness's wide-randomized policy")
     args = ap.parse_args()
     from robot_rl.ros.isolation import HOW, loopback_only
     if not loopback_only():
@@ -156,14 +158,19 @@ def main() -> None:
                                          f"calibration={calib}", *extra), env, log, 7200)
             ck[name] = run_dir / "checkpoints" / "last"
         # 8. deploy each through the inference node onto the virtual follower
+        for kv in args.extra:
+            name, _, path = kv.partition("=")
+            ck[name] = Path(path)
         rows = []
-        for name in args.policies.split(","):
+        for name in args.policies.split(",") + [kv.partition("=")[0] for kv in args.extra]:
             dep_dir = OUT / f"deploy_{name}"
-            out = run(f"deploy {name}", [PY, "-m", "robot_rl.ros.deploy", str(ck[name]), "--episodes",
+            model = next(Path(ck[name]).glob("*.safetensors"), Path(ck[name]))
+            fresh = (dep_dir / "deploy.json").exists() and (dep_dir / "deploy.json").stat().st_mtime > model.stat().st_mtime
+            if not (args.reuse and fresh):  # --reuse: a policy deployed since it was trained is not run again
+                run(f"deploy {name}", [PY, "-m", "robot_rl.ros.deploy", str(ck[name]), "--episodes",
                                          str(args.episodes), "--driver", "feetech", "--port", port, "--calibration",
                                          str(cal), "--sources", sources, "--person", person, "--log-dir",
                                          str(dep_dir)], env, log, 3600)
-            del out
             r = json.loads((dep_dir / "deploy.json").read_text())
             rows.append({"policy": name, "episodes": r["episodes"], "successes": r["successes"],
                          "success_%": round(100 * r["success_rate"], 1),
