@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ def intrinsics_bench(seed: int) -> dict:
     import mujoco
 
     from robot_rl.calibration.camera_info import pinhole
-    from robot_rl.calibration.charuco import BoardSpec, board_scene, calibrate_camera
+    from robot_rl.calibration.charuco import BoardSpec, board_scene, calibrate_camera, views_around
     from robot_rl.spec import load_spec
     board, W, H = BoardSpec(), 1280, 960
     m = board_scene(load_spec("arm6"), board, pos=(0.5, 0, 0.001), offscreen=(W, H), px_per_square=128)
@@ -59,20 +58,8 @@ def intrinsics_bench(seed: int) -> dict:
     r = _renderer(m, W, H)
     cid = m.camera("front").id
     m.cam_fovy[cid] = 55.0
-    rng = np.random.default_rng(seed)
     frames = []
-    for i in range(15):
-        c = np.array([0.5, 0.0, 0.0]) + rng.uniform([-0.09, -0.07, 0], [0.09, 0.07, 0])
-        el, az, dist = math.radians(rng.uniform(40, 75)), rng.uniform(0, 2 * math.pi), rng.uniform(0.22, 0.35)
-        p = c + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        fwd = (c - p) / np.linalg.norm(c - p)
-        x = np.cross(fwd, [0, 0, 1.0])
-        x /= np.linalg.norm(x)
-        y = np.cross(x, fwd)
-        roll = rng.uniform(-0.5, 0.5)
-        q = np.empty(4)
-        mujoco.mju_mat2Quat(q, np.stack([math.cos(roll) * x + math.sin(roll) * y,
-                                         -math.sin(roll) * x + math.cos(roll) * y, -fwd], axis=1).reshape(9))
+    for i, (p, q) in enumerate(views_around((0.5, 0.0, 0.0), 15, seed)):
         m.cam_pos[cid], m.cam_quat[cid] = p, q
         mujoco.mj_kinematics(m, d)
         mujoco.mj_camlight(m, d)

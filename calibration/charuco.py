@@ -482,3 +482,30 @@ def board_scene(robot_spec, board: BoardSpec, *, body: str = "world", pos=(0.0, 
     s.visual.global_.offwidth, s.visual.global_.offheight = int(offscreen[0]), int(offscreen[1])
     add_board(s, board, body=body, pos=pos, quat=quat, px_per_square=px_per_square)
     return s.compile()
+
+
+def views_around(centre, n: int, seed: int = 0, *, spread=(0.09, 0.07), elevation_deg=(40.0, 75.0),
+                 distance=(0.22, 0.35), roll=0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n` camera poses (position, MuJoCo camera quaternion: looking along -z, y up) aimed at
+    points near `centre` from random elevations, azimuths, distances and rolls: the views a
+    person takes of a board on the table, for calibrating in the twin."""
+    import math
+
+    import mujoco
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        c = np.asarray(centre, float) + rng.uniform([-spread[0], -spread[1], 0], [spread[0], spread[1], 0])
+        el, az = math.radians(rng.uniform(*elevation_deg)), rng.uniform(0, 2 * math.pi)
+        p = c + rng.uniform(*distance) * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az),
+                                                    math.sin(el)])
+        fwd = (c - p) / np.linalg.norm(c - p)
+        x = np.cross(fwd, [0, 0, 1.0])
+        x /= np.linalg.norm(x)
+        y = np.cross(x, fwd)
+        r = rng.uniform(-roll, roll)
+        q = np.empty(4)
+        mujoco.mju_mat2Quat(q, np.stack([math.cos(r) * x + math.sin(r) * y, -math.sin(r) * x + math.cos(r) * y, -fwd],
+                                        axis=1).reshape(9))
+        out.append((p, q))
+    return out

@@ -4,7 +4,6 @@ MuJoCo rendering, real OpenCV detection, no mocks. The tests know the twin's cam
 check the results; the calibration code never reads them."""
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -56,22 +55,8 @@ class Scene:
 
 def look_at_views(n: int, seed: int = 0, centre=ARM6_BOARD_POS):
     """Camera poses (MuJoCo quat) around the board: 40-75 deg elevation, 0.22-0.35 m away."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        c = np.array(centre) + rng.uniform([-0.09, -0.07, 0], [0.09, 0.07, 0])
-        el, az, dist = math.radians(rng.uniform(40, 75)), rng.uniform(0, 2 * math.pi), rng.uniform(0.22, 0.35)
-        p = c + dist * np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
-        fwd = (c - p) / np.linalg.norm(c - p)
-        x = np.cross(fwd, [0, 0, 1.0])
-        x /= np.linalg.norm(x)
-        y = np.cross(x, fwd)
-        roll = rng.uniform(-0.5, 0.5)
-        xr, yr = math.cos(roll) * x + math.sin(roll) * y, -math.sin(roll) * x + math.cos(roll) * y
-        q = np.empty(4)
-        mujoco.mju_mat2Quat(q, np.stack([xr, yr, -fwd], axis=1).reshape(9))
-        out.append((p, q))
-    return out
+    from robot_rl.calibration.charuco import views_around
+    return views_around(centre, n, seed)
 
 
 @pytest.fixture(scope="module")
