@@ -34,15 +34,8 @@ def _help(args: list[str]) -> bool:
 
 
 def _kv(args: list[str], cmd: str, allowed: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for a in args:
-        if "=" not in a:
-            raise CLIError(f"expected key=value, got {a!r} (robot-rl calibrate {cmd} takes: {', '.join(allowed)})")
-        k, v = a.split("=", 1)
-        if k not in allowed:
-            raise CLIError(f"unknown setting {k!r} for 'calibrate {cmd}'; valid settings: {', '.join(allowed)}")
-        out[k] = v
-    return out
+    from robot_rl.cli.motors import _kv as parse  # the arm calibration commands' key=value parser
+    return parse(args, f"calibrate {cmd}", allowed)
 
 
 def _num(kv: dict[str, str], key: str, default, typ=float):

@@ -28,17 +28,9 @@ FIT_KEYS = ("robot", "params", "validate", "id", "out", "max_delay", "global_sta
 
 
 def _kv(args: list[str], cmd: str, allowed: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
-    kv: dict[str, str] = {}
-    pos: list[str] = []
-    for a in args:
-        if "=" not in a:
-            pos.append(a)
-            continue
-        k, v = a.split("=", 1)
-        if k not in allowed:
-            raise CLIError(f"unknown setting {k!r} for 'sysid {cmd}'; valid settings: {', '.join(allowed)}")
-        kv[k] = v
-    return kv, pos
+    """(settings, positional arguments): the same key=value parser as the calibrate commands."""
+    from robot_rl.cli.motors import _kv as parse
+    return parse([a for a in args if "=" in a], f"sysid {cmd}", allowed), [a for a in args if "=" not in a]
 
 
 def _num(kv: dict[str, str], key: str, default, cast=float):
