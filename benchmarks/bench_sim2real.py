@@ -10,7 +10,7 @@ runs; docs/sim2real.md walks them):
 3. ``robot-rl sysid excite ... driver=feetech``: multi-sines, steps and ramps through the port;
 4. ``robot-rl sysid fit``: the calibrated twin (``dynamics.yaml``);
 5. ``robot-rl sysid randomization``: ranges centred on the fit, widths from its intervals,
-   plus the visual and object terms of ``wide``;
+   plus the object, light, colour and camera terms of ``--base`` (``sim2real``);
 6. ``robot-rl record sim ... calibration=DIR randomization=FILE``: camera demos in the
    randomized, calibrated twin (and, for comparison, in the calibrated twin alone);
 7. ``robot-rl train policy=diffusion_image``: camera-only policies;
@@ -21,7 +21,7 @@ runs; docs/sim2real.md walks them):
 Three policies are deployed on the same held-out seeds: the nominal-twin policy (issue 15's),
 the calibrated-twin policy without randomization and the calibrated + randomized one.
 
-    ../scripts/isolated.sh ../.venv/bin/python bench_sim2real.py [--episodes 30] [--train-minutes 25]
+    ../scripts/isolated.sh ../.venv/bin/python bench_sim2real.py [--episodes 30] [--train-minutes 25] [--base sim2real] [--reuse]
 
 Target: the calibrated + randomized policy succeeds >= 70% of the time on the virtual arm.
 """
@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=30, help="deployed episodes per policy")
     ap.add_argument("--demos", type=int, default=300)
     ap.add_argument("--train-minutes", type=float, default=25.0)
+    ap.add_argument("--base", default="sim2real",
+                    help="randomization whose object, light, colour and camera terms join the fit-centred ones")
     ap.add_argument("--excite-seconds", type=float, default=48.0)
     ap.add_argument("--nominal", default=str(REPO / "runs" / "bench_image" / "diffusion_pick_cube" / "checkpoints" / "last"))
     ap.add_argument("--policies", default="nominal,calibrated,calibrated_randomized")
@@ -102,29 +104,42 @@ def main() -> None:
         setattr(unit.twin, k, v)
     unit_file = unit.save(OUT / "hidden_unit.yaml")
     from robot_rl.hardware_session import start_virtual, stop_virtual
-    rig = start_virtual(["--unit", str(unit_file), "--camera-size", "96x96", "--fps", "30"], env, OUT)
-    result: dict = {"hidden": HIDDEN, "unit_seed": args.unit_seed, "steps": {}}
+    rig_args = ["--unit", str(unit_file), "--camera-size", "96x96", "--fps", "30"]
+    result: dict = {"hidden": HIDDEN, "unit_seed": args.unit_seed, "base": args.base, "steps": {}}
     t_all = time.perf_counter()
-    try:
+    cal = OUT / "calibration" / "follower.yaml"
+
+    def arm_up() -> tuple:
+        """The virtual arm, running (its physics and cameras in real time) only while the loop
+        needs it: not through recording and training, which it would slow down."""
+        rig = start_virtual(rig_args, env, OUT)
         info = rig.info
         port, person = info["follower_port"], info["person"]
         sources = f"{info['cameras']['front']},{info['cameras']['wrist']}"
         print(f"virtual SO-101: follower {port}, person {person}, cameras {sources}", flush=True)
+        try:  # 2. motor calibration (the same unit every start: same factory offsets)
+            run("calibrate", cli("calibrate", "robot=so101", "arm=follower", f"port={port}", "id=follower",
+                                 f"person={person}", f"out={cal}"), env, log, 300)
+        except BaseException:
+            stop_virtual(rig)
+            raise
+        return rig, port, person, sources
 
-        # 2. motor calibration
-        cal = OUT / "calibration" / "follower.yaml"
-        run("calibrate", cli("calibrate", "robot=so101", "arm=follower", f"port={port}", "id=follower",
-                             f"person={person}", f"out={cal}"), env, log, 300)
+    try:
         # 3-4. excite, fit
         data = OUT / "sysid.zarr"
         if not (args.reuse and data.exists()):
             import shutil
             shutil.rmtree(data, ignore_errors=True)
-            t0 = time.perf_counter()
-            run("sysid excite", cli("sysid", "excite", "robot=so101", "driver=feetech", f"port={port}",
-                                    f"calibration={cal}", f"out={data}", f"seconds={args.excite_seconds:g}"),
-                env, log, 600)
-            result["steps"]["excite_s"] = time.perf_counter() - t0
+            rig, port, _, _ = arm_up()
+            try:
+                t0 = time.perf_counter()
+                run("sysid excite", cli("sysid", "excite", "robot=so101", "driver=feetech", f"port={port}",
+                                        f"calibration={cal}", f"out={data}", f"seconds={args.excite_seconds:g}"),
+                    env, log, 600)
+                result["steps"]["excite_s"] = time.perf_counter() - t0
+            finally:
+                stop_virtual(rig)
         calib = OUT / "calibration" / "so101" / "unit"
         if not (args.reuse and (calib / "dynamics.yaml").exists()):
             t0 = time.perf_counter()
@@ -137,7 +152,7 @@ def main() -> None:
         result["fit"]["delay_steps"] = dyn["delay_steps"]
         # 5. randomization centred on the fit
         rand = OUT / "randomization.yaml"
-        run("sysid randomization", cli("sysid", "randomization", str(calib), "base=wide", f"out={rand}"), env, log, 60)
+        run("sysid randomization", cli("sysid", "randomization", str(calib), f"base={args.base}", f"out={rand}"), env, log, 60)
         # 6-7. demos and policies
         ck = {"nominal": Path(args.nominal)}
         for name, extra in (("calibrated", []), ("calibrated_randomized", [f"randomization={rand}"])):
@@ -162,6 +177,7 @@ def main() -> None:
             name, _, path = kv.partition("=")
             ck[name] = Path(path)
         rows = []
+        rig, port, person, sources = arm_up()
         for name in args.policies.split(",") + [kv.partition("=")[0] for kv in args.extra]:
             dep_dir = OUT / f"deploy_{name}"
             model = next(Path(ck[name]).glob("*.safetensors"), Path(ck[name]))
@@ -177,8 +193,10 @@ def main() -> None:
                          "ci95_%": f"[{100 * r['ci95'][0]:.0f}, {100 * r['ci95'][1]:.0f}]",
                          "mean_success_s": r["mean_success_time_s"], "checkpoint": str(ck[name])})
         result["deploy"] = rows
-    finally:
         stop_virtual(rig)
+    finally:
+        if "rig" in locals():
+            stop_virtual(rig)
     result["wall_s"] = time.perf_counter() - t_all
     print_table(result["deploy"], ["policy", "episodes", "successes", "success_%", "ci95_%", "mean_success_s"],
                 f"pick_cube on the hidden-parameter virtual SO-101 (unit seed {args.unit_seed}), through the "

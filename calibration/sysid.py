@@ -40,7 +40,11 @@ one count of hysteresis reads it (``_encoder_reading``): unmodelled, that half c
 in the direction of motion reads as dry friction.
 The action delay (whole control steps) is an exact outer grid search (a short local fit per
 candidate delay, the best one kept and re-checked against its neighbours after the full
-fit). The continuous parameters are fitted by ``mujoco.sysid.optimize`` (MuJoCo's own
+fit). Within it, the latency is then fitted as a continuous number of physics steps together
+with the other parameters (``_lm_with_delay``; a fractional delay lands a command part-way
+through a physics step, ``ArmModel.controls``): a bus latency is no whole number of steps,
+and ``kp x latency`` is a velocity term, so a millisecond of latency error reads as
+``kp x 1 ms`` of joint damping (0.066 N m s on the SO-101: 66 % of its nominal damping). The continuous parameters are fitted by ``mujoco.sysid.optimize`` (MuJoCo's own
 Gauss-Newton / Levenberg-Marquardt, ``mujoco.minimize.least_squares``), with
 ``mujoco.sysid`` rollouts (``ModelSequences``, ``build_residual_fn``) and intervals from
 ``mujoco.sysid.calculate_intervals`` (J^T J inverse scaled by the residual variance).
@@ -50,6 +54,13 @@ removed less than half of the nominal cost, or ended on a bound) a short CMA-ES 
 (``cma``, in log-scale coordinates, batched rollouts) from nominal gives a global start
 and Gauss-Newton is run again from its best point; the better of the two is kept.
 
+**Intervals** come from the Jacobian with the latency's column included (what trades against
+the latency is as uncertain as the latency), with a Newey-West covariance (Bartlett kernel
+over ``HAC_SECONDS`` of samples within each segment) instead of the white-noise
+``sigma^2 (J^T J)^-1`` where that is wider: model error -- timing the twin lacks, backlash --
+leaves residuals correlated over a servo's settling time, and white-noise intervals then
+claim more than the data holds.
+
 **Flags.** A parameter is reported ``identifiable: false`` with the reason, never as a clean
 number, when: its 95 % interval is wide (half-width > 25 % of the value; for absolute
 parameters, and an absolute floor), its |correlation| with another fitted parameter
@@ -58,8 +69,8 @@ is ``kp``/``kv`` and the actuators are saturated in more than a quarter of the s
 (split half) refitted on the first and on the second half of every segment's samples its
 two estimates differ by more than twice its interval's half-width (a 95 % test) and more
 than ``SPLIT_TOL`` of the value: model error that the white-noise intervals do not show.
-The intervals assume white measurement noise; treat them as optimistic, the flags as the
-conservative part.
+Treat the intervals as honest about noise and correlated model error, not about bias a
+model error leaves consistently in both halves; the flags are the conservative part.
 
 The result is written as ``<calibration_dir>/<robot>/<id>/dynamics.yaml`` (the motor
 calibration's root, ``$ROBOT_RL_CALIBRATION_DIR`` or ``~/.cache/robot_rl/calibration``).
@@ -82,6 +93,7 @@ CORR_LIMIT = 0.95
 SAT_KP_LIMIT = 0.25  # fraction of saturated samples beyond which kp says little
 SAT_MIN = 0.005  # fraction of saturated samples below which forcerange was never reached
 SPLIT_TOL = 0.10  # relative disagreement between the two halves of the data beyond which a value is not trusted
+HAC_SECONDS = 0.5  # s: residuals of a servo's response are correlated over about its settling time
 MIN_MOTION = 0.02  # rad: a recording whose joints moved less has no excitation
 TASK = "sysid"
 
@@ -590,12 +602,17 @@ class ArmModel:
             qvel[self.dof] = qd0
         return sysid.create_initial_state(self.model, qpos, qvel)
 
-    def controls(self, targets: np.ndarray, gripper: np.ndarray, delay: int,
+    def controls(self, targets: np.ndarray, gripper: np.ndarray, delay: float,
                  steps: np.ndarray | None = None) -> np.ndarray:
         """Actuator controls at every physics step for the first T-1 control periods of a
         segment, the targets `delay` *physics* steps late (the pose held before the segment
         fills the gap), plus one last row (mujoco.sysid drops it). `steps`: the physics step
-        each command was sent at (``Recording.steps``; default the even grid)."""
+        each command was sent at (``Recording.steps``; default the even grid).
+
+        A fractional `delay` (a bus latency is no whole number of physics steps) lands each
+        command part-way through a step: that step's control is the time average of the old
+        and the new command (exact for the position servo's force, linear in its control), so
+        the rollout, and the cost, vary continuously with the delay."""
         u = np.asarray(targets, float)
         ctrl = np.zeros((len(u), self.model.nu))
         ctrl[:, self.act] = u
@@ -603,8 +620,13 @@ class ArmModel:
             ctrl[:, self.grip_act] = (1.0 - np.clip(gripper, 0, 1)) * self.half_open
         s = np.arange(len(u)) * self.n_sub if steps is None else np.asarray(steps, int)
         n = int(s[-1])
-        k = np.searchsorted(s + int(delay), np.arange(n), side="right") - 1
+        d0 = int(np.floor(float(delay) + 1e-9))
+        frac = float(delay) - d0
+        k = np.searchsorted(s + d0, np.arange(n), side="right") - 1
         up = ctrl[np.clip(k, 0, None)]
+        if frac > 1e-9:
+            k1 = np.searchsorted(s + d0 + 1, np.arange(n), side="right") - 1
+            up = (1.0 - frac) * up + frac * ctrl[np.clip(k1, 0, None)]
         return np.concatenate([up, up[-1:]])
 
 
@@ -800,7 +822,7 @@ class FitResult:
 class _Problem:
     """Residuals of one recording under a parameter vector, through mujoco.sysid."""
 
-    def __init__(self, arm: ArmModel, rec: Recording, names: list[str], delay: int, n_threads: int,
+    def __init__(self, arm: ArmModel, rec: Recording, names: list[str], delay: float, n_threads: int,
                  part: int | None = None, hysteresis: np.ndarray | None = None,
                  quantum: np.ndarray | None = None, weighted: bool = False):
         """`part`: None for every sample; 0 / 1 for the first / second half of each segment's
@@ -816,7 +838,7 @@ class _Problem:
         h = arm.model.opt.timestep
         for i, (u, q, g) in enumerate(zip(rec.targets, rec.q, rec.gripper)):
             st = rec.steps(i, h, arm.n_sub)  # the recorded stamps (or the even grid)
-            ctrl = arm.controls(u, g, delay, st)
+            ctrl = arm.controls(u, g, delay[i] if np.ndim(delay) else delay, st)
             controls.append(TimeSeries(np.arange(len(ctrl)) * h, ctrl, cmap))
             qm = np.where(rec.valid(i)[:, None], q, np.nan)  # NaN: a sample not compared (timing fault)
             sensors.append(TimeSeries(st * h, qm, smap))
@@ -920,6 +942,74 @@ class _Problem:
         return J, R[:, 0]
 
 
+def _hac_half_widths(J: np.ndarray, r: np.ndarray, lens: Sequence[int], lag: int) -> np.ndarray | None:
+    """95 % half-widths of the least-squares estimates with a Newey-West (Bartlett kernel)
+    covariance, ``H^-1 S H^-1`` with ``H = J^T J`` and ``S`` the long-run covariance of the
+    per-sample scores ``J_t^T r_t`` (all joints of one sample together), summed within each
+    segment only. Model error (timing, backlash, whatever the twin lacks) leaves residuals
+    correlated over a servo's settling time; the white-noise interval ``sigma^2 H^-1`` then
+    claims more than the data holds. None when the rows are not (segment, sample, joint)."""
+    n = sum(int(t) for t in lens)
+    if n <= 0 or len(r) % n or len(r) != J.shape[0]:
+        return None
+    dof = len(r) // n
+    H = J.T @ J
+    try:
+        Hinv = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return None
+    S = np.zeros_like(H)
+    off = 0
+    for T in lens:
+        g = np.einsum("tjp,tj->tp", J[off:off + T * dof].reshape(T, dof, -1), r[off:off + T * dof].reshape(T, dof))
+        off += T * dof
+        S += g.T @ g
+        for k in range(1, min(lag, T - 1) + 1):
+            G = g[k:].T @ g[:-k]
+            S += (1.0 - k / (lag + 1.0)) * (G + G.T)
+    C = Hinv @ S @ Hinv
+    return 1.96 * np.sqrt(np.clip(np.diag(C), 0.0, None))
+
+
+def _delay_column(make: Callable[[float], "_Problem"], x: np.ndarray, D: float, h: float = 0.25) -> np.ndarray:
+    """d residual / d delay (physics steps), central where the delay may go below it."""
+    Dp, Dm = D + h, max(D - h, 0.0)
+    return (make(Dp).residuals(x) - make(Dm).residuals(x)) / (Dp - Dm)
+
+
+def _lm_with_delay(make: Callable[[float], "_Problem"], x0: np.ndarray, D0: float, D_max: float,
+                   max_iters: int) -> tuple[np.ndarray, float, float]:
+    """Levenberg-Marquardt over the parameters and the (continuous, physics-step) delay
+    together; `make(D)` the problem at delay D (``ArmModel.controls`` blends a fractional
+    one). Returns (x, D, cost); never worse than the start."""
+    p0 = make(D0)
+    lo, hi = p0.bounds()
+    x, D = np.clip(np.asarray(x0, float), lo, hi), float(D0)
+    r = p0.residuals(x)
+    c = float(r @ r)
+    lam = 1e-3
+    for _ in range(max_iters):
+        J, r = make(D).jacobian(x)
+        A = np.column_stack([J, _delay_column(make, x, D)])
+        g, H = A.T @ r, A.T @ A
+        dg = np.where(np.diag(H) > 0, np.diag(H), 1.0)
+        rel = 0.0
+        for _ in range(8):
+            step = -np.linalg.solve(H + lam * np.diag(dg), g)
+            xn = np.clip(x + step[:-1], lo, hi)
+            Dn = float(np.clip(D + step[-1], 0.0, D_max))
+            cn = make(Dn).cost(xn)
+            if cn < c:
+                rel = (c - cn) / max(c, 1e-300)
+                x, D, c = xn, Dn, cn
+                lam = max(lam / 3, 1e-9)
+                break
+            lam *= 4
+        if rel < 1e-7:
+            break
+    return x, D, c
+
+
 def _at_bound(name: str, v: float) -> bool:
     """On a search bound that is not a physical one (0 N m of friction, 0 kg of payload)."""
     d = PARAMS[name]
@@ -960,7 +1050,7 @@ def _cma(prob: _Problem, x0: np.ndarray, seed: int, iters: int = 12, popsize: in
     return best, best_c
 
 
-def _rollout(arm: ArmModel, m, rec: Recording, delay: int,
+def _rollout(arm: ArmModel, m, rec: Recording, delay: float,
              hysteresis: np.ndarray | None = None) -> tuple[list[np.ndarray], float]:
     """Open-loop predictions per segment (T x dof, from the recorded initial state; as the
     encoder reads them where `hysteresis` is given) and the fraction of samples where an
@@ -1071,12 +1161,19 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     threads = int(n_threads or min(8, os.cpu_count() or 1))
     delays = list(range(0, max_delay + 1)) if fit_delay else [0]
     bar = tqdm(total=len(delays) + 3, desc="sysid fit", disable=not progress)
-    probs: dict[int, _Problem] = {}
+    probs: dict[float, _Problem] = {}
+    evals_done = [0]
 
-    def prob(dl: int) -> _Problem:
-        if dl not in probs:
-            probs[dl] = _Problem(arm, train, names, dl, threads, **pkw)
-        return probs[dl]
+    def prob(dl: float, part: int | None = None) -> _Problem:
+        key = (round(float(dl), 6), part)
+        if key not in probs:
+            if len(probs) >= 12:  # continuous delays make new problems: keep the recent ones
+                old = next(iter(probs))
+                evals_done[0] += probs.pop(old).evals
+            probs[key] = _Problem(arm, train, names, float(dl), threads, part=part, **pkw)
+        else:
+            probs[key] = probs.pop(key)  # most recently used last
+        return probs[key]
 
     # 1. the delay (whole control steps): a short local fit from nominal per candidate
     ns = arm.n_sub
@@ -1126,8 +1223,11 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     fitinfo.update(info)
     # 3. the transport delay is not a whole number of control periods on hardware (bus
     # transfer, the servo's own loop): scan the offset in physics steps around the whole
-    # delay at the fitted point (one rollout each), refit there. The twin's action latency
-    # stays the whole number of control steps nearest to it.
+    # delay at the fitted point (one rollout each), then fit it as a continuous parameter
+    # together with the others (a fraction of a millisecond of latency trades against joint
+    # damping: kp x delay is a velocity term). The twin's action latency stays the whole
+    # number of control steps nearest to it.
+    D_max = float((max_delay + 1) * ns)
     if fit_delay:
         for span, step in ((ns // 2, 2), (2, 1)):
             cands = sorted({max(0, D + o) for o in range(-span, span + 1, step)})
@@ -1136,6 +1236,8 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
             if best != D and sub[best] < c:
                 D = best
                 x, c = prob(D).least_squares(x, max_iters)
+        if names:
+            x, D, c = _lm_with_delay(prob, x, float(D), D_max, max_iters)
         delay = int(round(D / ns))
         # re-check the neighbouring whole delays from the fitted point
         for dl in (delay - 1, delay + 1):
@@ -1150,9 +1252,13 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
                     D, delay = Dn, dl
                     x, c, info2 = local_and_global(D, xn)
                     fitinfo.update(info2)
+                    if names:
+                        x, D, c = _lm_with_delay(prob, x, float(D), D_max, max_iters)
+                        delay = int(round(D / ns))
         cost_by_delay[delay] = min(cost_by_delay.get(delay, c), c)
     fitinfo["cost_by_delay"] = {int(k): float(v) for k, v in cost_by_delay.items()}
     fitinfo["delay_ms"] = float(D * arm.model.opt.timestep * 1000)
+    fitinfo["delay_physics_steps"] = float(D)
     fitinfo["encoder_hysteresis_rad"] = [float(v) for v in (hyst if hyst is not None else np.zeros(spec.dof))]
     fitinfo["timing"] = "recorded stamps" if train.t and any(
         not np.array_equal(train.steps(i, arm.model.opt.timestep, ns), np.arange(len(q)) * ns)
@@ -1168,10 +1274,22 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     out_params: dict[str, FitParam] = {}
     corr = np.eye(len(names))
     cond = 1.0
+    cnames = list(names)
     if names:
         J, r = p.jacobian(x)
+        if fit_delay:  # the latency is fitted too: its uncertainty widens what trades against it
+            J = np.column_stack([J, _delay_column(prob, x, D)])
+            cnames.append("delay")
         from mujoco import sysid
-        sigma, half = sysid.calculate_intervals([r], J)
+        sigma, half_white = sysid.calculate_intervals([r], J)
+        lag = max(1, int(round(HAC_SECONDS * rec.control_hz)))
+        half = _hac_half_widths(J, r, [len(q) - 1 for q in train.q], lag)
+        half = half_white if half is None else np.maximum(half, half_white)
+        fitinfo["interval_method"] = (f"Newey-West (Bartlett, {lag} samples) over the white-noise J^T J one"
+                                      if half is not half_white else "white noise (J^T J)")
+        if fit_delay:
+            fitinfo["delay_ms_interval"] = [float((D - half[-1]) * arm.model.opt.timestep * 1000),
+                                            float((D + half[-1]) * arm.model.opt.timestep * 1000)]
         # correlation of the estimates from the column-scaled J^T J with a vanishing ridge:
         # exactly collinear parameters (a singular J^T J) come out at +-1 instead of NaN
         H = J.T @ J
@@ -1184,11 +1302,17 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         cond = float(np.linalg.cond(corr))
         fitted_abs = arm.absolute(fitted)
         split = None
-        if split_check:
-            split = [_Problem(arm, train, names, D, threads, part=k, **pkw).least_squares(
-                x, min(max_iters, 12))[0]
-                     for k in (0, 1)]
+        if split_check:  # each half refitted with its own latency where that is fitted
+            split = []
+            for k in (0, 1):
+                if fit_delay:
+                    xk, Dk, _ = _lm_with_delay(lambda d, k=k: prob(d, part=k), x, float(D), D_max, min(max_iters, 12))
+                    split.append(np.append(xk, Dk * arm.model.opt.timestep * 1000))
+                else:
+                    split.append(prob(D, part=k).least_squares(x, min(max_iters, 12))[0])
             fitinfo["split_half"] = {n: [float(split[0][i]), float(split[1][i])] for i, n in enumerate(names)}
+            if fit_delay:
+                fitinfo["split_half"]["delay_ms"] = [float(split[0][-1]), float(split[1][-1])]
         for i, n in enumerate(names):
             d = PARAMS[n]
             v = float(x[i])
@@ -1205,7 +1329,7 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
                 if abs(a - b) > max(2 * hw, SPLIT_TOL * abs(v), d.abs_floor):  # 1.96 * 2 hw / 1.96
                     reasons.append(f"the two halves of the data disagree ({a:.4g} vs {b:.4g}): model error "
                                    f"the interval does not show")
-            for k, o in enumerate(names):
+            for k, o in enumerate(cnames):
                 if k != i and abs(corr[i, k]) > CORR_LIMIT:
                     reasons.append(f"collinear with {o} (correlation {corr[i, k]:+.3f})")
             if n == "forcerange" and sat < SAT_MIN:
@@ -1243,14 +1367,15 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         predictions = {"measured": val.q, "nominal": pn, "calibrated": pc, "targets": val.targets,
                        "dt": 1.0 / val.control_hz}
     validation["rms_train_calibrated"] = _rms(preds_train, train.q, train)
-    fitinfo.update(saturated_fraction=float(sat), cost=float(c), evaluations=sum(pp.evals for pp in probs.values()),
+    fitinfo.update(saturated_fraction=float(sat), cost=float(c),
+                   evaluations=evals_done[0] + sum(pp.evals for pp in probs.values()),
                    train_segments=len(train.targets), seconds=time.perf_counter() - t_start,
                    method="mujoco.sysid.optimize (mujoco.minimize.least_squares) + cma (global start)")
     bar.close()
     dyn = Dynamics(robot=rec.robot, params=out_params, delay_steps=int(delay), delay_identifiable=delay_ok,
                    delay_reason=delay_reason, control_hz=float(rec.control_hz), validation=validation,
                    condition_number=cond,
-                   correlation={"names": list(names), "matrix": [[round(float(v), 4) for v in row] for row in corr]},
+                   correlation={"names": cnames, "matrix": [[round(float(v), 4) for v in row] for row in corr]},
                    data=str(rec.path), id=dyn_id, date=time.strftime("%Y-%m-%dT%H:%M:%S"), fit=fitinfo)
     res = FitResult(dyn, names, x, cost_by_delay, predictions, time.perf_counter() - t_start)
     res.table = format_table(dyn)

@@ -72,7 +72,25 @@ def test_fit_recovers_known_parameters_and_the_delay(truth_fit):
         assert p.interval[0] <= p.value <= p.interval[1]
     v = d.validation
     assert v["rms_calibrated"] <= v["rms_nominal"] / 3
-    assert d.condition_number >= 1 and len(d.correlation["matrix"]) == 4
+    # the latency is a fitted parameter too: in the correlation matrix, and to well under a
+    # physics step (the twin's latency is whole control steps: exactly 50 ms here)
+    assert d.condition_number >= 1 and d.correlation["names"] == ["kp", "damping", "armature", "frictionloss", "delay"]
+    assert len(d.correlation["matrix"]) == 5
+    lo, hi = d.fit["delay_ms_interval"]
+    assert abs(d.fit["delay_ms"] - 1000 * TRUTH["action_latency_steps"] / SO101.control_hz) < 0.5 and lo <= d.fit["delay_ms"] <= hi
+
+
+def test_fractional_delay_blends_the_neighbouring_whole_steps():
+    arm = S.ArmModel(SO101)
+    u = np.zeros((4, SO101.dof))
+    u[2:] = 0.3
+    g = np.zeros(4)
+    steps = np.arange(4) * arm.n_sub
+    c3, c4, c35 = (arm.controls(u, g, d, steps)[:, arm.act[0]] for d in (3, 4, 3.25))
+    k = 2 * arm.n_sub + 3  # the physics step the command lands in, 3.25 steps late
+    assert c3[k] == 0.3 and c4[k] == 0.0 and abs(c35[k] - 0.75 * 0.3) < 1e-12
+    np.testing.assert_array_equal(c35[:k], c3[:k])
+    np.testing.assert_array_equal(c35[k + 1:], c3[k + 1:])
 
 
 def test_dynamics_yaml_round_trip_and_robotenv_applies_it(truth_fit, tmp_path):
