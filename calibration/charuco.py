@@ -309,6 +309,73 @@ def bag_frames(path: str | os.PathLike, topic: str, *, stride: int = 1) -> Itera
             yield f"t={t_ns / 1e9:.3f}", img
 
 
+def topic_frames(topic: str, *, views: int = 30, every: float = 1.0, timeout: float = 120.0,
+                 log=print) -> Iterator[tuple[str, np.ndarray]]:
+    """Frames of a live ``sensor_msgs/Image`` or ``CompressedImage`` topic (a camera node's
+    ``/camera/<name>/image_raw`` or its ``/compressed``): the newest frame every `every`
+    seconds, `views` of them, while a person moves the board (or the camera) between
+    captures. Waits up to `timeout` s for the topic to appear and for each frame."""
+    import time
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from robot_rl.data.contract import MessageError, _image_rgb, compressed_image_rgb
+    from robot_rl.ros import topics as T
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("robot_rl_calibrate_camera", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    try:
+        end = time.monotonic() + timeout
+        mtype = None
+        while mtype is None:
+            found = dict(node.get_topic_names_and_types())
+            types = found.get(topic, [])
+            if "sensor_msgs/msg/Image" in types or "sensor_msgs/msg/CompressedImage" in types:
+                mtype = "Image" if "sensor_msgs/msg/Image" in types else "CompressedImage"
+                break
+            if time.monotonic() > end:
+                imgs = sorted(t for t, ty in found.items() if any(x.endswith(("/Image", "/CompressedImage")) for x in ty))
+                raise CalibrationError(f"topic {topic}: not published within {timeout:g} s (image topics seen: "
+                                       f"{imgs or 'none'}); start the camera node first: python -m "
+                                       "robot_rl.ros.camera_node --name NAME --source /dev/videoN")
+            ex.spin_once(timeout_sec=0.1)
+        from sensor_msgs.msg import CompressedImage, Image
+        latest: list = [None, 0]  # message, count received
+
+        def on_msg(m):
+            latest[0] = m
+            latest[1] += 1
+
+        node.create_subscription(Image if mtype == "Image" else CompressedImage, topic, on_msg, T.sensor_qos(2))
+        log(f"calibrate camera: {topic} ({mtype}); taking a view every {every:g} s, {views} views: move the board "
+            "(tilted, near, far, in every corner of the image) between captures")
+        seen = 0
+        for k in range(int(views)):
+            due = time.monotonic() + (every if k else 0.0)
+            deadline = due + timeout
+            while time.monotonic() < due or latest[1] == seen:
+                if time.monotonic() > deadline:
+                    raise CalibrationError(f"topic {topic}: no frame for {timeout:g} s after view {k} "
+                                           "(camera node stopped?)")
+                ex.spin_once(timeout_sec=0.02)
+            msg, seen = latest[0], latest[1]
+            try:
+                img = _image_rgb(msg, topic) if mtype == "Image" else compressed_image_rgb(msg, topic)
+            except MessageError as e:
+                raise CalibrationError(str(e)) from None
+            st = msg.header.stamp
+            log(f"  view {k + 1}/{views}")
+            yield f"t={st.sec + st.nanosec * 1e-9:.3f}", img
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
+
+
 # -- intrinsics ---------------------------------------------------------------------------------
 @dataclass
 class View:

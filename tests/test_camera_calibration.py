@@ -141,6 +141,56 @@ def test_camera_cli_folder_and_bad_views(intrinsics_views, tmp_path, capsys):
     assert abs(intr.K[1, 1] / truth.K[1, 1] - 1) < 0.01
 
 
+class _BoardViews:
+    """A virtual camera's source: a person moving the board, each view held `hold` s."""
+
+    def __init__(self, frames, hold: float):
+        self.frames, self.hold = [f for _, f in frames], hold
+        self.height, self.width = self.frames[0].shape[:2]
+
+    def frame(self, index: int, t: float = 0.0) -> np.ndarray:
+        return self.frames[int(t / self.hold) % len(self.frames)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_camera_cli_live_topic_from_the_camera_node(intrinsics_views, tmp_path, capsys, ros_domain):
+    """``images=live``: views taken off the camera node's /compressed topic while the board moves
+    (a virtual MJPEG camera -> the real camera node process -> rclpy subscriber in the CLI)."""
+    import subprocess
+
+    from ros_helpers import spawn
+
+    from robot_rl.cli.camera_calib import cmd_camera
+    from robot_rl.drivers.virtual.camera import MJPEGServer
+    frames, truth = intrinsics_views
+    small = [(n, cv2.resize(f, (640, 480), interpolation=cv2.INTER_AREA)) for n, f in frames[:10]]
+    BOARD.save(tmp_path / "board.yaml")
+    out = tmp_path / "front.yaml"
+    with MJPEGServer(_BoardViews(small, hold=0.6), fps=10) as srv:
+        p = spawn("robot_rl.ros.camera_node", "--name", "front", "--source", srv.url, "--fps", "10")
+        try:
+            assert cmd_camera(["images=live", f"board={tmp_path / 'board.yaml'}", "views=12", "every=0.6",
+                               "timeout=60", f"out={out}"]) == 0
+        finally:
+            p.terminate()
+            try:
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    text = capsys.readouterr().out
+    assert "live topic /camera/front/image_raw/compressed" in text and "view 12/12" in text
+    intr = CameraIntrinsics.load(out)
+    assert (intr.width, intr.height) == (640, 480)
+    assert abs(intr.K[0, 0] / (truth.K[0, 0] / 2) - 1) < 0.01  # the same lens at half the size
+    # nobody publishing: one line naming the fix, nothing written
+    with pytest.raises(CLIError, match="not published within 2 s.*camera_node"):
+        cmd_camera(["images=topic:/camera/side/image_raw", f"board={tmp_path / 'board.yaml'}", "timeout=2",
+                    f"out={tmp_path / 'side.yaml'}"])
+    assert not (tmp_path / "side.yaml").exists()
+
+
 def test_board_never_seen_is_one_error_and_no_file(tmp_path):
     from robot_rl.cli.camera_calib import cmd_camera
     sc = Scene("arm6", 320, 240, pos=(0.5, 0.0, -0.5))  # under the table: the camera never sees it

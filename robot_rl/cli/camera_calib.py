@@ -2,17 +2,20 @@
 
     robot-rl calibrate board [squares_x=7 squares_y=5 square_mm=30 marker_mm=22 dictionary=DICT_5X5_100
                               margin_mm=10 dpi=300] [out=board.png]          (+ board.yaml beside it)
-    robot-rl calibrate camera images=DIR|BAG|STORE board=board.yaml [camera=front] [topic=/camera/front/image_raw]
-                              [stride=1] [min_corners=8] [max_view_rms=1.0] [out=camera_info.yaml]
+    robot-rl calibrate camera images=DIR|BAG|STORE|live|topic:/TOPIC board=board.yaml [camera=front]
+                              [topic=/camera/front/image_raw] [stride=1] [min_corners=8] [max_view_rms=1.0]
+                              [views=30 every=1.0 timeout=60] [out=camera_info.yaml]
     robot-rl calibrate handeye data=DIR|STORE robot=so101 camera=wrist intrinsics=camera_info.yaml board=board.yaml
                               [eye_on_hand=true|false] [min_corners=8] [refine=true] [out=handeye_wrist.yaml]
     robot-rl calibrate handeye collect robot=so101 driver=feetech port=PORT calibration=FILE source=URL|DEVICE
                               camera=wrist board=board.yaml [n=20] [tilt_deg=20] [shift_m=0.04] [pivot_m=0.25]
                               [eye_on_hand=...] out=DIR
 
-- images: a folder of images, an episode store (frames of ``image_<camera>``) or a rosbag
-  (``topic``, default ``/camera/<camera>/image_raw``, else its ``/compressed``). A live
-  topic is not read directly: record it to a bag first (``ros2 bag record``).
+- images: a folder of images, an episode store (frames of ``image_<camera>``), a rosbag
+  (``topic``, default ``/camera/<camera>/image_raw``, else its ``/compressed``), or a live
+  topic: ``images=topic:/camera/front/image_raw`` (``images=live``: the camera node's
+  ``/camera/<camera>/image_raw/compressed``), one view every ``every`` s, ``views`` of them,
+  while a person moves the board between captures.
 - handeye data: a folder with images + ``poses.yaml`` (what ``collect`` writes), or an
   episode store recorded with a pause at each pose. ``eye_on_hand`` defaults to true for
   a camera named ``wrist``. The result is in easy_handeye2's YAML layout.
@@ -120,9 +123,16 @@ def _set_png_dpi(path: Path, dpi: float) -> None:
 
 
 # -- camera ------------------------------------------------------------------------------------------
-def _frames(src: str, camera: str, topic: str | None, stride: int):
+def _frames(src: str, camera: str, topic: str | None, stride: int, kv: dict[str, str] | None = None):
     from robot_rl.calibration.camera_info import CalibrationError
-    from robot_rl.calibration.charuco import bag_frames, folder_frames, store_frames
+    from robot_rl.calibration.charuco import bag_frames, folder_frames, store_frames, topic_frames
+    if src == "live" or src.startswith("topic:"):
+        t = src[len("topic:"):] if src.startswith("topic:") else (topic or f"/camera/{camera}/image_raw/compressed")
+        if not t.startswith("/"):
+            raise CLIError(f"images={src}: a topic name starts with '/', e.g. topic:/camera/{camera}/image_raw")
+        kv = kv or {}
+        return topic_frames(t, views=_num(kv, "views", 30, int), every=_num(kv, "every", 1.0),
+                            timeout=_num(kv, "timeout", 60.0)), f"live topic {t}"
     p = Path(src)
     if not p.exists():
         raise CLIError(f"images={src}: no such file or folder")
@@ -151,15 +161,15 @@ def cmd_camera(args: list[str]) -> int:
     from robot_rl.calibration.camera_info import CalibrationError
     from robot_rl.calibration.charuco import calibrate_camera
     kv = _kv(args, "camera", ("images", "camera", "board", "topic", "out", "stride", "min_corners",
-                              "max_view_rms", "min_views"))
+                              "max_view_rms", "min_views", "views", "every", "timeout"))
     if not kv.get("images"):
-        raise CLIError("'calibrate camera' needs images=DIR|BAG|STORE (pictures of the board from 15-30 "
-                       "directions)")
+        raise CLIError("'calibrate camera' needs images=DIR|BAG|STORE|live|topic:/TOPIC (pictures of the board "
+                       "from 15-30 directions)")
     camera = kv.get("camera", "front")
     out = Path(kv.get("out", "camera_info.yaml"))
     try:
         board = _board(kv)
-        frames, kind = _frames(kv["images"], camera, kv.get("topic"), _num(kv, "stride", 1, int))
+        frames, kind = _frames(kv["images"], camera, kv.get("topic"), _num(kv, "stride", 1, int), kv)
         res = calibrate_camera(frames, board, camera_name=camera, min_corners=_num(kv, "min_corners", 8, int),
                                max_view_rms=_num(kv, "max_view_rms", 1.0), min_views=_num(kv, "min_views", 4, int))
     except CalibrationError as e:
