@@ -30,13 +30,29 @@ class DriverError(ValueError):
 
 def sim_robot(robot: str = "so101", action_mode: str = "ee_delta", safety: dict | None = None,
               control_hz: float | None = None, *, task: str = "pick_cube", cameras=(), image_size=None,
-              reward_type: str = "dense", seed: int | None = None):
+              reward_type: str = "dense", seed: int | None = None, randomization=None, calibration=None):
+    """The twin (``SimRobot``); ``randomization=NAME|FILE`` and ``calibration=DIR`` (a twin
+    calibration folder: ``dynamics.yaml``, ``cameras/``, ``handeye_*.yaml``) make it the
+    randomized, calibrated twin. Both are checked here, before anything connects."""
+    from pathlib import Path
+
     from robot_rl.runtime.robot import SimRobot
     from robot_rl.sim.tasks import TASKS
     if task not in TASKS:
         raise DriverError(f"unknown task {task!r}; available: {sorted(TASKS)}")
+    if randomization is not None:
+        from robot_rl.sim.randomization import Randomization, RandomizationError
+        try:
+            Randomization.load(randomization)
+        except (RandomizationError, OSError) as e:
+            raise DriverError(f"randomization={randomization}: {e}") from None
+    if calibration is not None and not Path(calibration).is_dir():
+        raise DriverError(f"calibration={calibration}: the sim driver takes a twin calibration folder (dynamics.yaml, "
+                          "cameras/, handeye_<camera>.yaml: robot-rl sysid fit / calibrate camera / handeye), "
+                          "not a motor calibration file")
     return SimRobot(robot, task, action_mode, cameras=cameras, image_size=image_size, control_hz=control_hz,
-                    reward_type=reward_type, seed=seed, safety=safety)
+                    reward_type=reward_type, seed=seed, safety=safety, randomization=randomization,
+                    calibration=calibration)
 
 
 def _entry_points() -> dict[str, Any]:

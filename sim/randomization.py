@@ -356,6 +356,13 @@ class Randomizer:
             m.actuator_biasprm[idx, 1] = -m.actuator_gainprm[idx, 0]
 
     # -- what the env applies to observations ----------------------------------------------
+    def noisy_image(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`img` with this episode's camera noise (gaussian, sd in grey levels), if any."""
+        sd = self.state["image_noise"]
+        if sd <= 0:
+            return img
+        return np.clip(img.astype(np.float32) + rng.normal(0, sd, img.shape), 0, 255).astype(np.uint8)
+
     def observe(self, obs: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         off = self.state["joint_offset"]
         if np.any(off):
@@ -364,11 +371,9 @@ class Randomizer:
             pos, mat = self.twin.fk(q)  # the pose a controller computes from its (biased) encoders
             obs["ee_pos"] = pos.astype(np.float32)
             obs["ee_quat"] = mat_to_quat(mat).astype(np.float32)
-        sd = self.state["image_noise"]
-        if sd > 0:
-            for k, v in obs.items():
-                if k.startswith("image_"):
-                    obs[k] = np.clip(v.astype(np.float32) + rng.normal(0, sd, v.shape), 0, 255).astype(np.uint8)
+        for k, v in obs.items():
+            if k.startswith("image_"):
+                obs[k] = self.noisy_image(v, rng)
         k = int(self.state["obs_delay"])
         if k > 0:  # sensing latency: the policy sees the world as it was k control steps ago
             self._obs_buffer.append(obs)

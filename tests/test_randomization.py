@@ -210,3 +210,55 @@ def test_train_and_rl_take_a_randomization():
     d = dict(compose("rl", ["randomization=wide"]))
     env = make_rl_env(RLConfig(task="reach", randomization=d["randomization"]))
     assert env.randomizer is not None and env.randomizer.randomization.name == "wide"
+
+
+def test_the_sim_robot_is_the_randomized_calibrated_twin_behind_the_robot_interface(tmp_path):
+    """SimRobot / the sim driver / the robot node's --randomization and --calibration: draws at
+    every reset, seeded; encoder offsets, observation delay and action delay reach what the
+    robot reports; a bad file is one DriverError before anything connects."""
+    from robot_rl.drivers.registry import DriverError, make_driver
+    from robot_rl.ros.robot_node import build_parser, make_robot
+    rand = {"name": "t", "terms": [
+        {"field": "geom_friction", "names": ["objects"], "operation": "scale", "range": [0.5, 1.5]},
+        {"field": "joint_offset", "names": ["elbow_flex"], "operation": "add", "range": [0.05, 0.05], "mode": "startup"},
+        {"field": "obs_delay", "operation": "abs", "range": [1, 1]},
+        {"field": "action_delay", "operation": "abs", "range": [1, 1]}]}
+    import yaml
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump(rand))
+    r = make_driver("sim", robot="so101", task="pick_cube", randomization=str(f), seed=3)
+    r.connect()
+    try:
+        m = r.twin.model
+        cube = m.geom("cube").id
+        fr = [m.geom_friction[cube, 0].copy()]
+        for s in (4, 5):
+            r.reset(s)
+            fr.append(m.geom_friction[cube, 0].copy())
+        assert len(set(np.round(fr, 6))) == 3
+        r.reset(4)
+        assert m.geom_friction[cube, 0] == fr[1]  # same seed, same draw
+        j = r.spec.joint_names.index("elbow_flex")
+        assert r.twin.params.action_latency_steps == 1
+        q0 = r.twin.q.copy()
+        res = r.act(np.r_[q0 + 0.05, 0.0], mode="joint_pos")
+        assert "latency" in res.events  # one step of action delay: nothing applied yet
+        seen = [r.observe(images=False)["joint_pos"].copy()]
+        true = [r.twin.q.copy()]
+        for _ in range(3):
+            r.act(np.r_[q0 + 0.05, 0.0], mode="joint_pos")
+            seen.append(r.observe(images=False)["joint_pos"].copy())
+            true.append(r.twin.q.copy())
+        # what the robot reports: the true angles one step ago, elbow_flex read 0.05 high
+        np.testing.assert_allclose(seen[3] - true[2], np.eye(len(q0))[j] * 0.05, atol=1e-6)
+    finally:
+        r.disconnect()
+    # the robot node's flags reach the driver; errors name the cause before connecting
+    args = build_parser().parse_args(["--driver", "sim", "--randomization", "physics", "--cameras", "none"])
+    assert make_robot(args)._env_kwargs["randomization"] == "physics"
+    with pytest.raises(DriverError, match="nope"):
+        make_robot(build_parser().parse_args(["--driver", "sim", "--randomization", "nope"]))
+    with pytest.raises(DriverError, match="twin calibration folder"):
+        make_robot(build_parser().parse_args(["--driver", "sim", "--calibration", str(f)]))
+    with pytest.raises(ValueError, match="--randomization is for --driver sim"):
+        make_robot(build_parser().parse_args(["--driver", "feetech", "--port", "/dev/null", "--randomization", "physics"]))

@@ -844,7 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "follower), ros2_control (arms behind a ros2_control controller), or a registered plugin")
     hw = p.add_argument_group("hardware drivers (docs/hardware.md)")
     hw.add_argument("--port", default=None, help="feetech/dynamixel: serial port of the arm (robot-rl find-port)")
-    hw.add_argument("--calibration", default=None, help="feetech/dynamixel: calibration file (robot-rl calibrate)")
+    hw.add_argument("--calibration", default=None, help="feetech/dynamixel: calibration file (robot-rl calibrate); "
+                                                       "sim: a twin calibration folder (robot-rl sysid fit, "
+                                                       "calibrate camera/handeye)")
     hw.add_argument("--hardware", default=None, help="feetech/dynamixel: hardware description (default: the "
                                                     "calibration's, e.g. so101_follower)")
     hw.add_argument("--baudrate", type=int, default=None, help="feetech/dynamixel: bus baud (default: the hardware's)")
@@ -859,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
     hw.add_argument("--driver-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="any other driver option (repeatable)")
     p.add_argument("--task", default="pick_cube", help="twin task (reach, pick_cube, push, insert)")
+    p.add_argument("--randomization", default=None,
+                   help="sim: domain randomization, a name in robot_rl/conf/randomization or a YAML file (drawn at "
+                        "every reset)")
     p.add_argument("--mode", default="realtime", choices=MODES)
     p.add_argument("--action-mode", default="ee_delta", choices=ACTION_MODES,
                    help="the node's action mode (/action and unlabelled /action_command)")
@@ -925,6 +930,10 @@ def make_robot(args):
             cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
         opts.update(task=args.task, cameras=cams, image_size=args.image_size, reward_type=args.reward_type,
                     seed=args.seed)
+        if args.randomization is not None:
+            opts["randomization"] = args.randomization
+    elif args.randomization is not None:
+        raise ValueError(f"--randomization is for --driver sim (the twin), not {args.driver}")
     for a, k in _HW_OPTS.items():
         v = getattr(args, a, None)
         if v is not None:

@@ -205,6 +205,12 @@ class SimRobot(Robot):
     ``control_hz`` overrides the spec's control rate (the twin's control period becomes
     ``1 / control_hz``). ``safety`` holds SafetyFilter keyword arguments (``margin``,
     ``velocity_scale``, ``max_acceleration``, ``timeout_s``, ``workspace`` (bool), ...).
+
+    ``randomization=NAME|FILE`` and ``calibration=DIR`` (``RobotEnv``'s) make it the
+    calibrated, randomized twin behind the robot interface: every reset draws physics and
+    visuals; action delay, observation noise, encoder offsets, observation delay (joint
+    state) and camera noise apply to what the robot reports, as on ``RobotEnv``. Camera images
+    are rendered when asked for, so an observation delay does not hold them back.
     """
 
     simulated = True
@@ -275,6 +281,7 @@ class SimRobot(Robot):
         if self._obs is not None:  # not the first reset: move the clock past the last stamp
             self._time_offset += float(self.twin.data.time) + self.twin.control_dt
         obs, info = env.reset(seed=seed)
+        self._image_rng = np.random.default_rng(None if seed is None else [int(seed), 0x1A6E])
         self._pending.clear()
         self.safety.reset(self.twin.q, gripper=0.0)
         self._set_obs(obs)
@@ -292,7 +299,9 @@ class SimRobot(Robot):
             for c in self.spec.cameras:
                 k = f"image_{c.name}"
                 if k not in self._obs:
-                    self._obs[k] = self.twin.render(c.name, c.width, c.height)
+                    img = self.twin.render(c.name, c.width, c.height)
+                    rz = self.env.randomizer
+                    self._obs[k] = img if rz is None else rz.noisy_image(img, self._image_rng)
                 obs[k] = self._obs[k]
         return obs
 
@@ -316,6 +325,8 @@ class SimRobot(Robot):
         import mujoco
         mujoco.mj_step(tw.model, tw.data, nstep=tw.n_substeps)
         tw.physics_seconds += time.perf_counter() - t0
+        if env.randomizer is not None:  # interval terms, as RobotEnv.step
+            env.randomizer.step(env._dr_rng)
         reward, self.terminated, self.truncated, self.info = env.after_physics_step()  # as RobotEnv.step
         self.success, self.reward = bool(self.info["success"]), float(reward)
         self._set_obs(None)
@@ -341,7 +352,8 @@ class SimRobot(Robot):
         (``renderers`` is that thread's cache; an EGL context is current in one thread only).
         Same scene settings as the twin, so the images equal ``observe()``'s."""
         import mujoco
-        tw = self._need().twin
+        tw_env = self._need()
+        tw = tw_env.twin
         out = {}
         for c in self.spec.cameras:
             r = renderers.get((c.width, c.height))
@@ -352,7 +364,10 @@ class SimRobot(Robot):
                     r.scene.flags[flag] = False
                 renderers[(c.width, c.height)] = r
             r.update_scene(data, camera=c.name)
-            out[f"image_{c.name}"] = r.render().copy()
+            img = r.render().copy()
+            rz = tw_env.randomizer
+            out[f"image_{c.name}"] = img if rz is None else rz.noisy_image(img, renderers.setdefault(
+                "rng", np.random.default_rng()))
         return out
 
     # -- hooks -------------------------------------------------------------------------------
@@ -365,7 +380,9 @@ class SimRobot(Robot):
         if obs is None:  # after a step: state now, images on demand (same RNG use as the env)
             obs = self.twin.observe()
             obs["object_state"] = self.env.task.object_state()
-        else:
+            if self.env.randomizer is not None:  # encoder offsets, observation delay (state only)
+                obs = self.env.randomizer.observe(obs, self.env._dr_rng)
+        else:  # from env.reset: randomized there already
             obs = {k: v for k, v in obs.items()}
         self._obs = obs
 
