@@ -73,11 +73,15 @@ MODEL_FIELDS: dict[str, tuple[str, str, Any]] = {
 }
 # fields drawn per column (a position per axis, a colour per channel); the others per element
 PER_COLUMN = ("body_com", "light_pos", "camera_pos", "light_diffuse", "geom_rgba")
+# texture pixels (``tex_data``, 0..1 per channel here): drawn per texel and channel, so a
+# scale or add changes the pattern, not only its tint; elements are the model's textures
+TEXTURE_FIELDS = ("texture_rgb",)
 # values a field cannot leave, whatever a term draws
 PHYSICAL_BOUNDS: dict[str, tuple[float, float]] = {
     "geom_friction": (0.0, np.inf), "body_mass": (1e-6, np.inf), "joint_damping": (0.0, np.inf),
     "joint_armature": (0.0, np.inf), "joint_frictionloss": (0.0, np.inf), "actuator_kp": (0.0, np.inf),
-    "actuator_kv": (-np.inf, 0.0), "light_diffuse": (0.0, 1.0), "geom_rgba": (0.0, 1.0), "camera_fovy": (1.0, 179.0)}
+    "actuator_kv": (-np.inf, 0.0), "light_diffuse": (0.0, 1.0), "geom_rgba": (0.0, 1.0), "camera_fovy": (1.0, 179.0),
+    "texture_rgb": (0.0, 1.0)}
 STATE_FIELDS = ("joint_offset", "action_delay", "obs_delay", "obs_noise", "image_noise")
 # a fixed perturbation (``robot-rl eval ... twin.<field>=value``): the operation and elements a
 # bare value means, per field (friction of every geom scaled, object masses scaled, ...)
@@ -87,10 +91,10 @@ PERTURB_DEFAULTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "joint_frictionloss": ("add", ("arm",)), "actuator_kp": ("scale", ("arm",)), "actuator_kv": ("scale", ("arm",)),
     "actuator_forcerange": ("scale", ("arm",)), "joint_offset": ("add", ("arm",)),
     "light_pos": ("add", ()), "light_diffuse": ("scale", ()), "geom_rgba": ("scale", ("objects", "table")),
-    "camera_pos": ("add", ()), "camera_fovy": ("add", ()),
+    "camera_pos": ("add", ()), "camera_fovy": ("add", ()), "texture_rgb": ("scale", ()),
     "action_delay": ("abs", ()), "obs_delay": ("abs", ()), "obs_noise": ("abs", ()), "image_noise": ("abs", ()),
 }
-FIELDS = tuple(MODEL_FIELDS) + STATE_FIELDS
+FIELDS = tuple(MODEL_FIELDS) + TEXTURE_FIELDS + STATE_FIELDS
 CONF_DIR = Path(__file__).resolve().parent.parent / "robot_rl" / "conf" / "randomization"
 
 
@@ -242,6 +246,9 @@ class Randomizer:
                     self._nominal.setdefault("body_inertia", m.body_inertia.copy())
                 if t.field == "actuator_kp":
                     self._nominal.setdefault("actuator_biasprm", m.actuator_biasprm.copy())
+            elif t.field in TEXTURE_FIELDS:
+                self._index[t] = self._select("texture", t)
+                self._nominal.setdefault("tex_data", m.tex_data.copy())
             elif t.field == "joint_offset":
                 self._index[t] = self._select("joint", t)
         self.state: dict[str, Any] = {"joint_offset": np.zeros(len(twin.spec.joint_names)), "action_delay": 0,
@@ -258,7 +265,8 @@ class Randomizer:
         if kind == "dof":
             return [m.joint(int(m.dof_jntid[i])).name for i in range(m.nv)]
         getter, n = {"geom": (m.geom, m.ngeom), "body": (m.body, m.nbody), "actuator": (m.actuator, m.nu),
-                     "light": (m.light, m.nlight), "camera": (m.camera, m.ncam)}[kind]
+                     "light": (m.light, m.nlight), "camera": (m.camera, m.ncam),
+                     "texture": (m.texture, m.ntex)}[kind]
         return [getter(i).name for i in range(n)]
 
     def _select(self, kind: str, t: Term) -> np.ndarray:
@@ -313,6 +321,8 @@ class Randomizer:
             idx = self._index.get(t)
             if t.field in MODEL_FIELDS:
                 self._apply_model(t, idx, rng)
+            elif t.field in TEXTURE_FIELDS:
+                self._apply_texture(t, idx, rng)
             elif t.field == "joint_offset":
                 v = t.sample(rng, len(idx))
                 off = np.zeros(len(self.twin.spec.joint_names))
@@ -354,6 +364,24 @@ class Randomizer:
             m.body_inertia[idx] = self._nominal["body_inertia"][idx] * ratio[:, None]
         if t.field == "actuator_kp":  # a position servo: biasprm[1] = -kp
             m.actuator_biasprm[idx, 1] = -m.actuator_gainprm[idx, 0]
+
+    def _apply_texture(self, t: Term, idx: np.ndarray, rng: np.random.Generator) -> None:
+        """Texels of the selected textures (RGB, alpha kept) from their nominal values; the
+        twin's renderers upload the new pixels before their next frame."""
+        m = self.twin.model
+        nom = self._nominal["tex_data"]
+        drawn = []
+        for i in idx:
+            adr, nch = int(m.tex_adr[i]), int(m.tex_nchannel[i])
+            n = int(m.tex_width[i]) * int(m.tex_height[i]) * nch
+            base = nom[adr:adr + n].reshape(-1, nch)[:, :3].astype(np.float64) / 255.0
+            val = t.sample(rng, base.size).reshape(base.shape)
+            new = base + val if t.operation == "add" else base * val if t.operation == "scale" else val
+            px = m.tex_data[adr:adr + n].reshape(-1, nch)
+            px[:, :3] = np.round(np.clip(new, 0.0, 1.0) * 255.0).astype(np.uint8)
+            drawn.append(val.reshape(-1))
+        self.values[t.name] = np.concatenate(drawn) if drawn else np.zeros(0)
+        self.twin.texture_version = getattr(self.twin, "texture_version", 0) + 1
 
     # -- what the env applies to observations ----------------------------------------------
     def noisy_image(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -120,6 +120,8 @@ class Twin:
         self._jacp = np.zeros((3, m.nv))
         self._jacr = np.zeros((3, m.nv))
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self.texture_version = 0  # bumped when texture pixels change (randomization): renderers re-upload
+        self._tex_seen: dict[tuple[int, int], int] = {}
         self._nominal = {
             "geom_friction": m.geom_friction.copy(), "body_mass": m.body_mass.copy(),
             "body_inertia": m.body_inertia.copy(), "dof_damping": m.dof_damping.copy(),
@@ -314,6 +316,10 @@ class Twin:
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
             self._renderers[key] = r
+            self._tex_seen[key] = self.texture_version  # a new context uploads the model's textures
+        if self._tex_seen.get(key) != self.texture_version:  # randomized texels since this one uploaded
+            upload_textures(self.model, r)
+            self._tex_seen[key] = self.texture_version
         r.update_scene(self.data, camera=camera)
         return r.render().copy()
 
@@ -321,6 +327,16 @@ class Twin:
         for r in self._renderers.values():
             r.close()
         self._renderers.clear()
+
+
+def upload_textures(model, renderer) -> None:
+    """Send the model's texture pixels (``tex_data``, changed by texture randomization) to a
+    ``mujoco.Renderer``'s GL context; a context reads them only when it is made."""
+    ctx = getattr(renderer, "_gl_context", None)
+    if ctx is not None:
+        ctx.make_current()
+    for i in range(model.ntex):
+        mujoco.mjr_uploadTexture(model, renderer._mjr_context, i)
 
 
 def params_fields() -> list[str]:

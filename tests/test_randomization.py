@@ -113,6 +113,34 @@ def test_visual_terms_change_the_rendered_frames():
         env.close()
 
 
+def test_texture_terms_change_the_pattern_the_camera_sees():
+    """texture_rgb: per-texel draws on the nominal pixels (the table's checker), uploaded to the
+    renderer before its next frame; a draw of exactly 1 gives the nominal pixels back."""
+    env = _env([{"field": "texture_rgb", "names": ["grid"], "operation": "scale", "range": [0.5, 1.5]}],
+               cameras=["front"], image_size=64)
+    try:
+        m = env.twin.model
+        nominal = m.tex_data.copy()
+        a, _ = env.reset(seed=1)
+        t = m.texture("grid").id
+        adr, n = int(m.tex_adr[t]), int(m.tex_width[t] * m.tex_height[t] * m.tex_nchannel[t])
+        px = m.tex_data[adr:adr + n].reshape(-1, int(m.tex_nchannel[t]))[:, :3].astype(int)
+        assert len(np.unique(px)) > 50  # a mottled pattern, not the two checker colours
+        b, _ = env.reset(seed=2)
+        assert not np.array_equal(a["image_front"], b["image_front"])  # the renderer got the new texels
+        env.randomizer.randomization = Randomization.load(
+            {"name": "one", "terms": [{"field": "texture_rgb", "operation": "scale", "range": [1.0, 1.0]}]})
+        env.randomizer._index = {tt: np.arange(m.ntex) for tt in env.randomizer.randomization.terms}
+        c, _ = env.reset(seed=1)
+        np.testing.assert_array_equal(m.tex_data, nominal)  # from the cached nominal: nothing accumulates
+        plain = make_env("pick_cube", "so101", cameras=["front"], image_size=64)
+        d, _ = plain.reset(seed=1)
+        plain.close()
+        np.testing.assert_array_equal(c["image_front"], d["image_front"])
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("terms,match", [
     ([{"field": "body_volume"}], "field must be one of"),
     ([{"field": "body_mass", "operation": "multiply"}], "operation must be one of"),

@@ -494,7 +494,9 @@ class RobotNode:
             if not self._stop.is_set() and self.node.context.ok():
                 self.log.error(f"camera rendering failed, no more images: {e!r}")
         finally:
-            for r in renderers.values():
+            for r in renderers.values():  # renderers, and render_state's bookkeeping beside them
+                if not hasattr(r, "close"):
+                    continue
                 try:
                     r.close()
                 except Exception:  # noqa: BLE001

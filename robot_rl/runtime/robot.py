@@ -363,6 +363,11 @@ class SimRobot(Robot):
                              mujoco.mjtRndFlag.mjRND_SKYBOX):
                     r.scene.flags[flag] = False
                 renderers[(c.width, c.height)] = r
+                renderers[("textures", c.width, c.height)] = tw.texture_version
+            if renderers.get(("textures", c.width, c.height)) != tw.texture_version:  # randomized texels
+                from robot_rl.sim.twin import upload_textures
+                upload_textures(tw.model, r)
+                renderers[("textures", c.width, c.height)] = tw.texture_version
             r.update_scene(data, camera=c.name)
             img = r.render().copy()
             rz = tw_env.randomizer
