@@ -4,6 +4,7 @@ Recordings come from a SimRobot twin with known perturbed TwinParams (through th
 interface and its safety filter, like any driver); the fit never sees those values."""
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import pytest
@@ -313,3 +314,57 @@ def test_encoder_quantum_and_hysteresis_reading():
     pred = np.array([[0.0], [2.0], [3.0], [2.6], [1.0]]) * tick
     out = S._encoder_reading(pred, np.zeros(1), np.array([0.5 * tick]))
     np.testing.assert_allclose(out[:, 0] / tick, [0.0, 1.5, 2.5, 2.5, 1.5])
+
+
+@pytest.mark.slow
+def test_unplugged_mid_excitation_is_one_error_and_keeps_the_finished_segments(tmp_path):
+    """The follower's USB adapter pulled out during `sysid excite`: the driver's fault ends the
+    run with one error, the segments finished before it stay in the store (a fit can use
+    them) and the one it interrupted is not committed half-done."""
+    import threading
+
+    from robot_rl.calibration.procedures import calibrate
+    from robot_rl.calibration.prompter import PersonPrompter
+    from robot_rl.cli.sysid import make_sysid_robot
+    from robot_rl.data.store import EpisodeStore
+    from robot_rl.drivers.virtual.so101 import VirtualSO101, random_unit
+    unit = random_unit(7, cameras=[])
+    plan = S.excitation_plan(SO101, seconds=18.0, seed=2, segment_s=6)
+    out = tmp_path / "cut.zarr"
+    with VirtualSO101(unit) as rig:
+        info = rig.start()
+        cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101, PersonPrompter(info["person"], quiet=True),
+                        arm_id="follower", sweep_s=2.0, log=lambda *a, **k: None).save(tmp_path / "follower.yaml")
+        robot = make_sysid_robot("so101", "feetech", port=info["follower_port"], calibration=str(cal))
+        robot.connect()
+        started = time.monotonic()
+
+        class PulledCable:
+            """The real driver; the cable comes out as the 30th target of the third segment goes out."""
+
+            def __init__(self, r):
+                self._r = r
+
+            def __getattr__(self, k):
+                return getattr(self._r, k)
+
+            def act(self, action, *a, **kw):
+                if np.array_equal(np.asarray(action)[:SO101.dof], plan[2].targets[30]):
+                    threading.Thread(target=rig.unplug, args=("follower",)).start()
+                return self._r.act(action, *a, **kw)
+
+        try:
+            with pytest.raises(Exception) as err:
+                S.excite(PulledCable(robot), plan, out, driver="feetech")
+        finally:
+            try:
+                robot.disconnect()
+            except Exception:  # noqa: BLE001  (the adapter is gone)
+                pass
+    assert time.monotonic() - started < 60
+    msg = str(err.value).lower()
+    assert len(str(err.value).splitlines()) <= 2 and any(w in msg for w in ("no reply", "timeout", "port", "fault", "unplug"))
+    with EpisodeStore.open(out) as st:
+        assert st.n_episodes == 2  # the two finished segments, not the cut one
+    rec = S.load_recording(out, "so101")
+    assert rec.kinds == ["multisine", "steps"] and all(len(q) == len(plan[0].targets) for q in rec.q)
