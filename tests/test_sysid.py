@@ -197,23 +197,30 @@ def test_virtual_unit_field_validation():
             unit_from_dict(d)
 
 
+def _calibrated_follower(rig, tmp_path):
+    """The started virtual SO-101's follower, motor-calibrated with its person, connected
+    through the Feetech driver on its pseudo-terminal."""
+    from robot_rl.calibration.procedures import calibrate
+    from robot_rl.calibration.prompter import PersonPrompter
+    from robot_rl.cli.sysid import make_sysid_robot
+    info = rig.start()
+    cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101, PersonPrompter(info["person"], quiet=True),
+                    arm_id="follower", sweep_s=2.0, log=lambda *a, **k: None).save(tmp_path / "follower.yaml")
+    robot = make_sysid_robot("so101", "feetech", port=info["follower_port"], calibration=str(cal))
+    robot.connect()
+    return robot
+
+
 @pytest.mark.slow
 def test_virtual_so101_through_the_port(tmp_path):
     """The acceptance path in small: a hidden-parameter virtual SO-101, its follower
     calibrated and excited through the pseudo-terminal, the fit checked against the truth."""
-    from robot_rl.calibration.procedures import calibrate
-    from robot_rl.calibration.prompter import PersonPrompter
-    from robot_rl.cli.sysid import make_sysid_robot
     from robot_rl.drivers.virtual.so101 import TwinUnit, VirtualSO101, random_unit
     unit = random_unit(5, cameras=[])
     unit.twin = TwinUnit(actuator_gain_scale=1.2, damping_scale=2.5, armature_scale=1.2, frictionloss=0.3,
                          latency_ms=50.0)
     with VirtualSO101(unit) as rig:
-        info = rig.start()
-        cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101, PersonPrompter(info["person"], quiet=True),
-                        arm_id="follower", sweep_s=2.0, log=lambda *a, **k: None).save(tmp_path / "follower.yaml")
-        robot = make_sysid_robot("so101", "feetech", port=info["follower_port"], calibration=str(cal))
-        robot.connect()
+        robot = _calibrated_follower(rig, tmp_path)
         try:
             S.excite(robot, S.excitation_plan(SO101, seconds=24.0, seed=1, segment_s=6), tmp_path / "v.zarr",
                      driver="feetech")
@@ -323,20 +330,13 @@ def test_unplugged_mid_excitation_is_one_error_and_keeps_the_finished_segments(t
     them) and the one it interrupted is not committed half-done."""
     import threading
 
-    from robot_rl.calibration.procedures import calibrate
-    from robot_rl.calibration.prompter import PersonPrompter
-    from robot_rl.cli.sysid import make_sysid_robot
     from robot_rl.data.store import EpisodeStore
     from robot_rl.drivers.virtual.so101 import VirtualSO101, random_unit
     unit = random_unit(7, cameras=[])
     plan = S.excitation_plan(SO101, seconds=18.0, seed=2, segment_s=6)
     out = tmp_path / "cut.zarr"
     with VirtualSO101(unit) as rig:
-        info = rig.start()
-        cal = calibrate(info["follower_port"], rig.hardware["follower"], SO101, PersonPrompter(info["person"], quiet=True),
-                        arm_id="follower", sweep_s=2.0, log=lambda *a, **k: None).save(tmp_path / "follower.yaml")
-        robot = make_sysid_robot("so101", "feetech", port=info["follower_port"], calibration=str(cal))
-        robot.connect()
+        robot = _calibrated_follower(rig, tmp_path)
         started = time.monotonic()
 
         class PulledCable:
