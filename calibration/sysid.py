@@ -44,7 +44,8 @@ fit). Within it, the latency is then fitted as a continuous number of physics st
 with the other parameters (``_lm_with_delay``; a fractional delay lands a command part-way
 through a physics step, ``ArmModel.controls``): a bus latency is no whole number of steps,
 and ``kp x latency`` is a velocity term, so a millisecond of latency error reads as
-``kp x 1 ms`` of joint damping (0.066 N m s on the SO-101: 66 % of its nominal damping). The continuous parameters are fitted by ``mujoco.sysid.optimize`` (MuJoCo's own
+``kp x 1 ms`` of joint damping (0.066 N m s on the SO-101: 66 % of its nominal damping).
+The continuous parameters are fitted by ``mujoco.sysid.optimize`` (MuJoCo's own
 Gauss-Newton / Levenberg-Marquardt, ``mujoco.minimize.least_squares``), with
 ``mujoco.sysid`` rollouts (``ModelSequences``, ``build_residual_fn``) and intervals from
 ``mujoco.sysid.calculate_intervals`` (J^T J inverse scaled by the residual variance).
@@ -838,7 +839,7 @@ class _Problem:
         h = arm.model.opt.timestep
         for i, (u, q, g) in enumerate(zip(rec.targets, rec.q, rec.gripper)):
             st = rec.steps(i, h, arm.n_sub)  # the recorded stamps (or the even grid)
-            ctrl = arm.controls(u, g, delay[i] if np.ndim(delay) else delay, st)
+            ctrl = arm.controls(u, g, delay, st)
             controls.append(TimeSeries(np.arange(len(ctrl)) * h, ctrl, cmap))
             qm = np.where(rec.valid(i)[:, None], q, np.nan)  # NaN: a sample not compared (timing fault)
             sensors.append(TimeSeries(st * h, qm, smap))
