@@ -20,6 +20,8 @@ Targets (issue 16): kp, damping, armature, frictionloss within 10 %; delay exact
 traps flagged; held-out RMS joint error of the calibrated twin <= 1/3 of the nominal's.
 
     .venv/bin/python benchmarks/bench_sysid.py [--seconds 48] [--units A B C] [--no-traps] [--out FILE]
+    .venv/bin/python benchmarks/bench_sysid.py --keep runs/bench_sysid            # keep the recordings
+    .venv/bin/python benchmarks/bench_sysid.py --keep runs/bench_sysid --refit    # fit them again, no rigs
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ TRUTH_KEYS = {"kp": "actuator_gain_scale", "damping": "damping_scale", "armature
               "frictionloss": "frictionloss"}
 
 
-def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[tuple[str, str]]) -> list[dict]:
+def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[tuple[str, str]],
+             refit: bool = False) -> list[dict]:
     from robot_rl.calibration.procedures import calibrate
     from robot_rl.calibration.prompter import PersonPrompter
     from robot_rl.calibration.sysid import load_dynamics
@@ -59,17 +62,23 @@ def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[
     unit = random_unit(seed, cameras=[])
     unit.twin = TwinUnit(**hidden)
     rows = []
-    with VirtualSO101(unit) as rig:
-        info = rig.start()
-        t0 = time.perf_counter()
-        cal = calibrate(info["follower_port"], rig.hardware["follower"], spec, PersonPrompter(info["person"], quiet=True),
-                        arm_id=f"follower_{name}", sweep_s=2.0, log=lambda *a, **k: None).save(work / f"cal_{name}.yaml")
-        data = work / f"sysid_{name}.zarr"
-        with contextlib.redirect_stderr(io.StringIO()):
-            cli.main(["excite", "robot=so101", "driver=feetech", f"port={info['follower_port']}",
-                      f"calibration={cal}", f"out={data}", f"seconds={seconds}", f"seed={seed}"])
-        excite_s = time.perf_counter() - t0
-        overruns = rig.follower.overruns
+    data = work / f"sysid_{name}.zarr"
+    if refit and data.exists():  # --refit: the recording an earlier --keep run left, no rig
+        excite_s, overruns = 0.0, -1
+    else:
+        import shutil
+        shutil.rmtree(data, ignore_errors=True)
+        with VirtualSO101(unit) as rig:
+            info = rig.start()
+            t0 = time.perf_counter()
+            cal = calibrate(info["follower_port"], rig.hardware["follower"], spec,
+                            PersonPrompter(info["person"], quiet=True), arm_id=f"follower_{name}", sweep_s=2.0,
+                            log=lambda *a, **k: None).save(work / f"cal_{name}.yaml")
+            with contextlib.redirect_stderr(io.StringIO()):
+                cli.main(["excite", "robot=so101", "driver=feetech", f"port={info['follower_port']}",
+                          f"calibration={cal}", f"out={data}", f"seconds={seconds}", f"seed={seed}"])
+            excite_s = time.perf_counter() - t0
+            overruns = rig.follower.overruns
     for case, params in [("fit", "[kp,damping,armature,frictionloss,delay]")] + extra_fits:
         t1 = time.perf_counter()
         out = io.StringIO()
@@ -109,17 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=48.0)
     ap.add_argument("--no-traps", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep the recordings and fits in DIR (default: a temporary folder)")
+    ap.add_argument("--refit", action="store_true",
+                    help="with --keep: fit the recordings already in DIR again (no rigs; for work on the fit)")
     a = ap.parse_args(argv)
+    if a.refit and not a.keep:
+        ap.error("--refit needs --keep DIR (where the recordings are)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(a.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for i, u in enumerate(a.units):
             extra = [("collinear", "[kp,kv,damping,armature,frictionloss,delay]")] if (i == 0 and not a.no_traps) else []
-            rows += run_unit(u, 10 + i, a.seconds, work, extra)
+            rows += run_unit(u, 10 + i, a.seconds, work, extra, a.refit)
             print(rows[-1 - len(extra)]["table"])
         if not a.no_traps:
             r = run_unit("sat", 20, min(a.seconds, 24.0), work,
-                         [("saturated", "[kp,damping,armature,frictionloss,forcerange,delay]")])
+                         [("saturated", "[kp,damping,armature,frictionloss,forcerange,delay]")], a.refit)
             rows += [x for x in r if x["case"] == "saturated"]
     fits = [r for r in rows if r["case"] == "fit"]
     cols = ["unit", "case", "kp_err_%", "damping_err_%", "armature_err_%", "frictionloss_err_%", "delay_true",
