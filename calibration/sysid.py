@@ -1162,7 +1162,7 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
     threads = int(n_threads or min(8, os.cpu_count() or 1))
     delays = list(range(0, max_delay + 1)) if fit_delay else [0]
     bar = tqdm(total=len(delays) + 3, desc="sysid fit", disable=not progress)
-    probs: dict[float, _Problem] = {}
+    probs: dict[tuple[float, int | None], _Problem] = {}
     evals_done = [0]
 
     def prob(dl: float, part: int | None = None) -> _Problem:

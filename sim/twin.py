@@ -121,7 +121,6 @@ class Twin:
         self._jacr = np.zeros((3, m.nv))
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self.texture_version = 0  # bumped when texture pixels change (randomization): renderers re-upload
-        self._tex_seen: dict[tuple[int, int], int] = {}
         self._nominal = {
             "geom_friction": m.geom_friction.copy(), "body_mass": m.body_mass.copy(),
             "body_inertia": m.body_inertia.copy(), "dof_damping": m.dof_damping.copy(),
@@ -316,10 +315,8 @@ class Twin:
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
             self._renderers[key] = r
-            self._tex_seen[key] = self.texture_version  # a new context uploads the model's textures
-        if self._tex_seen.get(key) != self.texture_version:  # randomized texels since this one uploaded
-            upload_textures(self.model, r)
-            self._tex_seen[key] = self.texture_version
+            r.texture_version = self.texture_version  # a new context uploads the model's textures
+        sync_textures(self.model, r, self.texture_version)
         r.update_scene(self.data, camera=camera)
         return r.render().copy()
 
@@ -329,14 +326,18 @@ class Twin:
         self._renderers.clear()
 
 
-def upload_textures(model, renderer) -> None:
+def sync_textures(model, renderer, version: int) -> None:
     """Send the model's texture pixels (``tex_data``, changed by texture randomization) to a
-    ``mujoco.Renderer``'s GL context; a context reads them only when it is made."""
+    ``mujoco.Renderer``'s GL context when they changed since it last got them (`version`:
+    ``Twin.texture_version``); a context reads them only when it is made."""
+    if getattr(renderer, "texture_version", None) == version:
+        return
     ctx = getattr(renderer, "_gl_context", None)
     if ctx is not None:
         ctx.make_current()
     for i in range(model.ntex):
         mujoco.mjr_uploadTexture(model, renderer._mjr_context, i)
+    renderer.texture_version = version
 
 
 def params_fields() -> list[str]:

@@ -494,9 +494,7 @@ class RobotNode:
             if not self._stop.is_set() and self.node.context.ok():
                 self.log.error(f"camera rendering failed, no more images: {e!r}")
         finally:
-            for r in renderers.values():  # renderers, and render_state's bookkeeping beside them
-                if not hasattr(r, "close"):
-                    continue
+            for r in renderers.values():
                 try:
                     r.close()
                 except Exception:  # noqa: BLE001

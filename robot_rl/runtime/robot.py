@@ -282,6 +282,8 @@ class SimRobot(Robot):
             self._time_offset += float(self.twin.data.time) + self.twin.control_dt
         obs, info = env.reset(seed=seed)
         self._image_rng = np.random.default_rng(None if seed is None else [int(seed), 0x1A6E])
+        if not hasattr(self, "_render_rng"):  # camera noise in the render thread (render_state): its own generator
+            self._render_rng = np.random.default_rng(None if seed is None else [int(seed), 0x2A6E])
         self._pending.clear()
         self.safety.reset(self.twin.q, gripper=0.0)
         self._set_obs(obs)
@@ -352,6 +354,8 @@ class SimRobot(Robot):
         (``renderers`` is that thread's cache; an EGL context is current in one thread only).
         Same scene settings as the twin, so the images equal ``observe()``'s."""
         import mujoco
+
+        from robot_rl.sim.twin import sync_textures
         tw_env = self._need()
         tw = tw_env.twin
         out = {}
@@ -362,17 +366,13 @@ class SimRobot(Robot):
                 for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                              mujoco.mjtRndFlag.mjRND_SKYBOX):
                     r.scene.flags[flag] = False
+                r.texture_version = tw.texture_version  # a new context uploads the model's textures
                 renderers[(c.width, c.height)] = r
-                renderers[("textures", c.width, c.height)] = tw.texture_version
-            if renderers.get(("textures", c.width, c.height)) != tw.texture_version:  # randomized texels
-                from robot_rl.sim.twin import upload_textures
-                upload_textures(tw.model, r)
-                renderers[("textures", c.width, c.height)] = tw.texture_version
+            sync_textures(tw.model, r, tw.texture_version)  # randomized texels since the last frame
             r.update_scene(data, camera=c.name)
             img = r.render().copy()
             rz = tw_env.randomizer
-            out[f"image_{c.name}"] = img if rz is None else rz.noisy_image(img, renderers.setdefault(
-                "rng", np.random.default_rng()))
+            out[f"image_{c.name}"] = img if rz is None else rz.noisy_image(img, self._render_rng)
         return out
 
     # -- hooks -------------------------------------------------------------------------------
