@@ -378,12 +378,25 @@ def test_latency_delays_the_goal_and_close_stops_every_thread():
         act = plant.act["elbow_flex"]
         ctrl0 = float(plant.data.ctrl[act])
         raw = int(round(ticks_of(unit, "follower", "elbow_flex", ctrl0 + 0.5, 1.0))) % 4096
+        overruns = plant.overruns
         t0 = time.monotonic()
         plant.command(servo, True, raw)  # what the emulator calls on a Goal_Position write
         while float(plant.data.ctrl[act]) == ctrl0 and time.monotonic() - t0 < 2.0:
             time.sleep(0.002)
         assert 0.15 <= time.monotonic() - t0 < 1.0
         assert float(plant.data.ctrl[act]) == pytest.approx(ctrl0 + 0.5, abs=1e-3)
+        # it acts from the physics step nearest arrival + latency (a servo's kHz loop), not
+        # from the physics thread's next 10 ms tick
+        motor, at = plant.applied[-1]
+        dt = plant.model.opt.timestep
+        assert motor == "elbow_flex" and at >= t0 + 0.15 - dt, at - t0  # never early
+        if plant.overruns == overruns:  # physics kept real time (a loaded machine lets it slip)
+            assert at - (t0 + 0.15) <= dt, at - t0
+        # with no latency: from the step the physics stood at on arrival
+        plant.latency_s = 0.0
+        t1 = time.monotonic()
+        plant.command(servo, True, raw)
+        assert abs(plant.applied[-1][1] - t1) <= dt
     finally:
         rig.close()
     assert ours and not [t.name for t in ours if t.is_alive()]

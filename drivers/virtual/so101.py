@@ -483,6 +483,9 @@ class FollowerPlant(_ArmPlant):
         self._hold_prev: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._t0, self._tick, self._done = time.monotonic(), 0, 0  # physics clock (start() resets)
+        self._sim_now: float | None = None  # the wall time the physics stands at (None: not running)
+        self.applied: deque = deque(maxlen=64)  # (motor, wall time it took effect in the physics)
         self.steps = 0
         self.overruns = 0
         self._arm_on_table()
@@ -512,6 +515,7 @@ class FollowerPlant(_ArmPlant):
     # -- physics thread -----------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
+        self._t0, self._tick, self._done = time.monotonic(), 0, 0
         self._thread = threading.Thread(target=self._run, name="so101-physics", daemon=True)
         self._thread.start()
 
@@ -522,34 +526,46 @@ class FollowerPlant(_ArmPlant):
             self._thread = None
 
     def _run(self) -> None:
-        dt = float(self.model.opt.timestep)
-        max_steps = int(round(0.1 / dt))  # catch up at most 100 ms at once, then let time slip
-        t0 = time.monotonic()
-        k = 0
-        done = 0
         while not self._stop.is_set():
-            now = time.monotonic()
-            n = int((now - t0) / dt) - done
-            if n > max_steps:
-                self.overruns += 1
-                done += n - max_steps
-                n = max_steps
-            if n > 0:
-                with self.lock:
-                    self._apply_pending(now)
-                    for _ in range(n):
-                        self._substep()
-                    self._pin_holds()
-                done += n
-                self.steps += n
-            k += 1
-            deadline = t0 + k * self.tick_s
+            with self.lock:
+                self._advance_to(time.monotonic())
+            self._tick += 1
+            deadline = self._t0 + self._tick * self.tick_s
             delay = deadline - time.monotonic()
             if delay < -self.tick_s:  # far behind: skip the missed ticks
-                k = int((time.monotonic() - t0) / self.tick_s) + 1
-                delay = t0 + k * self.tick_s - time.monotonic()
+                self._tick = int((time.monotonic() - self._t0) / self.tick_s) + 1
+                delay = self._t0 + self._tick * self.tick_s - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
+
+    def _advance_to(self, now: float) -> None:
+        """Step the physics up to wall time `now` (call with ``lock`` held; nothing while the
+        physics thread is not running). The thread calls it every ``tick_s``; a read
+        (``sense``) and a write (``command``) call it too, so a reading is the state of the
+        last physics step (<= one timestep old) and a command takes effect at the physics
+        step nearest its arrival + the unit's latency -- as on a servo, whose own loop runs
+        at kHz, not at this thread's period. At most 100 ms is caught up at once; then
+        simulated time slips (an overrun)."""
+        if self._thread is None:
+            return
+        dt = float(self.model.opt.timestep)
+        n = int((now - self._t0) / dt) - self._done
+        if n <= 0:
+            return
+        max_steps = int(round(0.1 / dt))
+        if n > max_steps:
+            self.overruns += 1
+            self._done += n - max_steps
+            n = max_steps
+        for _ in range(n):
+            # a command due before the middle of this step acts from its start
+            self._sim_now = self._t0 + self._done * dt
+            self._apply_pending(self._sim_now + 0.5 * dt)
+            self._substep()
+            self._done += 1
+        self._pin_holds()
+        self.steps += n
+        self._sim_now = self._t0 + self._done * dt
 
     def _substep(self) -> None:
         d = self.data
@@ -585,6 +601,8 @@ class FollowerPlant(_ArmPlant):
 
     def _apply(self, n: str, torque: bool, target: float | None) -> None:
         m, d, a = self.model, self.data, self.act[n]
+        if self._thread is not None:
+            self.applied.append((n, self._sim_now if self._sim_now is not None else time.monotonic()))
         was = self.torque[n]
         self.torque[n] = bool(torque)
         if n in self._arm_motors:
@@ -609,9 +627,11 @@ class FollowerPlant(_ArmPlant):
         n = self._servo_motor(servo)
         target = self._goal_value(n, goal_raw) if goal_raw is not None else None
         with self.lock:
+            now = time.monotonic()
             if self.latency_s > 0:
-                self._pending.append((time.monotonic() + self.latency_s, n, bool(torque), target))
+                self._pending.append((now + self.latency_s, n, bool(torque), target))
             else:
+                self._advance_to(now)  # the physics up to the moment it arrives, then the command
                 self._apply(n, bool(torque), target)
 
     def _true(self, n: str) -> float:
@@ -622,6 +642,7 @@ class FollowerPlant(_ArmPlant):
     def sense(self, servo) -> dict[str, int]:
         n = self._servo_motor(servo)
         with self.lock:
+            self._advance_to(time.monotonic())  # the state now, not at the last thread tick
             d = self.data
             if n == "gripper":
                 closure = self.twin.gripper_closure()
@@ -650,11 +671,13 @@ class FollowerPlant(_ArmPlant):
 
     def values(self) -> dict[str, float]:
         with self.lock:
+            self._advance_to(time.monotonic())
             return {n: self._true(n) for n in self.motor_names}
 
     def copy_state(self, data) -> None:
         """Copy the scene's state into another MjData of the same model (cameras)."""
         with self.lock:
+            self._advance_to(time.monotonic())
             data.qpos[:] = self.data.qpos
             data.mocap_pos[:] = self.data.mocap_pos
             data.mocap_quat[:] = self.data.mocap_quat
@@ -663,12 +686,14 @@ class FollowerPlant(_ArmPlant):
     def observe(self) -> dict[str, np.ndarray]:
         """What the scripted person sees: the twin's observation + the objects' state."""
         with self.lock:
+            self._advance_to(time.monotonic())
             obs = self.twin.observe()
             obs["object_state"] = self.task.object_state()
             return obs
 
     def success(self) -> bool:
         with self.lock:
+            self._advance_to(time.monotonic())
             return bool(self.task.success())
 
     def place_objects(self, seed: int) -> None:
