@@ -943,12 +943,12 @@ class _Problem:
         return J, R[:, 0]
 
 
-def _hac_half_widths(J: np.ndarray, r: np.ndarray, lens: Sequence[int], lag: int) -> np.ndarray | None:
-    """95 % half-widths of the least-squares estimates with a Newey-West (Bartlett kernel)
+def _hac_cov(J: np.ndarray, r: np.ndarray, lens: Sequence[int], lag: int) -> np.ndarray | None:
+    """Covariance of the least-squares estimates with a Newey-West (Bartlett kernel) long-run
     covariance, ``H^-1 S H^-1`` with ``H = J^T J`` and ``S`` the long-run covariance of the
     per-sample scores ``J_t^T r_t`` (all joints of one sample together), summed within each
     segment only. Model error (timing, backlash, whatever the twin lacks) leaves residuals
-    correlated over a servo's settling time; the white-noise interval ``sigma^2 H^-1`` then
+    correlated over a servo's settling time; the white-noise covariance ``sigma^2 H^-1`` then
     claims more than the data holds. None when the rows are not (segment, sample, joint)."""
     n = sum(int(t) for t in lens)
     if n <= 0 or len(r) % n or len(r) != J.shape[0]:
@@ -968,8 +968,39 @@ def _hac_half_widths(J: np.ndarray, r: np.ndarray, lens: Sequence[int], lag: int
         for k in range(1, min(lag, T - 1) + 1):
             G = g[k:].T @ g[:-k]
             S += (1.0 - k / (lag + 1.0)) * (G + G.T)
-    C = Hinv @ S @ Hinv
-    return 1.96 * np.sqrt(np.clip(np.diag(C), 0.0, None))
+    return Hinv @ S @ Hinv
+
+
+def _white_cov(J: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``sigma^2 (J^T J)^-1`` (pseudo-inverse), sigma^2 from the residual with the fitted
+    parameters' degrees of freedom taken off."""
+    s2 = float(r @ r) / max(len(r) - J.shape[1], 1)
+    return s2 * np.linalg.pinv(J.T @ J)
+
+
+def _viscous_total(arm: "ArmModel", fitted: dict[str, float], cnames: list[str], covs: list[np.ndarray]
+                   ) -> dict[str, Any] | None:
+    """What the data fix when the joint damping is fitted with the servo's kv tied to kp: the
+    joint's whole viscous coefficient ``kv + damping`` (N m s). On a position servo kv is many
+    times the joint's own damping, so the sum is identified long before its split is."""
+    if "damping" not in cnames or "kv" in cnames:
+        return None
+    nom = arm.absolute({})
+    kv0, c0 = np.asarray(nom["kv"]), np.asarray(nom["damping"])
+    ab = arm.absolute(fitted)
+    val = np.asarray(ab["kv"]) + np.asarray(ab["damping"])
+    half = []
+    for j in range(len(val)):
+        a = np.zeros(len(cnames))
+        a[cnames.index("damping")] = c0[j]
+        if "kp" in cnames:
+            a[cnames.index("kp")] = kv0[j]
+        half.append(1.96 * float(np.sqrt(max(max(float(a @ C @ a) for C in covs), 0.0))))
+    half = np.asarray(half)
+    return {"what": "servo kv + joint damping per arm joint (N m s)", "value": [float(v) for v in val],
+            "nominal": [float(v) for v in kv0 + c0], "half_width": [float(h) for h in half],
+            "identifiable": bool(np.all(half <= CV_LIMIT * np.abs(val))),
+            "damping_share": [float(v) for v in np.asarray(ab["damping"]) / np.where(val > 0, val, 1.0)]}
 
 
 def _delay_column(make: Callable[[float], "_Problem"], x: np.ndarray, D: float, h: float = 0.25) -> np.ndarray:
@@ -1284,8 +1315,13 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         from mujoco import sysid
         sigma, half_white = sysid.calculate_intervals([r], J)
         lag = max(1, int(round(HAC_SECONDS * rec.control_hz)))
-        half = _hac_half_widths(J, r, [len(q) - 1 for q in train.q], lag)
+        cov_hac = _hac_cov(J, r, [len(q) - 1 for q in train.q], lag)
+        half = None if cov_hac is None else 1.96 * np.sqrt(np.clip(np.diag(cov_hac), 0.0, None))
         half = half_white if half is None else np.maximum(half, half_white)
+        vt = _viscous_total(arm, {n: float(v) for n, v in zip(names, x)}, cnames,
+                            [_white_cov(J, r)] + ([cov_hac] if cov_hac is not None else []))
+        if vt is not None:
+            fitinfo["viscous_total"] = vt
         fitinfo["interval_method"] = (f"Newey-West (Bartlett, {lag} samples) over the white-noise J^T J one"
                                       if half is not half_white else "white noise (J^T J)")
         if fit_delay:
@@ -1330,6 +1366,11 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
                 if abs(a - b) > max(2 * hw, SPLIT_TOL * abs(v), d.abs_floor):  # 1.96 * 2 hw / 1.96
                     reasons.append(f"the two halves of the data disagree ({a:.4g} vs {b:.4g}): model error "
                                    f"the interval does not show")
+                elif (a - v) * (b - v) > 0 and min(abs(a - v), abs(b - v)) > max(hw, d.abs_floor):
+                    # the whole's cost is the sum of the halves': at its minimum they cannot both
+                    # pull the same way, unless the fit never reached it
+                    reasons.append(f"both halves of the data move it the same way ({a:.4g}, {b:.4g} from "
+                                   f"{v:.4g}): the fit did not settle (a non-smooth cost, e.g. saturation)")
             for k, o in enumerate(cnames):
                 if k != i and abs(corr[i, k]) > CORR_LIMIT:
                     reasons.append(f"collinear with {o} (correlation {corr[i, k]:+.3f})")
@@ -1394,6 +1435,15 @@ def format_table(dyn: Dynamics) -> str:
     rows.append(f"{'delay':<13} {0:>9d} {dyn.delay_steps:>10d} "
                 f"{'(control steps' + (f'; {ms:.0f} ms)' if ms is not None else ')'):>23}  "
                 f"{'yes' if dyn.delay_identifiable else 'NO: ' + dyn.delay_reason}")
+    vt = dyn.fit.get("viscous_total")
+    if vt:
+        val, hw, nom = vt["value"], vt["half_width"], vt["nominal"]
+        same = np.allclose(val, val[0]) and np.allclose(hw, hw[0])
+        share = 100 * float(np.mean(vt["damping_share"]))
+        rows.append(f"{'kv+damping':<13} {nom[0]:>9.4g} {val[0]:>10.4g} "
+                    f"{f'[{val[0] - hw[0]:.4g}, {val[0] + hw[0]:.4g}]':>23}  "
+                    f"{'yes' if vt['identifiable'] else 'NO'}: N m s{'' if same else ' (joint 1; all in fit.viscous_total)'}"
+                    f", the servo's kv and the joint's damping together; damping is {share:.0f}% of it")
     v = dyn.validation
     if "rms_nominal" in v:
         rows.append(f"held-out RMS joint error: nominal {v['rms_nominal']:.5f} rad, calibrated "

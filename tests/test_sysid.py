@@ -79,6 +79,12 @@ def test_fit_recovers_known_parameters_and_the_delay(truth_fit):
     assert len(d.correlation["matrix"]) == 5
     lo, hi = d.fit["delay_ms_interval"]
     assert abs(d.fit["delay_ms"] - 1000 * TRUTH["action_latency_steps"] / SO101.control_hz) < 0.5 and lo <= d.fit["delay_ms"] <= hi
+    # the servo's kv and the joint's damping together: what a position servo's data fix best
+    nom = S.ArmModel(SO101).absolute({})
+    vt = d.fit["viscous_total"]
+    truth = nom["kv"][0] * TRUTH["actuator_gain_scale"] + nom["damping"][0] * TRUTH["damping_scale"]
+    assert vt["identifiable"] and abs(vt["value"][0] - truth) <= min(vt["half_width"][0], 0.1 * truth), (vt, truth)
+    assert 0 < vt["damping_share"][0] < 1 and "kv+damping" in S.format_table(d)
 
 
 def test_fractional_delay_blends_the_neighbouring_whole_steps():
