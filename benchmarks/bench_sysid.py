@@ -63,8 +63,11 @@ def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[
     unit.twin = TwinUnit(**hidden)
     rows = []
     data = work / f"sysid_{name}.zarr"
+    info_file = work / f"excite_{name}.json"  # how the recording went, for --refit's rows
     if refit and data.exists():  # --refit: the recording an earlier --keep run left, no rig
-        excite_s, overruns = 0.0, -1
+        import json
+        was = json.loads(info_file.read_text()) if info_file.exists() else {}
+        excite_s, overruns = float(was.get("excite_s", 0.0)), int(was.get("physics_overruns", -1))
     else:
         import shutil
         shutil.rmtree(data, ignore_errors=True)
@@ -79,6 +82,8 @@ def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[
                           f"calibration={cal}", f"out={data}", f"seconds={seconds}", f"seed={seed}"])
             excite_s = time.perf_counter() - t0
             overruns = rig.follower.overruns
+        import json
+        info_file.write_text(json.dumps({"excite_s": excite_s, "physics_overruns": overruns}))
     for case, params in [("fit", "[kp,damping,armature,frictionloss,delay]")] + extra_fits:
         t1 = time.perf_counter()
         out = io.StringIO()
@@ -101,6 +106,17 @@ def run_unit(name: str, seed: int, seconds: float, work: Path, extra_fits: list[
             if not p.identifiable:
                 row[f"{k}_reason"] = p.reason
         row["flagged"] = sorted(k for k, p in dyn.params.items() if not p.identifiable)
+        vt = dyn.fit.get("viscous_total")
+        if vt and "damping" in dyn.params and "kv" not in dyn.params:  # servo kv + joint damping, joint 1
+            dp = dyn.params["damping"]
+            c0 = dp.absolute[0] / dp.value
+            kv0 = vt["nominal"][0] - c0
+            truth = kv0 * hidden.get("actuator_gain_scale", 1.0) + c0 * hidden.get("damping_scale", 1.0)
+            row["viscous_total_fit"] = round(vt["value"][0], 4)
+            row["viscous_total_true"] = round(truth, 4)
+            row["viscous_total_err_%"] = round(100 * (vt["value"][0] - truth) / truth, 2)
+            row["viscous_total_ok"] = vt["identifiable"]
+            row["damping_share_%"] = round(100 * vt["damping_share"][0], 1)
         v = dyn.validation
         row["rms_nominal"] = v.get("rms_nominal")
         row["rms_calibrated"] = v.get("rms_calibrated")
@@ -138,13 +154,22 @@ def main(argv: list[str] | None = None) -> int:
                          [("saturated", "[kp,damping,armature,frictionloss,forcerange,delay]")], a.refit)
             rows += [x for x in r if x["case"] == "saturated"]
     fits = [r for r in rows if r["case"] == "fit"]
-    cols = ["unit", "case", "kp_err_%", "damping_err_%", "armature_err_%", "frictionloss_err_%", "delay_true",
-            "delay_fit", "flagged", "rms_nominal", "rms_calibrated", "rms_ratio", "fit_s"]
+    cols = ["unit", "case", "kp_err_%", "damping_err_%", "armature_err_%", "frictionloss_err_%",
+            "viscous_total_err_%", "damping_share_%", "delay_true", "delay_fit", "flagged", "rms_nominal",
+            "rms_calibrated", "rms_ratio", "fit_s"]
     print_table(rows, cols, "sysid on virtual SO-101 units (errors vs hidden truth)")
+    four = ("kp", "damping", "armature", "frictionloss")
+    identified = [(r["unit"], k) for r in fits for k in four if r.get(f"{k}_ok")]
     ok = {
-        "within_10pct": all(abs(r.get(f"{k}_err_%") or 0) <= 10 and r.get(f"{k}_ok") for r in fits
-                            for k in ("kp", "damping", "armature")) and
-        all(abs(r["frictionloss_fit"] - r["frictionloss_true"]) <= 0.1 * r["frictionloss_true"] for r in fits),
+        # the figure: each value the fit reports as identified is within 10 % of the truth
+        # (a flagged one is never a clean number; the flags are listed with their errors)
+        "within_10pct": bool(identified) and all(
+            abs(r[f"{k}_fit"] - r[f"{k}_true"]) <= 0.1 * r[f"{k}_true"] for r in fits for k in four if r.get(f"{k}_ok")),
+        "identified": f"{len(identified)} of {len(fits) * len(four)}",
+        "every_value_identified": len(identified) == len(fits) * len(four),
+        "flagged_errors_%": {f"{r['unit']}.{k}": r.get(f"{k}_err_%") for r in fits for k in four
+                             if not r.get(f"{k}_ok")},
+        "viscous_total_within_10pct": all(abs(r.get("viscous_total_err_%", 99)) <= 10 for r in fits),
         "delay_exact": all(r["delay_exact"] for r in fits),
         "rms_ratio_le_1/3": all((r["rms_ratio"] or 9) <= 1 / 3 for r in fits),
         "collinear_flagged": any(r["case"] == "collinear" and {"kv", "damping"} <= set(r["flagged"]) for r in rows)
