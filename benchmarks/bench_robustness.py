@@ -16,10 +16,11 @@ everything else nominal. One plot, one panel per factor, both policies.
 
     ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py             # record, train, sweep
     ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py --episodes 50 --steps 6000
-    # train the randomized policy longer (a warm restart of its cosine schedule), then sweep it again:
+    # train the randomized policy longer (a warm restart of its cosine schedule from where it
+    # stopped; max_minutes counts the minutes already trained), then sweep it again:
     ../.venv/bin/robot-rl train policy=diffusion_image dataset=../data/bench/so101_pick_cube_cameras_wide.zarr \
-        task=pick_cube max_episodes=300 steps=12000 max_minutes=120 out=../runs/bench_robustness/randomized_wide \
-        eval_final=false eval_every_min=15 eval_episodes=50 eval_videos=0 randomization=wide resume=true
+        task=pick_cube max_episodes=300 steps=25000 max_minutes=330 out=../runs/bench_robustness/randomized_wide \
+        eval_final=false eval_every_min=1000 eval_videos=0 randomization=wide resume=true
     ../scripts/isolated.sh ../.venv/bin/python bench_robustness.py      # sweeps only what was trained since
 
 Targets: the randomized policy keeps >= 80% on every perturbation; the nominal policy drops
