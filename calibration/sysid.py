@@ -1318,7 +1318,7 @@ def fit(recording: str | os.PathLike | Recording, robot: str | None = None, para
         cov_hac = _hac_cov(J, r, [len(q) - 1 for q in train.q], lag)
         half = None if cov_hac is None else 1.96 * np.sqrt(np.clip(np.diag(cov_hac), 0.0, None))
         half = half_white if half is None else np.maximum(half, half_white)
-        vt = _viscous_total(arm, {n: float(v) for n, v in zip(names, x)}, cnames,
+        vt = _viscous_total(arm, fitted, cnames,
                             [_white_cov(J, r)] + ([cov_hac] if cov_hac is not None else []))
         if vt is not None:
             fitinfo["viscous_total"] = vt

@@ -528,7 +528,7 @@ class FollowerPlant(_ArmPlant):
     def _run(self) -> None:
         while not self._stop.is_set():
             with self.lock:
-                self._advance_to(time.monotonic())
+                self._catch_up()
             self._tick += 1
             deadline = self._t0 + self._tick * self.tick_s
             delay = deadline - time.monotonic()
@@ -537,6 +537,10 @@ class FollowerPlant(_ArmPlant):
                 delay = self._t0 + self._tick * self.tick_s - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
+
+    def _catch_up(self) -> None:
+        """``_advance_to`` now: the state a read, a camera or the person sees is the present one."""
+        self._advance_to(time.monotonic())
 
     def _advance_to(self, now: float) -> None:
         """Step the physics up to wall time `now` (call with ``lock`` held; nothing while the
@@ -642,7 +646,7 @@ class FollowerPlant(_ArmPlant):
     def sense(self, servo) -> dict[str, int]:
         n = self._servo_motor(servo)
         with self.lock:
-            self._advance_to(time.monotonic())  # the state now, not at the last thread tick
+            self._catch_up()  # the state now, not at the last thread tick
             d = self.data
             if n == "gripper":
                 closure = self.twin.gripper_closure()
@@ -671,13 +675,13 @@ class FollowerPlant(_ArmPlant):
 
     def values(self) -> dict[str, float]:
         with self.lock:
-            self._advance_to(time.monotonic())
+            self._catch_up()
             return {n: self._true(n) for n in self.motor_names}
 
     def copy_state(self, data) -> None:
         """Copy the scene's state into another MjData of the same model (cameras)."""
         with self.lock:
-            self._advance_to(time.monotonic())
+            self._catch_up()
             data.qpos[:] = self.data.qpos
             data.mocap_pos[:] = self.data.mocap_pos
             data.mocap_quat[:] = self.data.mocap_quat
@@ -686,14 +690,14 @@ class FollowerPlant(_ArmPlant):
     def observe(self) -> dict[str, np.ndarray]:
         """What the scripted person sees: the twin's observation + the objects' state."""
         with self.lock:
-            self._advance_to(time.monotonic())
+            self._catch_up()
             obs = self.twin.observe()
             obs["object_state"] = self.task.object_state()
             return obs
 
     def success(self) -> bool:
         with self.lock:
-            self._advance_to(time.monotonic())
+            self._catch_up()
             return bool(self.task.success())
 
     def place_objects(self, seed: int) -> None:
