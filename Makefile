@@ -1,6 +1,7 @@
 # The two commands a new user needs:
 #   make demo   - the main job on the MuJoCo twin (records expert demonstrations, prints the summary)
 #   make test   - the test suite
+#   make isaac  - (optional) the Isaac Lab twin's venv and assets; make test-isaac runs its tests
 # Both create .venv on first use and install what they need (torch==2.13.0 first, then the
 # package with its extras; Debian's EGL/Mesa packages for offscreen rendering when missing).
 SHELL := /bin/bash
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.robot_rl-installed
 RUN := scripts/isolated.sh
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-slow bench bench-list install clean
+.PHONY: demo test test-slow test-isaac isaac bench bench-list install clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
@@ -27,6 +28,14 @@ test: $(STAMP)
 # the long end-to-end tests (marked `slow`): CI runs them after `make test`
 test-slow: $(STAMP)
 	$(RUN) $(PY) -m pytest -q -m "slow" $(ARGS)
+
+# the Isaac Lab twin (docs/isaac.md): its own Python 3.12 venv, cached in ~/.cache/robot_rl and
+# linked as .venv-isaac, plus the local USD assets; `make test-isaac` runs its tests on CPU
+isaac:
+	bash scripts/isaac_venv.sh
+
+test-isaac: isaac
+	$(RUN) .venv-isaac/bin/python -m pytest -q -m isaac --confcutdir=tests/isaac -p no:cacheprovider tests/isaac $(ARGS)
 
 # every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
 BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_servo.py bench_calibration.py \

@@ -270,6 +270,15 @@ class Twin:
 
     def step(self, mode: str, action: np.ndarray) -> None:
         """Apply one control step's action (after the configured latency) and integrate."""
+        self.apply_action(mode, action)
+        t0 = time.perf_counter()
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.physics_seconds += time.perf_counter() - t0
+
+    def apply_action(self, mode: str, action: np.ndarray) -> None:
+        """Queue one control step's action; the one due after the configured latency becomes
+        the actuators' targets (``data.ctrl``), through the safety filter. The Isaac twin
+        (sim/isaac/env.py) reads the targets from here and integrates them in Isaac Lab."""
         self._pending.append((mode, np.array(action, dtype=np.float64)))
         if len(self._pending) > self.params.action_latency_steps:
             q, grip = self.action_to_targets(*self._pending.popleft())
@@ -280,9 +289,6 @@ class Twin:
             self.data.ctrl[self.act] = q
             if grip is not None:
                 self.data.ctrl[self.grip_act] = (1.0 - grip) * self.half_open
-        t0 = time.perf_counter()
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
-        self.physics_seconds += time.perf_counter() - t0
 
     # -- observations -----------------------------------------------------------------
     def observe(self) -> dict[str, np.ndarray]:
