@@ -113,14 +113,17 @@ def _prepare(checkpoint: str, cfg: DictConfig):
             raise EvalError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise EvalError(f"device={cfg.device} asked for, but torch sees no CUDA device")
-    if cfg.backend not in BACKENDS:
-        raise EvalError(f"backend must be one of {', '.join(BACKENDS)}; got {cfg.backend!r}")
+    # backend=isaac: the Isaac Lab twin (sim/isaac) runs the episodes, the policy runs in torch
+    sim = "isaac" if cfg.backend == "isaac" else "mujoco"
+    policy_backend = "torch" if sim == "isaac" else str(cfg.backend)
+    if policy_backend not in BACKENDS:
+        raise EvalError(f"backend must be one of {', '.join(BACKENDS)} or isaac; got {cfg.backend!r}")
 
     override = None
     if cfg.get("robot") is not None:
         override = RobotSpec.from_dict(OmegaConf.to_container(cfg.robot, resolve=True))
     # a checkpoint folder (torch) or an ONNX export folder (onnxruntime, on the CPU with `threads` threads)
-    policy, ck = load_policy(checkpoint, backend=str(cfg.backend), spec=override, device=cfg.device or None,
+    policy, ck = load_policy(checkpoint, backend=policy_backend, spec=override, device=cfg.device or None,
                              threads=None if cfg.threads is None else int(cfg.threads))
     if cfg.get("deployable"):
         from robot_rl.observations import privileged
@@ -163,8 +166,9 @@ def _prepare(checkpoint: str, cfg: DictConfig):
                         progress=bool(cfg.progress), generator_seed=int(cfg.generator_seed),
                         max_episode_steps=None if cfg.max_episode_steps is None else int(cfg.max_episode_steps),
                         torch_threads=None if cfg.threads is None else int(cfg.threads), randomization=r,
-                        calibration=cfg.get("calibration"))
+                        calibration=cfg.get("calibration"), sim=sim)
 
     backend = "" if policy.backend == "torch" else f", {policy.backend}"
+    backend += ", Isaac Lab twin" if sim == "isaac" else ""
     title = f"{Path(checkpoint).resolve().name} ({ck.get('policy')}{backend}) on {spec.name}/{task}"
     return run, out, title

@@ -18,6 +18,7 @@ USAGE = """usage: robot-rl <command> [args] [key=value ...]
 
 commands:
   record sim [key=value ...]   record scripted-expert demonstrations on the MuJoCo twin
+                               (backend=isaac num_envs=N: on the Isaac Lab twin, N worlds; `make isaac` first)
   info PATH [json=true]        episodes, steps, success rate and sizes of an episode store
   view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
   convert SRC DST [key=value]  rosbag2 -> episode store, or episode store -> rosbag2 (mcap/sqlite3)
@@ -52,6 +53,7 @@ examples:
   robot-rl export runs/pick_dp/checkpoints/last format=onnx out=runs/pick_dp/onnx
   robot-rl bench inference runs/pick_dp/checkpoints/last task=pick_cube
   robot-rl rl task=pick_cube demos=data/pick.zarr hil=true env_steps=30000 out=runs/rl_pick
+  robot-rl record sim backend=isaac num_envs=64 task=pick_cube cameras=[] episodes=200 out=data/pick_isaac.zarr
 """
 
 
@@ -142,7 +144,10 @@ def cmd_record(args: list[str]) -> int:
                        "arrives with the ROS layer)")
     from robot_rl.cli.record import record_sim
     cfg = compose("record", args[1:])
-    summary = record_sim(cfg)
+    try:
+        summary = record_sim(cfg, cameras_given=any(a.startswith("cameras=") for a in args[1:]))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     from robot_rl.cli.info import print_summary
     print_summary(summary)
     return 0
@@ -285,6 +290,27 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record":
                                                    "calibrate": cmd_calibrate, "sysid": cmd_sysid}
 
 
+ISAAC_COMMANDS = ("record", "eval", "rl")
+
+
+def _in_isaac_venv(cmd: str, rest: list[str]) -> int | None:
+    """``backend=isaac`` from the core venv: run the same command in the Isaac venv (Python
+    3.12, Isaac Lab; ``make isaac``) as a child process and return its exit code. None when
+    this process runs the command itself."""
+    if cmd not in ISAAC_COMMANDS or "backend=isaac" not in rest:
+        return None
+    from robot_rl.sim import isaac
+    if isaac.in_isaac_runtime():
+        return None
+    try:
+        argv = isaac.reexec_argv([cmd, *rest])
+    except isaac.IsaacUnavailable as e:
+        raise CLIError(str(e)) from None
+    import subprocess
+    print(f"robot-rl {cmd}: backend=isaac, running in the Isaac venv ({argv[0]})", file=sys.stderr, flush=True)
+    return subprocess.call(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -303,11 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         rand = sys.modules.get("robot_rl.sim.randomization")  # likewise, with the twin
         cal = sys.modules.get("robot_rl.calibration.camera_info")  # a calibration= the twin cannot use
         sysid = sys.modules.get("robot_rl.calibration.sysid")
+        isaac = sys.modules.get("robot_rl.sim.isaac")  # the Isaac twin cannot start (venv, memory, cameras)
         return (CLIError, StoreError, SpecError, FileNotFoundError) + ((base.CheckpointError,) if base else ()) \
             + ((rand.RandomizationError,) if rand else ()) + ((cal.CalibrationError,) if cal else ()) \
-            + ((sysid.SysidError,) if sysid else ())
+            + ((sysid.SysidError,) if sysid else ()) + ((isaac.IsaacUnavailable,) if isaac else ())
 
     try:
+        code = _in_isaac_venv(cmd, rest)
+        if code is not None:
+            return code
         return COMMANDS[cmd](rest)
     except user_errors() as e:
         print(f"robot-rl {cmd}: error: {e}", file=sys.stderr)

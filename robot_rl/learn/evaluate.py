@@ -224,7 +224,7 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
              videos: int = 0, video_dir: str | Path | None = None, render_size: int = 160,
              progress: bool = True, generator_seed: int = 0, max_episode_steps: int | None = None,
              torch_threads: int | None = 1, camera_size: int | tuple[int, int] | None = None,
-             randomization: Any = None, calibration: Any = None) -> EvalResult:
+             randomization: Any = None, calibration: Any = None, sim: str = "mujoco") -> EvalResult:
     """Roll `policy` out for `episodes` episodes of `task` on the twin of `spec_or_robot`
     (a RobotSpec or robot name). `cameras` default to the policy's (``image_front`` ->
     ``front``); the first `videos` episodes are written to `video_dir` as
@@ -241,7 +241,10 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     `torch_threads`: torch's intra-op threads while a CPU policy is evaluated (restored
     afterwards; None leaves them alone). One is the default: small batched queries
     interleaved with physics gain nothing from more, and on a busy 2-core machine two
-    threads made evaluation 2-5x slower."""
+    threads made evaluation 2-5x slower.
+
+    `sim`: ``mujoco`` (the MuJoCo twin, one model per env) or ``isaac`` (the Isaac Lab twin,
+    sim/isaac: `n_envs` worlds in one Isaac Lab env; state policies only)."""
     from tqdm import tqdm
 
     from robot_rl.policies.common.ensemble import TemporalEnsembler
@@ -292,7 +295,13 @@ def evaluate(policy, task: str, spec_or_robot, *, episodes: int = 50, seed: int 
     vdir = Path(video_dir) if videos else None
     if vdir is not None:
         vdir.mkdir(parents=True, exist_ok=True)
-    pool = _EnvList(n_envs, resize=resize, **env_kwargs)
+    if sim == "isaac":
+        from robot_rl.sim.isaac.env import IsaacEnvList
+        pool = IsaacEnvList(n_envs, resize=resize, seed=seed, **env_kwargs)
+    elif sim == "mujoco":
+        pool = _EnvList(n_envs, resize=resize, **env_kwargs)
+    else:
+        raise EvalError(f"sim must be mujoco or isaac, got {sim!r}")
     max_steps = pool.envs[0].max_episode_steps
 
     gen = torch.Generator(device=policy.device)

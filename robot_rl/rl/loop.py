@@ -70,6 +70,8 @@ class RLConfig:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     randomization: Any = None  # a name in robot_rl/conf/randomization, a YAML file or a mapping
     calibration: str | None = None  # a calibrated twin: a calibration folder or a dynamics.yaml
+    backend: str = "mujoco"  # mujoco | isaac (the Isaac Lab twin, sim/isaac; state observations)
+    num_envs: int = 1  # Isaac worlds; the loop steps one world per env step for now
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RLConfig":
@@ -98,9 +100,37 @@ def make_rl_env(cfg: RLConfig):
     from robot_rl.sim import make_env
 
     kw: dict[str, Any] = {"reward_type": "sparse", "randomization": cfg.randomization, "calibration": cfg.calibration}
+    if cfg.backend == "isaac":
+        _check_isaac(cfg)
+        from robot_rl.sim.isaac.env import make_isaac_world_envs
+        return make_isaac_world_envs(cfg.task, cfg.robot, 1, seed=cfg.seed, **kw)[0]
+    if cfg.backend != "mujoco":
+        raise ValueError(f"backend must be mujoco or isaac, got {cfg.backend!r}")
     if cfg.cameras:
         kw.update(cameras=list(cfg.cameras), image_size=cfg.image_size)
     return make_env(cfg.task, cfg.robot, **kw)
+
+
+def _check_isaac(cfg: RLConfig) -> None:
+    if cfg.cameras:
+        raise ValueError("the Isaac twin renders no cameras: rl backend=isaac takes state observations (cameras=[])")
+    if cfg.num_envs != 1:
+        raise ValueError("rl backend=isaac steps one world per env step for now: num_envs=1 "
+                         "(record and eval run num_envs worlds in parallel)")
+    if cfg.calibration is not None:
+        raise ValueError("calibration= is not carried to the Isaac twin yet: use backend=mujoco for a calibrated twin")
+
+
+def make_rl_envs(cfg: RLConfig):
+    """(training env, evaluation env). On the Isaac twin they are two worlds of one Isaac Lab
+    env (one simulation per process); the training episode restarts after each evaluation."""
+    if cfg.backend == "isaac":
+        _check_isaac(cfg)
+        from robot_rl.sim.isaac.env import make_isaac_world_envs
+        kw: dict[str, Any] = {"reward_type": "sparse", "randomization": cfg.randomization}
+        train, ev = make_isaac_world_envs(cfg.task, cfg.robot, 2, seed=cfg.seed, **kw)
+        return train, ev
+    return make_rl_env(cfg), make_rl_env(cfg)
 
 
 def obs_keys(cfg: RLConfig) -> list[str]:
@@ -147,7 +177,7 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     keys = obs_keys(cfg)
-    env, eval_env = make_rl_env(cfg), make_rl_env(cfg)
+    env, eval_env = make_rl_envs(cfg)
     human = SimulatedHuman(env, cfg.human) if cfg.hil else None
     steer = cfg.steer.checkpoint is not None
     if steer:  # the learner acts in the diffusion policy's noise space; the human in action space
@@ -313,6 +343,13 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
                                  ok=f"{np.mean(train_succ[-20:]) if train_succ else 0:.2f}")
         if step // cfg.eval_every > prev // cfg.eval_every or step >= cfg.env_steps:
             row = evaluate(step)
+            if getattr(env, "disturbed", False):  # Isaac twin: evaluation stepped this world too
+                ep_seed += 1
+                obs, _ = env.reset(seed=ep_seed)
+                if loop_human:
+                    loop_human.reset(ep_seed)
+                if demos is not None:
+                    demos.end_episode()
             if cfg.stop_at is not None and row["success"] >= cfg.stop_at and summary["reached"] is None:
                 summary["reached"] = step
                 break
