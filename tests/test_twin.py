@@ -153,3 +153,15 @@ def test_env_applies_the_robot_nodes_safety_limits():
         env.step(roll)
     assert tw.data.ctrl[tw.act][-1] == pytest.approx(upper[-1] - margin, abs=1e-9)
     assert tw.safety.counters["clamped_joint_limit"] > clamped0
+
+
+@pytest.mark.parametrize("robot", ["so101", "arm6"])
+def test_insert_hole_is_where_the_task_says(robot):
+    """The hole's walls stand where the task samples them (a reset used to put every mocap body
+    back at the origin after the hole was placed: the peg then went down into thin air)."""
+    from robot_rl.sim import make_env
+    env = make_env("insert", robot, cameras=(), render_mode=None)
+    for seed in (0, 1, 2):
+        env.reset(seed=seed)
+        np.testing.assert_allclose(env.twin.data.body("hole").xpos, env.task.hole_pos, atol=1e-9)
+        assert np.linalg.norm(env.task.hole_pos[:2]) > 0.05

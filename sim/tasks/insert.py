@@ -41,12 +41,14 @@ class Insert(Task):
                 break
         self.hole_yaw = float(rng.uniform(-0.6, 0.6))
         self.hole_pos = np.array([hole[0], hole[1], 0.0])
-        self.set_mocap("hole", self.hole_pos, self.hole_yaw)
         # the arm holds the peg above the table: solve IK for the start pose
         yaw = self.home_yaw() + rng.uniform(-0.4, 0.4)
         tcp = np.array([start[0], start[1], rng.uniform(0.07, 0.10)])
         q = tw.ik(tcp, down_mat(yaw), tw.home, iters=100)
         tw.reset(q, gripper=1.0)
+        # after tw.reset: mj_resetData puts every mocap body back at its model position, so a
+        # hole placed before it stayed at the origin (the peg then went down into thin air)
+        self.set_mocap("hole", self.hole_pos, self.hole_yaw)
         pos, mat = tw.fk(q)
         k_palm_gap = self._tcp_to_palm()
         peg_top = pos[2] + k_palm_gap - 0.004 - rng.uniform(0.0, 0.008)
