@@ -166,7 +166,7 @@ def child(argv: list[str]) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_child(*args, timeout: float = 3600) -> dict:
+def _run_child(*args, timeout: float = 3600) -> dict:
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
@@ -193,6 +193,15 @@ def main() -> None:
     a = ap.parse_args()
     parts = a.parts.split(",")
     result: dict = {"machine": f"{os.cpu_count()} CPU cores, no GPU" if not _has_cuda() else "GPU"}
+    partial = Path(a.out or HERE / "results" / "bench_isaac.json").with_suffix(".partial.json")
+
+    def run_child(*args, **kw):  # every finished child is kept, so a later failure loses nothing
+        r = _run_child(*args, **kw)
+        result.setdefault("rows", []).append({"args": list(map(str, args)), **r})
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(result, indent=1))
+        return r
+
     if "parity" in parts:
         rows = [run_child("parity", r, 200) for r in a.robots.split(",")]
         print_table(rows, ["robot", "steps", "rms_mrad", "max_mrad", "max_joint_travel_rad"],
@@ -217,6 +226,7 @@ def main() -> None:
         print(f"crossover: {'Isaac twin passes the best MuJoCo figure at ' + str(cross) + ' worlds' if cross else 'none up to ' + a.envs.split(',')[-1] + ' worlds on CPU'}")
         result["throughput"] = rows
         result["crossover_num_envs"] = cross
+    result.pop("rows", None)
     print(f"wrote {write_json('bench_isaac', result, a.out)}")
 
 

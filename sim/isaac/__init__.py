@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the clone (sim/isaac/__init__.py)
 # what `make isaac` installs: the key of the cached venv is a hash of this file
 REQUIREMENTS = REPO / "scripts" / "isaac-requirements.txt"
 MIN_PYTHON = (3, 12)

@@ -85,7 +85,7 @@ def _build_direct_env(usd: str, mirror, num_envs: int, seed: int, device: str, e
         articulation_root_prim_path="/Geometry/base",
         # the MJCF's position servos (kp, kv, force range) come through the USD's MuJoCo schema
         actuators={"servos": ImplicitActuatorCfg(joint_names_expr=[".*"], stiffness=None, damping=None)})}
-    for name in objects + kinematic:
+    for name in objects:
         attrs[name] = RigidObjectCfg(prim_path=f"{{ENV_REGEX_NS}}/Scene/Geometry/{name}", spawn=None)
     attrs["__annotations__"] = {k: type(v) for k, v in attrs.items()}
     SceneCfg = configclass(type("RobotRLSceneCfg", (InteractiveSceneCfg,), attrs))
@@ -231,7 +231,10 @@ class IsaacVecEnv:
         self._targets = robot.data.joint_pos.torch.clone()
         self.origins = self.env.scene.env_origins.cpu().numpy().astype(np.float64)
         self._obs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-        self._seed = int(seed)
+        self._obs_state = [{"joint_offset": None, "obs_delay": 0} for _ in range(n)]
+        self._obs_hist: list[list] = [[] for _ in range(n)]
+        self._mocap_joints: dict | None = None
+        self.reset(seed=int(seed))  # every world starts from a task reset (seeds seed + i)
 
     # -- state transfer --------------------------------------------------------------
     def _pull(self, env_ids: Sequence[int] | None = None, advance: bool = True) -> None:
@@ -289,7 +292,9 @@ class IsaacVecEnv:
         self._targets = torch.as_tensor(targets, dtype=torch.float32, device=dev)
         self.env.targets = self._targets
         robot.actuators.target_command.set_position_index(value=self._targets)
-        for name in self.objects + self.kinematic:
+        if self.kinematic:
+            self._place_mocap(ids)
+        for name in self.objects:
             pose = np.zeros((len(ids), 7))
             for k, i in enumerate(ids):
                 b = self.mirrors[i].twin.data.body(name)
@@ -298,6 +303,31 @@ class IsaacVecEnv:
             obj = self.env.scene[name]
             obj.write_root_pose_to_sim_index(root_pose=torch.as_tensor(pose, dtype=torch.float32, device=dev), env_ids=tid)
             obj.write_root_velocity_to_sim_index(root_velocity=torch.zeros(len(ids), 6, device=dev), env_ids=tid)
+
+    def _place_mocap(self, ids: list[int]) -> None:
+        """Mocap bodies with colliders (insert's hole) where the mirrors put them. The converter
+        writes such a body as a kinematic body welded to the world; Newton hands it to MuJoCo as a
+        mocap body whose pose is its weld's parent frame (``joint_X_p``), so that is what moves."""
+        from isaaclab_newton.physics import NewtonManager
+        from newton import ModelFlags
+        model = NewtonManager.get_model()
+        if self._mocap_joints is None:
+            labels = list(model.joint_label)
+            self._mocap_joints = {}
+            for name in self.kinematic:
+                for w in range(self.num_envs):
+                    tag = f"/env_{w}/Scene/Geometry/{name}/"
+                    j = [k for k, lab in enumerate(labels) if tag in lab]
+                    if len(j) != 1:
+                        raise IsaacUnavailable(f"cannot find the weld of mocap body {name!r} in world {w}")
+                    self._mocap_joints[(name, w)] = j[0]
+        xp = model.joint_X_p.numpy()
+        for name in self.kinematic:
+            for i in ids:
+                b = self.mirrors[i].twin.data.body(name)
+                xp[self._mocap_joints[(name, i)]] = np.concatenate([b.xpos + self.origins[i], _wxyz_to_xyzw(b.xquat)])
+        model.joint_X_p.assign(xp)
+        NewtonManager.add_model_change(ModelFlags.JOINT_PROPERTIES)
 
     def _targets_of(self, i: int, fallback: np.ndarray) -> np.ndarray:
         tw = self.mirrors[i].twin
@@ -338,9 +368,6 @@ class IsaacVecEnv:
             seeds = [None if seed is None else int(seed) + i for i in ids]
         if len(seeds) != len(ids):
             raise ValueError(f"{len(ids)} envs to reset but {len(seeds)} seeds")
-        if not hasattr(self, "_obs_state"):
-            self._obs_state = [{"joint_offset": None, "obs_delay": 0} for _ in range(self.num_envs)]
-            self._obs_hist = [[] for _ in range(self.num_envs)]
         if any(s is not None for s in seeds):
             torch.manual_seed(int(next(s for s in seeds if s is not None)))  # Isaac's event draws
         self.env._reset_idx(torch.as_tensor(ids, device=self.env.device, dtype=torch.long))
@@ -381,21 +408,20 @@ class IsaacVecEnv:
         mir = self.mirrors[i]
         obs = mir.twin.observe()
         obs["object_state"] = mir.task.object_state()
-        st = getattr(self, "_obs_state", None)
-        if st is not None:
-            off = st[i]["joint_offset"]
-            if off is not None and np.any(off):
-                from robot_rl.sim.twin import mat_to_quat
-                q = obs["joint_pos"].astype(np.float64) + off
-                obs["joint_pos"] = q.astype(np.float32)
-                pos, mat = mir.twin.fk(q)
-                obs["ee_pos"], obs["ee_quat"] = pos.astype(np.float32), mat_to_quat(mat).astype(np.float32)
-            k = st[i]["obs_delay"]
-            if k > 0:
-                h = self._obs_hist[i]
-                h.append(obs)
-                del h[:-(k + 1)]
-                obs = dict(h[0])
+        st = self._obs_state[i]
+        off = st["joint_offset"]
+        if off is not None and np.any(off):  # encoder bias: the pose a controller computes from its encoders
+            from robot_rl.sim.twin import mat_to_quat
+            q = obs["joint_pos"].astype(np.float64) + off
+            obs["joint_pos"] = q.astype(np.float32)
+            pos, mat = mir.twin.fk(q)
+            obs["ee_pos"], obs["ee_quat"] = pos.astype(np.float32), mat_to_quat(mat).astype(np.float32)
+        k = st["obs_delay"]
+        if k > 0:  # sensing latency: the world as it was k control steps ago
+            h = self._obs_hist[i]
+            h.append(obs)
+            del h[:-(k + 1)]
+            obs = dict(h[0])
         return obs
 
     def _stack(self) -> dict[str, np.ndarray]:
