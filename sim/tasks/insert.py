@@ -98,6 +98,7 @@ class InsertExpert(Expert):
     def reset(self):
         super().reset()
         self.hover = self.rng.uniform(0.015, 0.03)
+        self.heights: list[float] = []
 
     def act(self, obs):
         if self.timer == 0 and self.phase == 0:
@@ -121,8 +122,16 @@ class InsertExpert(Expert):
             if xy_err < 0.0015 and abs(wrap(yaw - hand_yaw)) < 0.03 and abs(bottom - rim - self.hover) < 0.01:
                 self.phase = 1
             return self.goto(obs, tgt, yaw, 1.0)
+        if self.phase == 2:  # let go: the peg slides down the hole under its own weight
+            return self.goto(obs, ee, None, 0.0)
         # lower, still centring; back off if the peg is caught on the rim off-centre
         if xy_err > 0.004 and bottom > rim - 0.002:
             self.phase = 0
+        # the fingers land on the walls when the peg sits high in the grasp: once the peg is in
+        # the hole's mouth, centred, and stops going down, release it
+        self.heights.append(float(peg[2]))
+        if (bottom < rim - 0.003 and xy_err < 0.0025 and len(self.heights) > 6
+                and self.heights[-6] - self.heights[-1] < 0.0005):
+            self.phase = 2
         tgt = np.array([hole[0], hole[1], peg[2] - 0.01]) + off
         return self.goto(obs, tgt, yaw, 1.0, speed=0.35)
