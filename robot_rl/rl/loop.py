@@ -292,6 +292,16 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
             summary["base_zero_noise_success"] = evaluate_policy(eval_env, lambda o: zero, cfg.eval_episodes,
                                                                  cfg.eval_seed)["success"]
         evaluate(0)
+    def next_episode() -> dict:
+        nonlocal ep_seed
+        ep_seed += 1
+        o, _ = env.reset(seed=ep_seed)
+        if loop_human:
+            loop_human.reset(ep_seed)
+        if demos is not None:
+            demos.end_episode()
+        return o
+
     step = step0
     while step < cfg.env_steps:
         o = _pick(obs, keys)
@@ -319,12 +329,7 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         obs = nobs
         if term or trunc:
             train_succ.append(bool(info["success"]))
-            ep_seed += 1
-            obs, _ = env.reset(seed=ep_seed)
-            if loop_human:
-                loop_human.reset(ep_seed)
-            if demos is not None:
-                demos.end_episode()
+            obs = next_episode()
         if not stats_set and step >= warmup:
             learner.set_obs_stats(online)
             stats_set = True
@@ -344,12 +349,7 @@ def run_online(cfg: RLConfig, on_eval: Callable[[dict], None] | None = None) -> 
         if step // cfg.eval_every > prev // cfg.eval_every or step >= cfg.env_steps:
             row = evaluate(step)
             if getattr(env, "disturbed", False):  # Isaac twin: evaluation stepped this world too
-                ep_seed += 1
-                obs, _ = env.reset(seed=ep_seed)
-                if loop_human:
-                    loop_human.reset(ep_seed)
-                if demos is not None:
-                    demos.end_episode()
+                obs = next_episode()
             if cfg.stop_at is not None and row["success"] >= cfg.stop_at and summary["reached"] is None:
                 summary["reached"] = step
                 break
