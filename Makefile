@@ -34,8 +34,14 @@ test-slow: $(STAMP)
 isaac:
 	bash scripts/isaac_venv.sh
 
+# robot_rl's own code runs in both venvs (mujoco 3.12 / torch 2.11 / zarr 3.4 there): these core
+# test files (nothing of ROS 2, which stays in the core venv) run in the Isaac venv too
+ISAAC_CORE_TESTS := tests/test_twin.py tests/test_env.py tests/test_experts.py tests/test_spec.py tests/test_store.py \
+                    tests/test_store_codecs.py tests/test_sampler.py tests/test_randomization.py tests/test_diffusion.py \
+                    tests/test_act.py tests/test_policy_checkpoint.py tests/test_evaluate.py tests/test_train.py
 test-isaac: isaac
 	$(RUN) .venv-isaac/bin/python -m pytest -q -m isaac --confcutdir=tests/isaac -p no:cacheprovider tests/isaac $(ARGS)
+	$(RUN) .venv-isaac/bin/python -m pytest -q -p no:cacheprovider -k "not sim_robot" $(ISAAC_CORE_TESTS)
 
 # every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
 BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_servo.py bench_calibration.py \

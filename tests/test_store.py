@@ -112,7 +112,8 @@ def test_round_trip_and_plain_zarr_layout(tmp_path, spec, chunks):
     assert json.loads(str(root["meta/extra"][2])) == {"i": 2, "np": 1.5}
     img = root["data/image_front"]
     assert img.chunks[0] == (4 if chunks else 64) and img.chunks[1:] == (10, 12, 3)
-    assert img.compressors[0].cname.value == "zstd"
+    cname = img.compressors[0].cname
+    assert getattr(cname, "value", cname) == "zstd"  # an enum in zarr 3.1, a str in 3.4
     assert root["data/joint_pos"].chunks[0] == (8 if chunks else 1024)
 
 

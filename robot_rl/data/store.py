@@ -1205,7 +1205,9 @@ class EpisodeStore:
                     and isinstance(sh.codecs[0], JpegCodec)
                     and tuple(meta.chunk_grid.chunk_shape) == (ks.chunk_steps,) + ks.shape
                     and isinstance(sh.index_codecs[0], BytesCodec)
-                    and sh.index_codecs[0].endian is not None and sh.index_codecs[0].endian.value == "little"):
+                    and sh.index_codecs[0].endian is not None
+                    # an Endian enum in zarr 3.1, the string itself in 3.4 (the Isaac venv's)
+                    and getattr(sh.index_codecs[0].endian, "value", sh.index_codecs[0].endian) == "little"):
                 rest = tuple(sh.index_codecs[1:])
                 if rest == ():
                     crc = False
