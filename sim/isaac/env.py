@@ -216,6 +216,13 @@ class IsaacVecEnv:
         self.cfg = cfg
         self.env = Env(cfg)
         IsaacVecEnv._open = self
+        try:
+            self._start(twin, seed)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, twin, seed: int) -> None:
         n = self.num_envs
         self.env.reset(seed=int(seed))
         robot = self.env.scene["robot"]
