@@ -48,9 +48,12 @@ BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py b
            bench_hardware.py bench_bags.py \
            bench_policies.py bench_image_policies.py bench_image_levers.py bench_data_loading.py bench_inference.py bench_onnx.py bench_rl.py bench_rl_transport.py \
            bench_reward_classifier.py bench_randomization.py bench_sysid.py bench_camera_calibration.py bench_robustness.py \
-           bench_sim2real.py bench_demo.py
+           bench_sim2real.py bench_isaac.py bench_demo.py
+# bench_isaac.py runs in the Isaac venv (make isaac builds it)
 bench: $(STAMP)
-	cd benchmarks && for b in $(BENCHES); do ../$(RUN) ../$(PY) $$b || exit 1; done
+	cd benchmarks && for b in $(BENCHES); do \
+	  py=../$(PY); if [ $$b = bench_isaac.py ]; then $(MAKE) -C .. isaac && py=../.venv-isaac/bin/python; fi; \
+	  ../$(RUN) $$py $$b || exit 1; done
 
 bench-list:
 	@printf '%s\n' $(BENCHES)
