@@ -81,7 +81,7 @@ def run_experts_isaac(env, seeds: list[int]) -> tuple[np.ndarray, float, int]:
     steps, t0 = 0, time.perf_counter()
     while not done.all():
         a = np.stack([experts[i].act(env.obs_of(i)) if not done[i] else zero for i in range(n)])
-        _, _, te, tr, info = env.step(a)
+        _, _, te, tr, info = env.step(a, active=~done)
         succ |= info["success"] & ~done
         done |= te | tr
         steps += 1

@@ -102,7 +102,7 @@ def record_sim_isaac(cfg: DictConfig, spec: RobotSpec, rand) -> dict:
         while active.any():
             obs = [env.obs_of(i) for i in range(n)]
             acts = np.stack([experts[i].act(obs[i]) if active[i] else zero for i in range(n)])
-            _, rew, term, trunc, info = env.step(acts)
+            _, rew, term, trunc, info = env.step(acts, active=active)
             restart = []
             for i in np.flatnonzero(active):
                 bufs[i].append((obs[i], acts[i], float(rew[i])))

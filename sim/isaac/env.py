@@ -390,14 +390,18 @@ class IsaacVecEnv:
             self._obs[i] = self._observe(i)
         return self._stack(), {"success": np.array([self.mirrors[i]._info()["success"] for i in range(self.num_envs)])}
 
-    def step(self, actions) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions, active: Sequence[bool] | None = None
+             ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One control step of every world. Worlds outside `active` (all by default) ignore their
+        action and hold their joint targets; their episode clock does not run."""
         import torch
         a = np.asarray(actions, dtype=np.float64)
         if a.shape != (self.num_envs,) + self.action_space.shape:
             raise ValueError(f"actions must have shape {(self.num_envs,) + self.action_space.shape}, got {a.shape}")
+        act = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
         targets = self._targets.cpu().numpy().astype(np.float64)
-        for i, mir in enumerate(self.mirrors):
-            mir.twin.apply_action(self.action_mode, a[i])
+        for i in np.flatnonzero(act):
+            self.mirrors[i].twin.apply_action(self.action_mode, a[i])
             targets[i] = self._targets_of(i, targets[i])
         self._targets = torch.as_tensor(targets, dtype=torch.float32, device=self.env.device)
         self.env.step(self._targets)
@@ -406,6 +410,9 @@ class IsaacVecEnv:
         rew, term, trunc = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
         succ = np.zeros(n, bool)
         for i, mir in enumerate(self.mirrors):
+            if not act[i]:
+                self._obs[i] = self._observe(i)
+                continue
             r, te, tr, info = mir.after_physics_step()
             rew[i], term[i], trunc[i], succ[i] = r, te, tr, info["success"]
             self._obs[i] = self._observe(i)
@@ -473,7 +480,7 @@ class IsaacVecEnv:
 
 class IsaacEnvList:
     """The evaluator's env pool (robot_rl.learn.evaluate) on one Isaac Lab env of `n` worlds:
-    ``reset(i, seed)``, ``step(actions, active)``; idle worlds hold their last targets."""
+    ``reset(i, seed)``, ``step(actions, active)``; idle worlds hold their joint targets."""
 
     def __init__(self, n: int, resize=None, *, task: str, robot, action_mode: str = "ee_delta", cameras=(),
                  randomization: Any = None, calibration: Any = None, max_episode_steps: int | None = None,
@@ -485,24 +492,15 @@ class IsaacEnvList:
                                randomization=randomization, calibration=calibration,
                                max_episode_steps=max_episode_steps)
         self.envs = self.vec.mirrors
-        self._hold = np.zeros((n,) + self.vec.action_space.shape, np.float32)
 
     def reset(self, i: int, seed: int) -> dict[str, np.ndarray]:
         self.vec.reset(env_ids=[i], seeds=[seed])
         return self.vec.obs_of(i)
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> dict[int, tuple]:
-        a = np.where(np.asarray(active)[:, None], actions, self._idle_actions())
-        obs, r, te, tr, info = self.vec.step(a)
+        obs, r, te, tr, info = self.vec.step(actions, active=active)
         return {int(i): (self.vec.obs_of(int(i)), float(r[i]), bool(te[i]), bool(tr[i]),
                          {"success": bool(info["success"][i])}) for i in np.flatnonzero(active)}
-
-    def _idle_actions(self) -> np.ndarray:
-        if self.vec.action_mode == "joint_pos":  # hold where the arm is
-            q = np.stack([m.twin.q for m in self.vec.mirrors])
-            g = np.stack([[m.twin.gripper_closure()] for m in self.vec.mirrors])
-            return np.concatenate([q, g], axis=1)[:, :self._hold.shape[1]].astype(np.float32)
-        return self._hold
 
     def render(self, i: int) -> np.ndarray:
         raise IsaacUnavailable("the Isaac twin renders no cameras: pass videos=0, or evaluate on backend=mujoco")
@@ -537,11 +535,8 @@ class IsaacWorldEnv:
 
     def step(self, action):
         a = np.zeros((self.vec.num_envs,) + self.action_space.shape, np.float32)
-        if self.action_mode == "joint_pos":
-            for j, m in enumerate(self.vec.mirrors):
-                a[j] = np.concatenate([m.twin.data.ctrl[m.twin.act], [m.twin.gripper_closure()]])[:a.shape[1]]
         a[self.i] = action
-        _, r, te, tr, info = self.vec.step(a)
+        _, r, te, tr, info = self.vec.step(a, active=np.arange(self.vec.num_envs) == self.i)
         for s in self.siblings:
             if s is not self:
                 s.disturbed = True

@@ -107,7 +107,7 @@ def _run_experts(env, seeds, max_steps=None):
     steps = 0
     while not done.all() and (max_steps is None or steps < max_steps):
         a = np.stack([experts[i].act(env.obs_of(i)) if not done[i] else zero for i in range(n)])
-        obs, r, te, tr, info = env.step(a)
+        obs, r, te, tr, info = env.step(a, active=~done)
         traj.append(obs["ee_pos"].copy())
         succ |= info["success"] & ~done
         done |= te | tr
