@@ -25,10 +25,11 @@ from robot_rl.sim.isaac import IsaacUnavailable, require_runtime
 from robot_rl.sim.isaac.assets import asset_root, scene_usd
 
 GIB = 1024 ** 3
-# measured with benchmarks/bench_isaac.py (peak RSS per world, so101/pick_cube on CPU, mirrors
-# included); an estimate for the "does num_envs fit" check, not a promise
-BYTES_PER_WORLD = 6 * 1024 ** 2
-BYTES_BASE = 3 * GIB
+# benchmarks/bench_isaac.py measured peak RSS of 1.18 GiB at 1 world and 1.51 GiB at 256
+# (so101/pick_cube on CPU, mirrors included): ~1.3 MiB per world. The check below allows
+# 2 MiB per world + 1.5 GiB: an estimate for "does num_envs fit", not a promise
+BYTES_PER_WORLD = 2 * 1024 ** 2
+BYTES_BASE = GIB * 3 // 2
 
 
 def available_memory(device: str) -> int:
@@ -51,7 +52,7 @@ def check_fits(num_envs: int, device: str) -> None:
         fit = max(1, int((have - BYTES_BASE) // BYTES_PER_WORLD))
         raise IsaacUnavailable(
             f"num_envs={num_envs} needs about {need / GIB:.1f} GiB on {device} "
-            f"({BYTES_PER_WORLD / 1024 ** 2:.0f} MiB per world + {BYTES_BASE / GIB:.0f} GiB), but only "
+            f"({BYTES_PER_WORLD / 1024 ** 2:.0f} MiB per world + {BYTES_BASE / GIB:.1f} GiB), but only "
             f"{have / GIB:.1f} GiB is available: use num_envs<={fit}, or a device with more memory")
 
 
