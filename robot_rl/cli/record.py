@@ -97,8 +97,7 @@ def record_sim_isaac(cfg: DictConfig, spec: RobotSpec, rand) -> dict:
         hold, succ, active = np.zeros(n, int), np.zeros(n, bool), np.ones(n, bool)
         zero = np.zeros(env.action_space.shape, np.float32)
         dt = 1.0 / spec.control_hz
-        rand_name = rand if isinstance(rand, str) else (rand or {}).get("name", "custom") if isinstance(rand, dict) \
-            else None if rand is None else str(rand)
+        rand_name = None if rand is None else rand.get("name", "custom") if isinstance(rand, dict) else str(rand)
         while active.any():
             obs = [env.obs_of(i) for i in range(n)]
             acts = np.stack([experts[i].act(obs[i]) if active[i] else zero for i in range(n)])
