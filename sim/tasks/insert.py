@@ -95,10 +95,11 @@ class InsertExpert(Expert):
     """Carry the peg over the hole, square it with the hole, and lower it in, servoing
     on the peg's own position (the grasp is never exactly centred)."""
 
+    tcp_to_tip = 0.012  # the tcp site sits this far above the fingertips (sim/mjcf.py)
+
     def reset(self):
         super().reset()
         self.hover = self.rng.uniform(0.015, 0.03)
-        self.heights: list[float] = []
 
     def act(self, obs):
         if self.timer == 0 and self.phase == 0:
@@ -128,10 +129,10 @@ class InsertExpert(Expert):
         if xy_err > 0.004 and bottom > rim - 0.002:
             self.phase = 0
         # the fingers land on the walls when the peg sits high in the grasp: once the peg is in
-        # the hole's mouth, centred, and stops going down, release it
-        self.heights.append(float(peg[2]))
-        if (bottom < rim - 0.003 and xy_err < 0.0025 and len(self.heights) > 6
-                and self.heights[-6] - self.heights[-1] < 0.0005):
+        # the hole's mouth and centred, and the fingertips are about to reach the rim, release
+        # it (a test on this observation alone, so that a policy can learn when)
+        fingertips = ee[2] - self.tcp_to_tip
+        if bottom < rim - 0.003 and xy_err < 0.0025 and fingertips < rim + 0.002:
             self.phase = 2
         tgt = np.array([hole[0], hole[1], peg[2] - 0.01]) + off
         return self.goto(obs, tgt, yaw, 1.0, speed=0.35)
