@@ -236,6 +236,12 @@ class IsaacVecEnv:
         self.finger_idx = [next(i for i, j in enumerate(names) if j.startswith(f"finger_{s}"))
                            for s in ("left", "right")] if twin.has_gripper else []
         self.nj = len(names)
+        # mirror addresses, the same in every mirror (one model): looked up once, not per step
+        m = twin.model
+        self._finger_dof = [int(m.jnt_dofadr[m.joint(f"finger_{s}").id]) for s in ("left", "right")] \
+            if twin.has_gripper else []
+        self._obj_adr = {name: (int(m.jnt_qposadr[m.body(name).jntadr[0]]), int(m.jnt_dofadr[m.body(name).jntadr[0]]))
+                         for name in self.objects}
         self._targets = robot.data.joint_pos.torch.clone()
         self.origins = self.env.scene.env_origins.cpu().numpy().astype(np.float64)
         self._obs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
@@ -266,11 +272,9 @@ class IsaacVecEnv:
             d.qvel[tw.dadr] = jv[i, self.arm_idx]
             if tw.has_gripper:
                 d.qpos[tw.finger_qadr] = jp[i, self.finger_idx]
-                fd = [m.jnt_dofadr[m.joint(f"finger_{s}").id] for s in ("left", "right")]
-                d.qvel[fd] = jv[i, self.finger_idx]
+                d.qvel[self._finger_dof] = jv[i, self.finger_idx]
             for name, (p, q, v, w) in objs.items():
-                j = m.body(name).jntadr[0]
-                a, dv = m.jnt_qposadr[j], m.jnt_dofadr[j]
+                a, dv = self._obj_adr[name]
                 d.qpos[a:a + 3] = p[i] - self.origins[i]
                 d.qpos[a + 3:a + 7] = q[i] / np.linalg.norm(q[i])
                 d.qvel[dv:dv + 3] = v[i]
