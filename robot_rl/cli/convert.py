@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from robot_rl.cli.main import CLIError
+from robot_rl.cli.common import CLIError
 
 BAG_KEYS = {"robot": None, "contract": "sim", "split": "events", "gap_s": 1.0, "times": None, "task": None,
             "cameras": None, "distro": None, "fps": None, "empty": "error"}

@@ -8,7 +8,7 @@ FORMATS = ("onnx",)
 
 
 def cmd_export(args: list[str]) -> int:
-    from robot_rl.cli.main import CLIError, compose
+    from robot_rl.cli.common import CLIError, compose
     if not args or "=" in args[0]:
         raise CLIError("'export' needs a checkpoint folder: robot-rl export CHECKPOINT format=onnx [out=DIR]")
     cfg = compose("export", args[1:])

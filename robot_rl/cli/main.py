@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from robot_rl.cli.common import CLIError, cfg_to_dict, compose, path_arg  # noqa: F401  (CLIError, compose, cfg_to_dict re-exported)
 
 USAGE = """usage: robot-rl <command> [args] [key=value ...]
 
@@ -57,87 +57,6 @@ examples:
 """
 
 
-class CLIError(Exception):
-    """A mistake on the command line or in the inputs: printed as one line, exit code 2."""
-
-
-FILE_GROUPS = ("randomization",)
-
-
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``robot_rl/conf/<config_name>.yaml`` with hydra overrides; bad keys and
-    values become CLIError with the list of valid keys."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise CLIError(f"expected key=value, got {bad[0]!r}")
-    # config groups that also take a file path (randomization=my_terms.yaml): hydra knows only
-    # the group's own files, so a path is set after composing
-    files = {}
-    for o in list(overrides):
-        k, _, v = o.partition("=")
-        if k in FILE_GROUPS and (v.endswith((".yaml", ".yml")) or "/" in v):
-            files[k] = v
-            overrides = [x for x in overrides if x != o]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="robot_rl.conf", version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
-        if files:
-            from omegaconf import open_dict
-            with open_dict(cfg):
-                for k, v in files.items():
-                    if f"{k}=<{k} config>" not in _known_keys(config_name):
-                        raise CLIError(f"unknown setting {k!r} for '{config_name}'")
-                    cfg[k] = v
-    except (HydraException, OmegaConfBaseException) as e:
-        msg = str(e).strip().splitlines()[0]
-        cause = e.__cause__
-        text = f"{msg} {cause}" if cause else msg
-        if "not in struct" in text or "Could not override" in text:
-            key = text.split("'")[1] if "'" in text else "?"
-            known = ", ".join(_known_keys(config_name))
-            raise CLIError(f"unknown setting {key!r} for '{config_name}'; valid settings: {known}") from None
-        if "Could not find" in text or "Could not load" in text:
-            import re
-            from robot_rl.spec import available_robots
-            m = re.search(r"'randomization/([^']+)'", text)
-            if m:
-                from robot_rl.sim.randomization import available
-                raise CLIError(f"no randomization {m.group(1)!r}: not one of {available()} (or pass a YAML file "
-                               "path)") from None
-            m = re.search(r"'robot/([^']+)'", text)
-            if m:
-                name = m.group(1)
-                raise CLIError(f"unknown robot {name!r}; available: {', '.join(available_robots())}") from None
-            raise CLIError(msg) from None
-        raise CLIError(f"bad settings for '{config_name}': {msg}") from None
-    return cfg
-
-
-def _known_keys(config_name: str) -> list[str]:
-    from pathlib import Path
-    import yaml
-    p = Path(__file__).resolve().parent.parent / "conf" / f"{config_name}.yaml"
-    d = yaml.safe_load(p.read_text()) or {}
-    keys = [k for k in d if k != "defaults"]
-    for item in d.get("defaults", []):
-        if isinstance(item, dict):
-            keys.extend(f"{k}=<{k} config>" for k in item)
-    return keys
-
-
-def _path_arg(args: list[str], cmd: str) -> tuple[str, list[str]]:
-    if not args or "=" in args[0]:
-        raise CLIError(f"'{cmd}' needs a store path: robot-rl {cmd} PATH [key=value ...]")
-    return args[0], args[1:]
-
-
 def cmd_record(args: list[str]) -> int:
     if not args or args[0] != "sim":
         raise CLIError("'record' needs a source: 'robot-rl record sim ...' (the ROS 2 recorder "
@@ -154,7 +73,7 @@ def cmd_record(args: list[str]) -> int:
 
 
 def cmd_info(args: list[str]) -> int:
-    path, rest = _path_arg(args, "info")
+    path, rest = path_arg(args, "info")
     cfg = compose("info", rest)
     from robot_rl.cli.info import info
     info(path, as_json=bool(cfg.json))
@@ -162,7 +81,7 @@ def cmd_info(args: list[str]) -> int:
 
 
 def cmd_view(args: list[str]) -> int:
-    path, rest = _path_arg(args, "view")
+    path, rest = path_arg(args, "view")
     cfg = compose("view", rest)
     from robot_rl.cli.view import view
     for f in view(path, cfg):
@@ -347,12 +266,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cfg_to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
 if __name__ == "__main__":
-    # run the module's canonical copy, so CLIError raised by robot_rl.cli.* submodules is the
-    # class main() catches (under ``python -m`` this file is also loaded as __main__)
-    from robot_rl.cli.main import main as _main
-    sys.exit(_main())
+    sys.exit(main())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robot_rl.cli.main import CLIError
+from robot_rl.cli.common import CLIError
 
 
 def _help(args: list[str]) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from robot_rl.cli.main import CLIError
+from robot_rl.cli.common import CLIError
 
 TRAIN_KEYS: dict[str, Any] = {
     "store": None, "cameras": None, "out": "runs/reward_classifier", "steps": 2000, "batch_size": 64,

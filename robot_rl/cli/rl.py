@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def cmd_rl(args: list[str]) -> int:
-    from robot_rl.cli.main import CLIError, cfg_to_dict, compose
+    from robot_rl.cli.common import CLIError, cfg_to_dict, compose
     from robot_rl.rl.replay import ReplayError
     from robot_rl.rl.sac import CheckpointError
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robot_rl.cli.main import CLIError
+from robot_rl.cli.common import CLIError
 
 EXCITE_KEYS = ("robot", "driver", "port", "calibration", "hardware", "baudrate", "out", "seconds", "seed",
                "segment_s", "amplitude", "velocity_fraction", "margin", "rate")

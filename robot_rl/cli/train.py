@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def cmd_train(args: list[str]) -> int:
-    from robot_rl.cli.main import CLIError, compose
+    from robot_rl.cli.common import CLIError, compose
     from robot_rl.learn.train import TrainError, train
     bad = [a for a in args if "=" not in a]
     if bad:

@@ -44,7 +44,7 @@ def _camera_parser() -> argparse.ArgumentParser:
 
 
 def cmd_camera(args: list[str]) -> int:
-    from robot_rl.cli.main import CLIError
+    from robot_rl.cli.common import CLIError
     from robot_rl.drivers.virtual.camera import Impairments, MJPEGServer, SyntheticSource, TwinCameraSource
 
     a = _camera_parser().parse_args(args)
@@ -146,7 +146,7 @@ def cmd_so101(args: list[str]) -> int:
     import os
     import signal
 
-    from robot_rl.cli.main import CLIError
+    from robot_rl.cli.common import CLIError
     from robot_rl.drivers.hardware import HardwareError
     from robot_rl.drivers.virtual.so101 import UnitError, VirtualSO101, load_unit, random_unit
 
@@ -218,7 +218,7 @@ KINDS = {"camera": cmd_camera, "so101": cmd_so101}
 
 
 def cmd_virtual(args: list[str]) -> int:
-    from robot_rl.cli.main import CLIError
+    from robot_rl.cli.common import CLIError
     if not args or args[0] not in KINDS:
         got = f" (got {args[0]!r})" if args else ""
         raise CLIError(f"'virtual' needs a kind{got}: robot-rl virtual {{{'|'.join(KINDS)}}} [--help]")
