@@ -2,6 +2,7 @@
 #   make demo   - the main job on the MuJoCo twin (records expert demonstrations, prints the summary)
 #   make test   - the test suite
 #   make isaac  - (optional) the Isaac Lab twin's venv and assets; make test-isaac runs its tests
+#   make lerobot - (optional) the real lerobot package's venv; make test-lerobot runs the LeRobot interop tests
 # Both create .venv on first use and install what they need (torch==2.13.0 first, then the
 # package with its extras; Debian's EGL/Mesa packages for offscreen rendering when missing).
 SHELL := /bin/bash
@@ -42,6 +43,16 @@ ISAAC_CORE_TESTS := tests/test_twin.py tests/test_env.py tests/test_experts.py t
 test-isaac: isaac
 	$(RUN) .venv-isaac/bin/python -m pytest -q -m isaac --confcutdir=tests/isaac -p no:cacheprovider tests/isaac $(ARGS)
 	$(RUN) .venv-isaac/bin/python -m pytest -q -p no:cacheprovider -k "not sim_robot" $(ISAAC_CORE_TESTS)
+
+# the real LeRobot (lerobot 0.4.4) in a venv of its own, cached in ~/.cache/robot_rl and linked as
+# .venv-lerobot; `make test-lerobot` proves our LeRobotDataset v3.0 export / import against it
+# (tests/lerobot: the core venv's pytest drives lerobot through scripts run by that venv)
+.PHONY: lerobot test-lerobot
+lerobot:
+	bash scripts/lerobot_venv.sh
+
+test-lerobot: $(STAMP) lerobot
+	$(RUN) $(PY) -m pytest -q -m lerobot -p no:cacheprovider tests/lerobot $(ARGS)
 
 # every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
 BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_servo.py bench_calibration.py \
