@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${ROBOT_RL_CACHE:-$HOME/.cache/robot_rl}
 REQ=scripts/lerobot-requirements.txt
-HASH=$(cat "$REQ" "$0" | sha256sum | cut -c1-12)
+HASH=$(cat "$REQ" scripts/lerobot_venv.sh | sha256sum | cut -c1-12)
 VENV=$CACHE/venv-lerobot-$HASH
 
 # --- FFmpeg's shared libraries: torchcodec (lerobot's video decoder) loads them at run time ---
