@@ -167,7 +167,8 @@ def cameras_stage(out: Path, seconds: float, verbose: bool) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m robot_rl.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--robot", default="so101")
     ap.add_argument("--task", default="pick_cube")
     ap.add_argument("--episodes", type=int, default=50)

@@ -54,6 +54,7 @@ from dataclasses import replace
 import numpy as np
 import yaml
 
+from robot_rl.ros.node_args import exit_on_help
 from robot_rl.spec import conf_file, load_spec
 
 
@@ -363,11 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     os.environ.setdefault("MUJOCO_GL", "egl")
     import rclpy
     from rclpy.signals import SignalHandlerOptions
     from rclpy.utilities import remove_ros_args
-    argv = list(sys.argv if argv is None else argv)
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     if not args.rate > 0:
         print("fake_ros2_control: --rate must be > 0", file=sys.stderr)

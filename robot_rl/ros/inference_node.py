@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from robot_rl.ros import topics
+from robot_rl.ros.node_args import exit_on_help
 from robot_rl.spec import ACTION_MODES
 
 DIAG_SUFFIX = "inference"
@@ -772,6 +773,7 @@ def _check_robot_after(node: "InferenceNode", ex, seconds: float, keys: list[str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     from rclpy.utilities import remove_ros_args
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     prog = "inference_node"

@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 from robot_rl.ros import topics
+from robot_rl.ros.node_args import exit_on_help
 
 SIM_TIME_MAX_S = 1e9  # stamps below this are sim time (wall time is ~1.7e9 s)
 DIAG_NAME = "recorder"
@@ -465,6 +466,7 @@ def open_outputs(args) -> tuple[Any, Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from robot_rl.ros import topics
+from robot_rl.ros.node_args import exit_on_help
 
 
 def _import_ros():
@@ -528,6 +529,7 @@ def main_actor(args, argv) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     from rclpy.utilities import remove_ros_args
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
     if args.torch_threads:

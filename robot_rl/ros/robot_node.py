@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot_rl.ros import msgs, topics
+from robot_rl.ros.node_args import exit_on_help
 from robot_rl.spec import ACTION_MODES
 
 MODES = ("realtime", "fast", "lockstep")
@@ -944,6 +945,7 @@ def make_robot(args):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     os.environ.setdefault("MUJOCO_GL", "egl")
     # software GL (Mesa llvmpipe): one raster thread renders small camera images faster and does
     # not compete with the control loop for every core

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from robot_rl.ros import msgs, topics
+from robot_rl.ros.node_args import exit_on_help
 from robot_rl.teleop.devices import HELP, DeviceError, ExpertDevice, TeleopCommand, make_device, twist_si
 
 RECORDER_DIAG = "recorder"
@@ -529,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    exit_on_help(build_parser, argv[1:])
     import rclpy
     from rclpy.executors import ExternalShutdownException
     from rclpy.utilities import remove_ros_args
