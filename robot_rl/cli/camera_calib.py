@@ -1,15 +1,15 @@
 """Camera calibration: a printable ChArUco board, intrinsics, hand-eye (docs/camera_calibration.md)::
 
     robot-rl calibrate board [squares_x=7 squares_y=5 square_mm=30 marker_mm=22 dictionary=DICT_5X5_100
-                              margin_mm=10 dpi=300] [out=board.png]          (+ board.yaml beside it)
+                              margin_mm=10 dpi=300] [out=board.png] [yaml=FILE (default: board.yaml beside it)]
     robot-rl calibrate camera images=DIR|BAG|STORE|live|topic:/TOPIC board=board.yaml [camera=front]
                               [topic=/camera/front/image_raw] [stride=1] [min_corners=8] [max_view_rms=1.0]
-                              [views=30 every=1.0 timeout=60] [out=camera_info.yaml]
+                              [min_views=4] [views=30 every=1.0 timeout=60] [out=camera_info.yaml]
     robot-rl calibrate handeye data=DIR|STORE robot=so101 camera=wrist intrinsics=camera_info.yaml board=board.yaml
                               [eye_on_hand=true|false] [min_corners=8] [refine=true] [out=handeye_wrist.yaml]
     robot-rl calibrate handeye collect robot=so101 driver=feetech port=PORT calibration=FILE source=URL|DEVICE
                               camera=wrist board=board.yaml [n=20] [tilt_deg=20] [shift_m=0.04] [pivot_m=0.25]
-                              [eye_on_hand=...] out=DIR
+                              [eye_on_hand=...] [width=W height=H] [seed=0] out=DIR
 
 - images: a folder of images, an episode store (frames of ``image_<camera>``), a rosbag
   (``topic``, default ``/camera/<camera>/image_raw``, else its ``/compressed``), or a live
@@ -28,12 +28,15 @@ from pathlib import Path
 
 from robot_rl.cli.common import CLIError
 
-
-def _help(args: list[str]) -> bool:
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(__doc__.strip())
-        return True
-    return False
+# the settings each command takes (``robot-rl calibrate <command> --help`` prints this module's docstring)
+KEYS = {
+    "board": ("squares_x", "squares_y", "square_mm", "marker_mm", "dictionary", "margin_mm", "dpi", "out", "yaml"),
+    "camera": ("images", "camera", "board", "topic", "out", "stride", "min_corners", "max_view_rms", "min_views",
+               "views", "every", "timeout"),
+    "handeye": ("data", "robot", "camera", "intrinsics", "board", "eye_on_hand", "out", "min_corners", "refine"),
+    "handeye collect": ("robot", "driver", "port", "calibration", "source", "camera", "board", "n", "tilt_deg",
+                        "shift_m", "pivot_m", "eye_on_hand", "out", "width", "height", "seed"),
+}
 
 
 def _kv(args: list[str], cmd: str, allowed: tuple[str, ...]) -> dict[str, str]:
@@ -71,12 +74,9 @@ def _board(kv: dict[str, str]):
 
 # -- board ------------------------------------------------------------------------------------------
 def cmd_board(args: list[str]) -> int:
-    if _help(args):
-        return 0
     from robot_rl.calibration.camera_info import CalibrationError
     from robot_rl.calibration.charuco import BoardSpec
-    kv = _kv(args, "board", ("squares_x", "squares_y", "square_mm", "marker_mm", "dictionary", "margin_mm",
-                             "dpi", "out", "yaml"))
+    kv = _kv(args, "board", KEYS["board"])
     try:
         b = BoardSpec(squares_x=_num(kv, "squares_x", 7, int), squares_y=_num(kv, "squares_y", 5, int),
                       square_mm=_num(kv, "square_mm", 30.0), marker_mm=_num(kv, "marker_mm", 22.0),
@@ -156,12 +156,9 @@ def _frames(src: str, camera: str, topic: str | None, stride: int, kv: dict[str,
 
 
 def cmd_camera(args: list[str]) -> int:
-    if _help(args):
-        return 0
     from robot_rl.calibration.camera_info import CalibrationError
     from robot_rl.calibration.charuco import calibrate_camera
-    kv = _kv(args, "camera", ("images", "camera", "board", "topic", "out", "stride", "min_corners",
-                              "max_view_rms", "min_views", "views", "every", "timeout"))
+    kv = _kv(args, "camera", KEYS["camera"])
     if not kv.get("images"):
         raise CLIError("'calibrate camera' needs images=DIR|BAG|STORE|live|topic:/TOPIC (pictures of the board "
                        "from 15-30 directions)")
@@ -189,12 +186,9 @@ def cmd_camera(args: list[str]) -> int:
 def cmd_handeye(args: list[str]) -> int:
     if args and args[0] == "collect":
         return _cmd_collect(args[1:])
-    if _help(args):
-        return 0
     from robot_rl.calibration.camera_info import CalibrationError, CameraIntrinsics
     from robot_rl.calibration.handeye import RobotKinematics, calibrate_handeye, read_poses_dir, store_samples
-    kv = _kv(args, "handeye", ("data", "robot", "camera", "intrinsics", "board", "eye_on_hand", "out",
-                               "min_corners", "refine"))
+    kv = _kv(args, "handeye", KEYS["handeye"])
     if not kv.get("data"):
         raise CLIError("'calibrate handeye' needs data=DIR (images + poses.yaml) or data=STORE")
     if not kv.get("intrinsics"):
@@ -240,15 +234,11 @@ def cmd_handeye(args: list[str]) -> int:
 
 
 def _cmd_collect(args: list[str]) -> int:
-    if _help(args):
-        return 0
     import numpy as np
 
     from robot_rl.calibration.camera_info import CalibrationError
     from robot_rl.calibration.handeye import RobotKinematics, collect, robot_mover, write_poses_dir
-    kv = _kv(args, "handeye collect", ("robot", "driver", "port", "calibration", "source", "camera", "board", "n",
-                                       "tilt_deg", "shift_m", "pivot_m", "eye_on_hand", "out", "width", "height",
-                                       "seed"))
+    kv = _kv(args, "handeye collect", KEYS["handeye collect"])
     for k, what in (("driver", "feetech, dynamixel, ros2_control, ..."), ("source", "the camera: /dev/videoN, URL"),
                     ("out", "a folder for images + poses.yaml")):
         if not kv.get(k):

@@ -89,3 +89,194 @@ def path_arg(args: list[str], cmd: str) -> tuple[str, list[str]]:
 
 def cfg_to_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+# -- help ------------------------------------------------------------------------------------------
+# A command's help is read from where its settings are defined: the usage lines and the
+# description from the command module's docstring, the settings of a hydra command from its
+# config file (key, default and the YAML comment beside it). Nothing here imports the command.
+
+HELP_FLAGS = ("-h", "--help")
+CONF_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "conf"
+
+
+def module_doc(module: str) -> str | None:
+    """The docstring of ``module`` read from its source, without importing it (a command's
+    help must not load torch, the twin or ROS). None when the module is not installed."""
+    import ast
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    from pathlib import Path
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+
+
+def _plain(text: str) -> str:
+    """reStructuredText markup a terminal does not need: ``x`` -> x, :mod:`x` -> x, a:: -> a:."""
+    import re
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", text)
+    text = text.replace("``", "")
+    return re.sub(r"(?<=\S)::$", ":", text, flags=re.M).replace("\n::\n", "\n")
+
+
+def doc_usage(doc: str, prefix: str) -> tuple[list[str], str]:
+    """``(usage, description)`` from a command module's docstring. Usage entries are its
+    indented ``robot-rl ...`` lines (with their continuation lines), else the docstring's
+    leading ````robot-rl ...````: title; those starting with ``prefix`` (``"robot-rl sysid
+    fit"``). The description is the rest of the docstring, other commands' usage lines left out."""
+    import re
+    lines = doc.splitlines()
+    usage: list[str] = []
+    lead: list[str] = []  # a title like ``robot-rl info PATH``: the usage when there are no usage lines
+    desc: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        s = line.strip()
+        m = re.match(r"``(robot-rl [^`]+)``\s*[:.]?\s*(.*)$", s) if i == 0 else None
+        if m:
+            if _matches(m.group(1), prefix):
+                lead.append(m.group(1).strip())
+            i += 1
+            if m.group(2):  # the title's sentence, with the lines that continue it, as one paragraph
+                para = [m.group(2)[0].upper() + m.group(2)[1:]]
+                while i < len(lines) and lines[i].strip() and not lines[i].startswith(" "):
+                    para.append(lines[i].strip())
+                    i += 1
+                import textwrap
+                desc.extend(textwrap.wrap(" ".join(para), width=92))
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent and s.startswith("robot-rl "):
+            block = [s]
+            i += 1
+            while i < len(lines) and lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) > indent \
+                    and not lines[i].strip().startswith("robot-rl "):
+                block.append(lines[i][indent:].rstrip())
+                i += 1
+            if _matches(s, prefix):
+                usage.append("\n".join(block))
+            continue
+        desc.append(line)
+        i += 1
+    text = _plain("\n".join(desc))
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return usage or lead, text
+
+
+def _matches(usage: str, prefix: str) -> bool:
+    return usage == prefix or usage.startswith(prefix + " ")
+
+
+def usage_lines(doc: str | None, prefix: str) -> str:
+    """The docstring's usage lines for ``prefix`` as one text block (for error messages)."""
+    return "\n".join(doc_usage(doc or "", prefix)[0])
+
+
+def format_help(usage: list[str], description: str, settings: str = "") -> str:
+    """``usage: ...`` (further forms aligned under the first), the description, the settings."""
+    out = []
+    for n, u in enumerate(usage):
+        head = "usage: " if n == 0 else "       "
+        out.append(head + u.replace("\n", "\n       "))
+    parts = ["\n".join(out)] if out else []
+    if description:
+        parts.append(description)
+    if settings:
+        parts.append(settings)
+    return "\n\n".join(parts) + "\n"
+
+
+def _split_comment(line: str) -> tuple[str, str | None]:
+    """A YAML line -> (code, comment or None): a ``#`` outside quotes that starts the line or
+    follows whitespace begins the comment."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i].rstrip(), line[i + 1:].strip()
+    return line.rstrip(), None
+
+
+def group_choices(group: str) -> list[str]:
+    """The configs of a hydra config group: the YAML files in ``robot_rl/conf/<group>/``."""
+    d = CONF_DIR / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def config_settings(config_name: str) -> list[tuple[str, str, list[str]]]:
+    """``(key, default, comment lines)`` for each setting of ``robot_rl/conf/<config_name>.yaml``
+    in file order, read from the YAML text so that the comments come along: config groups
+    of the defaults list (their choices first in the comment), nested mappings as dotted
+    keys (``sac.batch_size``), a mapping's own comment under ``<key>.*``."""
+    text = (CONF_DIR / f"{config_name}.yaml").read_text(encoding="utf-8")
+    rows: list[tuple[str, str, list[str]]] = []
+    stack: list[tuple[int, str]] = []  # (indent, key) of the mappings we are inside
+    last: list[str] | None = None  # the comment lines of the latest setting (continuations go there)
+    for raw in text.splitlines():
+        code, comment = _split_comment(raw)
+        if not code.strip():
+            if comment is not None and last is not None:
+                last.append(comment)
+            elif comment is None:
+                last = None
+            continue
+        indent = len(code) - len(code.lstrip())
+        s = code.strip()
+        last = None
+        if s.startswith("- "):  # a defaults-list entry: "- group: default"
+            key, sep, val = s[2:].partition(":")
+            if not sep:
+                continue  # _self_
+            key = key.strip()
+            choices = group_choices(key)
+            notes = ([f"choices: {' | '.join(choices)}" + (" | a YAML file" if key in FILE_GROUPS else "")]
+                     if choices else [])
+            rows.append((key, val.strip(), notes + ([comment] if comment else [])))
+            last = rows[-1][2]
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key, _, val = s.partition(":")
+        key = key.strip()
+        if key == "defaults" and not stack:
+            stack.append((indent, "<defaults>"))
+            continue
+        full = ".".join([k for _, k in stack] + [key])
+        if not val.strip():  # a mapping: its keys follow, indented
+            stack.append((indent, key))
+            if comment:
+                rows.append((f"{full}.*", "", [comment]))
+                last = rows[-1][2]
+            continue
+        rows.append((full, val.strip(), [comment] if comment else []))
+        last = rows[-1][2]
+    return rows
+
+
+def render_settings(config_name: str, width: int = 30) -> str:
+    """A hydra command's settings as help text: ``key=default`` and the comments beside it."""
+    lines = [f"settings (key=value; defaults and notes from robot_rl/conf/{config_name}.yaml):"]
+    for key, default, notes in config_settings(config_name):
+        if default == "???":
+            default = "<required>"
+        left = f"  {key}" + (f"={default}" if default or not key.endswith(".*") else "")
+        if not notes:
+            lines.append(left)
+            continue
+        pad = " " * (width + 1)
+        if len(left) > width:
+            lines.append(left)
+            lines.extend(pad + n for n in notes)
+        else:
+            lines.append(left.ljust(width + 1) + notes[0])
+            lines.extend(pad + n for n in notes[1:])
+    return "\n".join(lines)

@@ -4,10 +4,12 @@
                      [gap_s=1.0] [times=[[t0,t1],...]] [task=NAME] [cameras=[front]]
                      [distro=humble|jazzy|...] [fps=20] [empty=error|skip]
     robot-rl convert DATASET OUT.mcap|OUT_DIR [contract=sim] [storage=mcap|sqlite3]
-                     [distro=jazzy] [episodes=[0,3]]
+                     [distro=jazzy] [episodes=[0,3]] [gap_s=1.0]
 
 The direction follows the input: an episode store is written as a bag, anything else is
-read as a bag (rosbag2 directory, bare .mcap or .db3).
+read as a bag (rosbag2 directory, bare .mcap or .db3). A bag is cut into episodes by the
+contract's event topic (split=events), by silences longer than gap_s (gaps) or at the given
+times; episodes written into a bag are laid out gap_s seconds apart.
 """
 from __future__ import annotations
 
@@ -15,14 +17,12 @@ from typing import Any
 
 import yaml
 
-from robot_rl.cli.common import CLIError
+from robot_rl.cli.common import CLIError, usage_lines
 
 BAG_KEYS = {"robot": None, "contract": "sim", "split": "events", "gap_s": 1.0, "times": None, "task": None,
             "cameras": None, "distro": None, "fps": None, "empty": "error"}
 STORE_KEYS = {"contract": "sim", "storage": None, "distro": "jazzy", "episodes": None, "gap_s": 1.0}
-USAGE = ("robot-rl convert BAG OUT.zarr robot=NAME [contract=sim split=events|gaps|times gap_s=1.0 "
-         "times=[[t0,t1],...] task=NAME cameras=[...] distro=... fps=... empty=error|skip]\n"
-         "robot-rl convert DATASET OUT.mcap|OUT_DIR [contract=sim storage=mcap|sqlite3 distro=jazzy episodes=[...]]")
+USAGE = usage_lines(__doc__, "robot-rl convert")
 
 
 def _parse(args: list[str], known: dict[str, Any], what: str) -> dict[str, Any]:

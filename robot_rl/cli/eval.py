@@ -1,18 +1,25 @@
-"""``robot-rl eval CHECKPOINT``: success rate of a policy checkpoint on held-out twin seeds,
-with a JSON + PNG report and videos of the first episodes."""
+"""``robot-rl eval``: success rate of a policy checkpoint (or an ONNX export folder) on
+held-out twin seeds, with a JSON + PNG report and videos of the first episodes.
+
+    robot-rl eval CHECKPOINT|EXPORT_DIR [task=...] [episodes=N] [execution=chunk|ensemble] [videos=N] [out=DIR]
+                  [randomization=physics|FILE] [twin.<field>=VALUE ...] [sweep=robustness|FILE] [key=value ...]
+
+``twin.<field>=VALUE`` fixes one field of the twin for every episode (any randomization
+field: ``twin.geom_friction=0.5 twin.action_delay=3``); ``sweep=`` evaluates once per
+perturbation size and plots success against it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from robot_rl.cli.common import CLIError
 from robot_rl.cli.record import randomization_arg
-from robot_rl.learn.evaluate import EvalError
 from robot_rl.spec import RobotSpec
 
-# Mistakes in the settings raise EvalError; cmd_eval turns them into the CLI's one-line
-# error (not CLIError here: under `python -m robot_rl.cli.main` that class would be a
-# second copy, from the module imported a second time, which main() does not catch).
+# Mistakes in the settings raise CLIError (one line, exit 2); the evaluator's own EvalError
+# (robot_rl.learn.evaluate) is turned into the same by cmd_eval.
 
 
 def _image_size(value, spec: RobotSpec, cameras: list[str]):
@@ -23,7 +30,7 @@ def _image_size(value, spec: RobotSpec, cameras: list[str]):
         return (c.width, c.height)
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise EvalError(f"image_size must be an int or [width, height], got {value!r}")
+            raise CLIError(f"image_size must be an int or [width, height], got {value!r}")
         return (int(value[0]), int(value[1]))
     return int(value)
 
@@ -36,11 +43,11 @@ def twin_overrides(args: list[str]) -> dict:
         k, eq, v = a.partition("=")
         field = k.removeprefix("twin.")
         if not eq or not field or "." in field:
-            raise EvalError(f"expected twin.<field>=value, got {a!r}")
+            raise CLIError(f"expected twin.<field>=value, got {a!r}")
         try:
             out[field] = yaml.safe_load(v)
         except yaml.YAMLError:
-            raise EvalError(f"{a}: the value is not a number or YAML mapping") from None
+            raise CLIError(f"{a}: the value is not a number or YAML mapping") from None
     return out
 
 
@@ -52,10 +59,10 @@ def _perturbation(cfg: DictConfig, twin: dict):
         import yaml
         p = Path(str(cfg.perturb))
         if not p.is_file():
-            raise EvalError(f"perturb={p}: no such file")
+            raise CLIError(f"perturb={p}: no such file")
         d = yaml.safe_load(p.read_text()) or {}
         if not isinstance(d, dict):
-            raise EvalError(f"perturb={p}: expected a mapping {{field: value}}")
+            raise CLIError(f"perturb={p}: expected a mapping {{field: value}}")
         fixed.update(d)
     fixed.update(twin)
     return Randomization.fixed(fixed, name="perturbation") if fixed else None
@@ -107,17 +114,17 @@ def _prepare(checkpoint: str, cfg: DictConfig):
     from robot_rl.sim.tasks import TASKS
 
     if cfg.execution is not None and cfg.execution not in EXECUTIONS:
-        raise EvalError(f"execution must be one of {', '.join(EXECUTIONS)}; got {cfg.execution!r}")
+        raise CLIError(f"execution must be one of {', '.join(EXECUTIONS)}; got {cfg.execution!r}")
     for key in ("episodes", "n_envs"):
         if int(cfg[key]) < 1:
-            raise EvalError(f"{key} must be >= 1, got {cfg[key]}")
+            raise CLIError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg.device and str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError(f"device={cfg.device} asked for, but torch sees no CUDA device")
+        raise CLIError(f"device={cfg.device} asked for, but torch sees no CUDA device")
     # backend=isaac: the Isaac Lab twin (sim/isaac) runs the episodes, the policy runs in torch
     sim = "isaac" if cfg.backend == "isaac" else "mujoco"
     policy_backend = "torch" if sim == "isaac" else str(cfg.backend)
     if policy_backend not in BACKENDS:
-        raise EvalError(f"backend must be one of {', '.join(BACKENDS)} or isaac; got {cfg.backend!r}")
+        raise CLIError(f"backend must be one of {', '.join(BACKENDS)} or isaac; got {cfg.backend!r}")
 
     override = None
     if cfg.get("robot") is not None:
@@ -129,7 +136,7 @@ def _prepare(checkpoint: str, cfg: DictConfig):
         from robot_rl.observations import privileged
         priv = privileged(policy.config.state_keys)
         if priv:
-            raise EvalError(f"checkpoint {checkpoint} reads {priv}, which only the twin has (deployable=true): "
+            raise CLIError(f"checkpoint {checkpoint} reads {priv}, which only the twin has (deployable=true): "
                             f"train it on a deployable observation set (policy.observations=deployable or proprio)")
     trained = RobotSpec.from_dict(ck["robot_spec"])
     spec = override or trained
@@ -137,13 +144,13 @@ def _prepare(checkpoint: str, cfg: DictConfig):
 
     task = cfg.task or meta.get("task")
     if not task:
-        raise EvalError(f"checkpoint {checkpoint} does not name its task; pass task=<{'|'.join(sorted(TASKS))}>")
+        raise CLIError(f"checkpoint {checkpoint} does not name its task; pass task=<{'|'.join(sorted(TASKS))}>")
     if task not in TASKS:
-        raise EvalError(f"unknown task {task!r}; available: {', '.join(sorted(TASKS))}")
+        raise CLIError(f"unknown task {task!r}; available: {', '.join(sorted(TASKS))}")
     action_mode = cfg.action_mode or meta.get("action_mode") or "ee_delta"
     execution = cfg.execution or meta.get("execution") or "chunk"
     if execution not in EXECUTIONS:
-        raise EvalError(f"checkpoint {checkpoint} asks for execution {execution!r}; pass execution=chunk|ensemble")
+        raise CLIError(f"checkpoint {checkpoint} asks for execution {execution!r}; pass execution=chunk|ensemble")
     cams = [c.removeprefix("image_") for c in policy.config.cameras]
     from robot_rl.learn.evaluate import checkpoint_image_sizes
     # the size the policy sees, and for a policy trained on frames resized from the recorded

@@ -1,5 +1,12 @@
-"""``robot-rl export CHECKPOINT format=onnx [out=DIR] [opset=17]``: a checkpoint's inference
-networks as ONNX files + a manifest (robot_rl.policies.export), for ``backend=onnxruntime``."""
+"""``robot-rl export``: a checkpoint's inference networks as ONNX files + a manifest
+(robot_rl.policies.export), for ``backend=onnxruntime``.
+
+    robot-rl export CHECKPOINT format=onnx [out=DIR] [opset=17] [tolerance=0.001]
+
+The export is checked: onnxruntime and torch run a sample batch and the export is refused
+when they differ by more than ``tolerance``. ``robot-rl eval EXPORT_DIR``, ``robot-rl bench
+inference EXPORT_DIR`` and the inference node (``--backend onnxruntime``) run the folder.
+"""
 from __future__ import annotations
 
 from pathlib import Path

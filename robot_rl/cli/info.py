@@ -1,4 +1,11 @@
-"""``robot-rl info PATH``: what an episode store holds."""
+"""``robot-rl info``: what an episode store holds.
+
+    robot-rl info PATH [json=true]
+
+Episodes, steps, duration and success rate (per task and per source), the robot spec's
+fingerprint, and per key its dtype, shape, codec, bytes on disk and compression ratio;
+``json=true`` prints the same summary as JSON.
+"""
 from __future__ import annotations
 
 import json

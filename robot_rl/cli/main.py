@@ -10,11 +10,15 @@ groups such as ``robot=arm6``); a wrong key is one clear error, not a traceback.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 from robot_rl.cli.common import CLIError, cfg_to_dict, compose, path_arg  # noqa: F401  (CLIError, compose, cfg_to_dict re-exported)
+from robot_rl.cli.common import HELP_FLAGS, doc_usage, format_help, module_doc, render_settings
 
 USAGE = """usage: robot-rl <command> [args] [key=value ...]
+       robot-rl <command> --help     a command's usage, what it does and its settings with their defaults
+       robot-rl --version
 
 commands:
   record sim [key=value ...]   record scripted-expert demonstrations on the MuJoCo twin
@@ -22,8 +26,13 @@ commands:
   info PATH [json=true]        episodes, steps, success rate and sizes of an episode store
   view PATH [episode=N ...]    render an episode to mp4/gif and a PNG contact sheet
   convert SRC DST [key=value]  rosbag2 -> episode store, or episode store -> rosbag2 (mcap/sqlite3)
+  export-lerobot STORE OUT_DIR [repo_id=local/NAME] [robot=...] [video=true|false] [calibration=FILE]
+                               an episode store as a LeRobotDataset v3.0
+  import-lerobot DIR OUT.zarr robot=R [calibration=FILE]
+                               a LeRobotDataset v3.0 into an episode store
   launch GRAPH [key=value ...] start a ROS 2 node graph (teleop_record, replay, sim, deploy, ...) and supervise it
   train policy=P dataset=PATH  train a policy (diffusion | act | mlp_bc) on an episode store
+                               (nproc=N: N processes, data-parallel)
   eval CHECKPOINT [key=value]  success rate of a policy on held-out twin seeds (+ report, videos)
   export CHECKPOINT format=onnx [out=DIR]
                                a checkpoint's networks as ONNX + a manifest (run with backend=onnxruntime)
@@ -41,19 +50,24 @@ commands:
                                calibrate an arm (ticks <-> joint angles); import_lerobot= / export_lerobot=
   calibrate board|camera|handeye [key=value ...]
                                a printable ChArUco board; camera intrinsics; hand-eye (docs/sim2real.md)
-  sysid excite|fit [key=value ...]
-                               excite an arm and record it; fit the twin's dynamics to it (dynamics.yaml)
+  sysid excite|fit|randomization [key=value ...]
+                               excite an arm and record it; fit the twin's dynamics to it (dynamics.yaml);
+                               a randomization centred on the fit
 
 examples:
   robot-rl record sim robot=so101 task=pick_cube episodes=50 out=data/pick.zarr
   robot-rl info data/pick.zarr
   robot-rl view data/pick.zarr episode=3 format=gif
   robot-rl train policy=diffusion dataset=data/pick.zarr max_minutes=15 out=runs/pick_dp
+  robot-rl train policy=diffusion dataset=data/pick.zarr nproc=2 out=runs/pick_dp_ddp
   robot-rl eval runs/pick_dp/checkpoints/last episodes=200 videos=4
   robot-rl export runs/pick_dp/checkpoints/last format=onnx out=runs/pick_dp/onnx
   robot-rl bench inference runs/pick_dp/checkpoints/last task=pick_cube
   robot-rl rl task=pick_cube demos=data/pick.zarr hil=true env_steps=30000 out=runs/rl_pick
   robot-rl record sim backend=isaac num_envs=64 task=pick_cube cameras=[] episodes=200 out=data/pick_isaac.zarr
+  robot-rl export-lerobot data/pick.zarr out/pick_lerobot repo_id=local/pick
+  robot-rl import-lerobot out/pick_lerobot data/pick_back.zarr robot=so101
+  robot-rl sysid fit --help
 """
 
 
@@ -94,12 +108,24 @@ def cmd_convert(args: list[str]) -> int:
     return run(args)
 
 
-def cmd_launch(args: list[str]) -> int:
+LAUNCH_USAGE = "robot-rl launch GRAPH [key=value ...]"
+
+
+def _graphs_text(name: str | None = None) -> str:
+    """The node graphs (or one of them) with their parameters and defaults."""
     from robot_rl.ros.graphs import GRAPHS
+    if name is not None:
+        g = GRAPHS[name]
+        return f"graph {g.name}: {g.description}\n\nsettings (key=value):\n" + "\n".join(
+            f"  {k}={v!r}" for k, v in g.params.items())
+    return "graphs (robot-rl launch GRAPH --help: its settings):\n" + "\n".join(
+        f"  {g.name:<14} {g.description}\n{'':<16} params: " + " ".join(f"{k}={v!r}" for k, v in g.params.items())
+        for g in GRAPHS.values())
+
+
+def cmd_launch(args: list[str]) -> int:
     if not args or "=" in args[0]:
-        lines = "\n".join(f"  {g.name:<14} {g.description}\n{'':<16} params: "
-                          + " ".join(f"{k}={v!r}" for k, v in g.params.items()) for g in GRAPHS.values())
-        raise CLIError(f"'launch' needs a graph: robot-rl launch GRAPH [key=value ...]\ngraphs:\n{lines}")
+        raise CLIError(f"'launch' needs a graph: {LAUNCH_USAGE}\n{_graphs_text()}")
     bad = [a for a in args[1:] if "=" not in a]
     if bad:
         raise CLIError(f"expected key=value, got {bad[0]!r}")
@@ -122,7 +148,8 @@ def cmd_eval(args: list[str]) -> int:
     # fixed perturbations twin.<field>=value (any randomization field): kept out of hydra
     twin = [a for a in args[1:] if a.startswith("twin.")]
     cfg = compose("eval", [a for a in args[1:] if a not in twin])
-    from robot_rl.cli.eval import EvalError, run_eval, run_sweep, twin_overrides
+    from robot_rl.cli.eval import run_eval, run_sweep, twin_overrides
+    from robot_rl.learn.evaluate import EvalError
     try:
         perturb = twin_overrides(twin)
         if cfg.sweep:
@@ -145,6 +172,16 @@ def cmd_export(args: list[str]) -> int:
 
 def cmd_rl(args: list[str]) -> int:
     from robot_rl.cli.rl import cmd_rl as run
+    return run(args)
+
+
+def cmd_export_lerobot(args: list[str]) -> int:
+    from robot_rl.cli.lerobot import cmd_export_lerobot as run
+    return run(args)
+
+
+def cmd_import_lerobot(args: list[str]) -> int:
+    from robot_rl.cli.lerobot import cmd_import_lerobot as run
     return run(args)
 
 
@@ -200,13 +237,116 @@ def cmd_bench(args: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view,
-                                                   "convert": cmd_convert, "launch": cmd_launch, "train": cmd_train,
-                                                   "eval": cmd_eval, "export": cmd_export, "rl": cmd_rl,
-                                                   "reward-classifier": cmd_reward_classifier,
-                                                   "virtual": cmd_virtual, "find-port": cmd_motors("cmd_find_port"),
-                                                   "setup-motors": cmd_motors("cmd_setup_motors"),
-                                                   "calibrate": cmd_calibrate, "sysid": cmd_sysid}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "bench": cmd_bench, "record": cmd_record, "info": cmd_info, "view": cmd_view, "convert": cmd_convert,
+    "export-lerobot": cmd_export_lerobot, "import-lerobot": cmd_import_lerobot, "launch": cmd_launch,
+    "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "rl": cmd_rl,
+    "reward-classifier": cmd_reward_classifier, "virtual": cmd_virtual, "find-port": cmd_motors("cmd_find_port"),
+    "setup-motors": cmd_motors("cmd_setup_motors"), "calibrate": cmd_calibrate, "sysid": cmd_sysid}
+
+
+# -- --help ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Help:
+    """Where a command's help comes from (never imported to print it): the usage lines and
+    the description from ``module``'s docstring (its ``robot-rl <prefix> ...`` lines), the
+    settings from the hydra config ``config``; or the argparse parser ``parser``
+    (``"module:function"``) of a command that parses flags."""
+    module: str = ""
+    config: str | None = None
+    prefix: str | None = None
+    parser: str | None = None
+
+
+HELP: dict[str, Help] = {
+    "record": Help("robot_rl.cli.record", "record", prefix="robot-rl record sim"),
+    "info": Help("robot_rl.cli.info", "info"),
+    "view": Help("robot_rl.cli.view", "view"),
+    "convert": Help("robot_rl.cli.convert"),
+    "export-lerobot": Help("robot_rl.cli.lerobot", "export_lerobot"),
+    "import-lerobot": Help("robot_rl.cli.lerobot", "import_lerobot"),
+    "launch": Help("robot_rl.ros.launcher"),
+    "train": Help("robot_rl.cli.train", "train"),
+    "eval": Help("robot_rl.cli.eval", "eval"),
+    "export": Help("robot_rl.cli.export", "export"),
+    "bench": Help("robot_rl.runtime.bench", "bench_inference", prefix="robot-rl bench inference"),
+    "rl": Help("robot_rl.cli.rl", "rl"),
+    "reward-classifier": Help("robot_rl.cli.reward_classifier", prefix="robot-rl reward-classifier train"),
+    "virtual": Help("robot_rl.cli.virtual"),
+    "find-port": Help("robot_rl.cli.motors"),
+    "setup-motors": Help("robot_rl.cli.motors"),
+    "calibrate": Help("robot_rl.cli.motors"),
+    "sysid": Help("robot_rl.cli.sysid"),
+}
+SUBCOMMANDS: dict[str, dict[str, Help]] = {
+    "record": {"sim": HELP["record"]},
+    "bench": {"inference": HELP["bench"]},
+    "reward-classifier": {"train": HELP["reward-classifier"]},
+    "virtual": {"camera": Help(parser="robot_rl.cli.virtual:_camera_parser"),
+                "so101": Help(parser="robot_rl.cli.virtual:_so101_parser")},
+    "calibrate": {k: Help("robot_rl.cli.camera_calib", prefix=f"robot-rl calibrate {k}") for k in
+                  ("board", "camera", "handeye")},
+    "sysid": {k: Help("robot_rl.cli.sysid") for k in ("excite", "fit", "randomization")},
+}
+
+
+def help_requested(cmd: str, args: list[str]) -> bool:
+    """``-h`` / ``--help`` anywhere in a command's arguments, or ``help`` as its first word or
+    after a subcommand (``robot-rl sysid help``, ``robot-rl sysid fit help``)."""
+    return any(a in HELP_FLAGS for a in args) or args[:1] == ["help"] or \
+        (args[1:2] == ["help"] and args[0] in SUBCOMMANDS.get(cmd, {}))
+
+
+def _summary(cmd: str) -> tuple[str, str]:
+    """(synopsis, one-line description) of a command in USAGE's list of commands."""
+    import re
+    lines = USAGE.split("commands:", 1)[1].split("examples:", 1)[0].splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"  {cmd} ") or line.strip() == cmd:
+            synopsis, summary = (re.split(r"\s{2,}", line.strip(), maxsplit=1) + [""])[:2]
+            if not summary and i + 1 < len(lines):
+                summary = lines[i + 1].strip()
+            return f"robot-rl {synopsis}", summary
+    return f"robot-rl {cmd}", ""
+
+
+def command_help(cmd: str, args: list[str]) -> str:
+    """The text of ``robot-rl <cmd> [SUB] --help``: usage, description, settings."""
+    words = [a for a in args if a not in HELP_FLAGS and a != "help" and "=" not in a]
+    sub = words[0] if words and words[0] in SUBCOMMANDS.get(cmd, {}) else None
+    h = SUBCOMMANDS[cmd][sub] if sub else HELP[cmd]
+    if h.parser:
+        import importlib
+        mod, fn = h.parser.split(":")
+        return getattr(importlib.import_module(mod), fn)().format_help()
+    doc = module_doc(h.module)
+    if doc is None:
+        raise CLIError(f"'{cmd}' is not available in this installation ({h.module} is missing)")
+    prefix = h.prefix or " ".join(["robot-rl", cmd] + ([sub] if sub else []))
+    usage, desc = doc_usage(doc, prefix)
+    synopsis, summary = _summary(cmd)
+    settings = render_settings(h.config) if h.config else ""
+    if cmd == "launch":
+        usage = [LAUNCH_USAGE] + usage
+        from robot_rl.ros.graphs import GRAPHS
+        settings = _graphs_text(words[0] if words and words[0] in GRAPHS else None)
+    if cmd in SUBCOMMANDS and not sub and len(SUBCOMMANDS[cmd]) > 1:
+        subs = "|".join(SUBCOMMANDS[cmd])
+        settings = "\n".join(filter(None, [settings, f"robot-rl {cmd} {{{subs}}} --help: one of them in detail"]))
+    return format_help(usage or [synopsis], desc or summary[:1].upper() + summary[1:], settings)
+
+
+def version() -> str:
+    """``robot-rl <version>``: the installed distribution's (robot_rl.__version__ falls back on
+    the source tree's pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return f"robot-rl {dist_version('robot-rl')}"
+    except PackageNotFoundError:
+        import robot_rl
+        return f"robot-rl {robot_rl.__version__}"
 
 
 ISAAC_COMMANDS = ("record", "eval", "rl")
@@ -232,6 +372,11 @@ def _in_isaac_venv(cmd: str, rest: list[str]) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-V"], ["--version"]):
+        print(version())
+        return 0
+    if argv[:1] == ["help"] and argv[1:2] and argv[1] in COMMANDS:  # robot-rl help CMD [SUB]
+        argv = [*argv[1:], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -239,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"robot-rl: error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    if help_requested(cmd, rest):
+        try:
+            print(command_help(cmd, rest), end="")
+        except CLIError as e:
+            print(f"robot-rl {cmd}: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     from robot_rl.data.store import StoreError
     from robot_rl.spec import SpecError
 

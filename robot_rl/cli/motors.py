@@ -26,12 +26,9 @@ from pathlib import Path
 
 from robot_rl.cli.common import CLIError
 
-
-def _help(args: list[str]) -> bool:
-    if any(a in ("-h", "--help", "help") for a in args):
-        print(__doc__.strip())
-        return True
-    return False
+# the settings each command takes (``robot-rl <command> --help`` prints this module's docstring)
+FIND_PORT_KEYS = ("glob", "person", "arm")
+SETUP_KEYS = ("robot", "arm", "hardware", "port", "person", "motors")
 
 
 def _kv(args: list[str], cmd: str, allowed: tuple[str, ...], repeat: tuple[str, ...] = ()) -> dict[str, str]:
@@ -93,10 +90,8 @@ def _run(fn, *args, **kwargs):
 def cmd_find_port(args: list[str]) -> int:
     from robot_rl.calibration.procedures import find_port, find_ports
     from robot_rl.calibration.prompter import make_prompter
-    if _help(args):
-        return 0
     listing = "--list" in args
-    kv = _kv([a for a in args if a != "--list"], "find-port", ("glob", "person", "arm"), repeat=("glob",))
+    kv = _kv([a for a in args if a != "--list"], "find-port", FIND_PORT_KEYS, repeat=("glob",))
     globs = [g for g in kv.get("glob", "").split(",") if g]
     if kv.get("person") and kv.get("arm") not in ("follower", "leader"):
         raise CLIError("with person=URL, say which arm the person unplugs: arm=follower or arm=leader")
@@ -118,9 +113,7 @@ def cmd_find_port(args: list[str]) -> int:
 def cmd_setup_motors(args: list[str]) -> int:
     from robot_rl.calibration.procedures import setup_motors
     from robot_rl.calibration.prompter import make_prompter
-    if _help(args):
-        return 0
-    kv = _kv(args, "setup-motors", ("robot", "arm", "hardware", "port", "person", "motors"))
+    kv = _kv(args, "setup-motors", SETUP_KEYS)
     port = _need(kv, "port", "setup-motors", "the arm's serial port: robot-rl find-port")
     hw, _ = _run(_hardware, kv, "setup-motors")
     motors = [m for m in kv.get("motors", "").split(",") if m] or None
@@ -172,8 +165,6 @@ def cmd_calibrate(args: list[str]) -> int:
     from robot_rl.calibration.motors import MotorCalibration
     from robot_rl.calibration.procedures import adopt_lerobot, calibrate
     from robot_rl.calibration.prompter import make_prompter
-    if _help(args):
-        return 0
     kv = _kv(args, "calibrate", CAL_KEYS)
 
     if "export_lerobot" in kv:  # our file -> LeRobot JSON

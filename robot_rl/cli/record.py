@@ -1,4 +1,13 @@
-"""``robot-rl record sim``: scripted-expert demonstrations on the twin, into an episode store."""
+"""``robot-rl record sim``: scripted-expert demonstrations on the twin, into an episode store.
+
+    robot-rl record sim [robot=so101] [task=pick_cube] [episodes=50] [out=PATH.zarr] [cameras=[front,wrist]]
+                        [randomization=physics|FILE] [backend=mujoco|isaac num_envs=N] [key=value ...]
+
+Each episode runs the task's scripted expert from a new seed; successful episodes are
+committed to the store (appending to an existing one, with new seeds), failed attempts are
+dropped unless ``keep_failed=true``. ``backend=isaac`` records on the Isaac Lab twin,
+``num_envs`` worlds at a time (state only; ``make isaac`` first).
+"""
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from robot_rl.cli.common import CLIError
+from robot_rl.cli.common import CLIError, usage_lines
 
 TRAIN_KEYS: dict[str, Any] = {
     "store": None, "cameras": None, "out": "runs/reward_classifier", "steps": 2000, "batch_size": 64,
@@ -23,9 +23,7 @@ TRAIN_KEYS: dict[str, Any] = {
 STRINGS = ("store", "out", "task", "labels", "device")
 INTS = ("steps", "batch_size", "seed", "positive_last_k", "negative_margin")
 FLOATS = ("val_fraction", "lr", "threshold")
-USAGE = ("robot-rl reward-classifier train store=PATH cameras=[front] [out=runs/reward_classifier steps=2000 "
-         "batch_size=64 val_fraction=0.2 seed=0 lr=0.0003 threshold=0.5 task=NAME labels=auto|step|episode "
-         "positive_last_k=3 negative_margin=6 device=cuda|cpu progress=true]")
+USAGE = usage_lines(__doc__, "robot-rl reward-classifier train")
 METRIC_ROWS = ("val_balanced_accuracy", "val_accuracy", "val_precision", "val_recall", "val_specificity",
                "val_n_pos", "val_n_neg", "train_n_pos", "train_n_neg", "train_episodes", "val_episodes",
                "n_ignored", "label_source", "threshold", "steps", "train_loss", "train_time_s", "device")

@@ -1,4 +1,14 @@
-"""``robot-rl rl task=pick_cube demos=PATH [hil=true] [steer.checkpoint=CKPT] [key=value ...]``."""
+"""``robot-rl rl``: online reinforcement learning (SAC with the RLPD recipe) on the twin.
+
+    robot-rl rl task=pick_cube [demos=PATH] [hil=true] [env_steps=30000] [out=DIR] [key=value ...]
+    robot-rl rl task=pick_cube steer.checkpoint=CKPT [demos=PATH] [key=value ...]
+
+Starts from demonstrations (half of every batch, optionally IQL pretraining on them), a
+simulated human who takes over when the policy drifts (``hil=true``), or nothing; with
+``steer.checkpoint`` it fine-tunes a diffusion checkpoint in its noise space instead of
+training an actor from scratch. Curves go to ``OUT/curve.{csv,png}``, the learner to
+``OUT/learner.safetensors``; ``resume=true`` continues a run.
+"""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,12 +1,13 @@
 """System identification of the twin's arm dynamics (calibration/sysid.py, docs/sysid.md)::
 
     robot-rl sysid excite robot=so101 driver=sim|feetech|dynamixel [port=PORT] [calibration=MOTOR_CALIB.yaml]
-                          out=DATA.zarr [seconds=48] [seed=0] [segment_s=8] [amplitude=0.25]
-                          [velocity_fraction=0.6] [margin=0.2] [rate=HZ]
+                          [hardware=NAME] [baudrate=N] out=DATA.zarr [seconds=48] [seed=0] [segment_s=8]
+                          [amplitude=0.25] [velocity_fraction=0.6] [margin=0.2] [rate=HZ]
     robot-rl sysid fit DATA.zarr robot=so101 [params=[kp,damping,armature,frictionloss,delay]]
                        [validate=DATA2.zarr] [id=NAME] [out=CALIBRATION_ROOT] [max_delay=4]
-                       [global_start=auto|always|never] [holdout=3,4]
-    robot-rl sysid randomization CALIBRATION_DIR [base=wide|none|FILE] [widen=2] out=FILE.yaml
+                       [global_start=auto|always|never] [holdout=3,4] [plot=true|false]
+    robot-rl sysid randomization CALIBRATION_DIR|dynamics.yaml [base=wide|none|FILE] [widen=2] [min_rel=0.05]
+                                 out=FILE.yaml
 
 ``excite`` drives the arm through its driver (the robot node's ``make_robot``: same safety
 filter, same options) along multi-sines, steps and slow ramps around the home pose, at the
@@ -144,13 +145,10 @@ def fit_cmd(args: list[str]) -> int:
 
 
 def main(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(__doc__.strip())
-        return 0
+    """``sysid excite|fit|randomization ...`` (``--help``: robot_rl.cli.main prints this module's docstring)."""
+    if not args:
+        raise CLIError("'sysid' needs a command: robot-rl sysid excite|fit|randomization ... (robot-rl sysid --help)")
     sub, rest = args[0], list(args[1:])
-    if any(a in ("-h", "--help") for a in rest):
-        print(__doc__.strip())
-        return 0
     if sub == "excite":
         return excite_cmd(rest)
     if sub == "fit":
@@ -164,8 +162,8 @@ RAND_KEYS = ("base", "widen", "min_rel", "out")
 
 
 def randomization_cmd(args: list[str]) -> int:
-    """``sysid randomization CALIBRATION [base=wide|none|FILE] [widen=2] [min_rel=0.05] out=FILE``:
-    a randomization file centred on a fit (sim/randomization.py ``centred_on_fit``)."""
+    """``sysid randomization``: a randomization file centred on a fit (sim/randomization.py
+    ``centred_on_fit``)."""
     kv, pos = _kv(args, "randomization", RAND_KEYS)
     if len(pos) != 1:
         raise CLIError("usage: robot-rl sysid randomization CALIBRATION_DIR|dynamics.yaml [base=wide] [widen=2] "

@@ -1,4 +1,11 @@
-"""``robot-rl view PATH episode=N``: an episode as a video (mp4 or gif) and a PNG contact sheet."""
+"""``robot-rl view``: an episode as a video (mp4 or gif) and a PNG contact sheet.
+
+    robot-rl view PATH [episode=N] [format=mp4|gif] [out=DIR] [fps=F]
+
+The cameras of the episode side by side, upscaled ``scale`` times; the contact sheet shows
+``sheet_frames`` frames spread over the episode. Files are named ``<store>_ep<N>.<format>``
+and ``<store>_ep<N>_sheet.png``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
