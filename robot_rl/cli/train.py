@@ -1,4 +1,8 @@
-"""``robot-rl train policy=diffusion|act|mlp_bc dataset=PATH [task=...] [key=value ...]``."""
+"""``robot-rl train policy=diffusion|act|mlp_bc dataset=PATH [task=...] [nproc=N] [key=value ...]``.
+
+``nproc=N`` trains with N local processes (DistributedDataParallel); under torchrun
+(``torchrun --nproc-per-node=N -m robot_rl.cli.main train ...``) every process runs this
+command and rank 0 reports."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +30,8 @@ def cmd_train(args: list[str]) -> int:
         summary = train(cfg)
     except TrainError as e:
         raise CLIError(str(e)) from None
+    if summary.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports
+        return 0
     print(f"trained {summary['policy']} on {summary['task']}: {summary['steps']} steps in "
           f"{summary['train_wall_s'] / 60:.1f} min ({summary['samples_per_s']:.0f} samples/s, "
           f"data wait {100 * summary['data_wait_share']:.1f}% of step time)")

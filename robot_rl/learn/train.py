@@ -39,6 +39,7 @@ import csv
 import json
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -50,6 +51,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from robot_rl.data.sampler import SequenceSampler
+from robot_rl.learn import distributed
 from robot_rl.data.store import EpisodeStore
 from robot_rl.policies import base as policy_base
 from robot_rl.policies.base import POLICIES, Policy, import_policies, save_checkpoint
@@ -466,13 +468,41 @@ def resolve_image_size(store: EpisodeStore, cams: list[str], value: Any) -> tupl
     return None, source
 
 
+def global_batch_size(cfg: DictConfig) -> int:
+    """The batch of one optimiser step (over all processes): ``batch_size``, else the policy's."""
+    optim = (cfg.policy.get("optim") if cfg.get("policy") is not None else None) or {}
+    return int(cfg.batch_size or optim.get("batch_size", 256))
+
+
 def train(cfg: DictConfig) -> dict:
-    """Run one training job; returns a summary dict (also written to OUT/summary.json)."""
+    """Run one training job; returns a summary dict (also written to OUT/summary.json).
+
+    ``nproc=N`` (N > 1) outside torchrun starts N local processes that each run this
+    function (robot_rl.learn.distributed.launch) and returns rank 0's summary; inside them,
+    or under torchrun, this process trains as one rank of a DistributedDataParallel run.
+    With one process nothing about DDP is set up."""
+    nproc = distributed.requested_nproc(cfg)
+    if nproc > 1 and not distributed.launched():
+        return distributed.launch(cfg, nproc)
+    dist = distributed.Dist.from_env()
+    try:
+        return _train(cfg, dist)
+    finally:
+        dist.stop()
+
+
+def _train(cfg: DictConfig, dist: distributed.Dist) -> dict:
+    """One process's training: the whole job, or rank ``dist.rank`` of a DDP run (rank 0 logs,
+    evaluates and saves; the others train and leave after the last step)."""
     from tqdm import tqdm
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    elif dist.enabled:  # the cores are shared among this machine's ranks
+        torch.set_num_threads(dist.threads())
+    device = dist.pick_device(cfg.device)
+    if dist.enabled:
+        dist.start(device, float(cfg.get("ddp_timeout_min") or 60))
     pcfg = OmegaConf.to_container(cfg.policy, resolve=True)
     store = EpisodeStore.open(cfg.dataset)
     try:
@@ -501,14 +531,15 @@ def train(cfg: DictConfig) -> dict:
     policy_image_size = None if policy_hw is None else \
         (policy_hw[0] if policy_hw[0] == policy_hw[1] else [policy_hw[1], policy_hw[0]])
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     optim = pcfg.get("optim") or {}
     lr = float(optim.get("lr", 1e-4))
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=float(optim.get("weight_decay", 1e-6)),
                             betas=tuple(optim.get("betas", (0.95, 0.999))))
-    ema = EMA(policy, power=float(cfg.ema_power)) if cfg.ema else None
+    ema = EMA(policy, power=float(cfg.ema_power)) if cfg.ema and dist.is_main else None
     execution = cfg.eval_execution or pcfg.get("execution", "chunk")
     metadata = {"task": task, "action_mode": action_mode, "dataset": str(Path(cfg.dataset).resolve()),
                 "episodes": int(len(episodes)), "execution": execution,
@@ -519,45 +550,59 @@ def train(cfg: DictConfig) -> dict:
 
     step, elapsed0 = 0, 0.0
     state_dir = out / "train_state"
-    if cfg.resume and (state_dir / "state.json").exists():
+    resume = bool(cfg.resume and (state_dir / "state.json").exists())
+    if not dist.same_everywhere(resume):  # several nodes: every rank reads the same file
+        raise TrainError(f"resume=true: {state_dir} is not visible to every training process; put out= on a "
+                         "filesystem all nodes share")
+    if resume:  # every rank loads the same state (rank 0 has the EMA)
         meta = load_train_state(state_dir, policy, ema, opt)
         was = (meta.get("train_config") or {}).get("image_size")
         if was != cfg_dict.get("image_size"):
             raise TrainError(f"cannot resume from {state_dir}: it was trained with image_size={was}, not "
                              f"{cfg_dict.get('image_size')}; use a new out= or the same settings")
         step, elapsed0 = int(meta["step"]), float(meta["elapsed_s"])
-        print(f"resumed from {state_dir} at step {step} ({elapsed0 / 60:.1f} min trained)")
+        if dist.is_main:
+            print(f"resumed from {state_dir} at step {step} ({elapsed0 / 60:.1f} min trained)")
     total_steps = int(cfg.steps) if cfg.steps else None
     budget_s = float(cfg.max_minutes) * 60 if cfg.max_minutes else None
     if total_steps is None and budget_s is None:
         raise TrainError("set steps=N or max_minutes=M (or both)")
     warmup = float(cfg.warmup_frac)
 
-    logger = Logger(out, tensorboard=bool(cfg.tensorboard))
+    logger = Logger(out, tensorboard=bool(cfg.tensorboard)) if dist.is_main else None
     amp_dtype = None
     scaler = None
     if device.type == "cuda" and cfg.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if amp_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
-    batch_size = int(cfg.batch_size or optim.get("batch_size", 256))
-    pre = Prefetcher(sampler, batch_size, int(cfg.seed) + step, device,
+    batch_size = global_batch_size(cfg)  # of one optimiser step, over all ranks
+    rank_batch = distributed.batch_per_rank(batch_size, dist.world_size)
+    # each rank its own data stream (seed + rank); resuming starts a new one (seed + step)
+    pre = Prefetcher(sampler, rank_batch, int(cfg.seed) + step + dist.rank, device,
                      loader_threads=None if cfg.get("loader_threads") is None else int(cfg.loader_threads))
+    loss_of = dist.wrap(policy)  # policy.loss; under DDP through DistributedDataParallel
+    if dist.enabled:  # and its own noise / augmentation stream (the weights are the same everywhere)
+        torch.manual_seed(int(cfg.seed) + step + dist.rank)
     n_params = sum(p.numel() for p in policy.parameters())
-    print(f"train {policy.type_name} on {task}: {len(episodes)} episodes, {len(sampler)} windows, "
-          f"{n_params / 1e6:.2f}M parameters, device {device}, "
-          + (f"images {', '.join(f'{c} {_wh_text(source_hw[c])}' for c in sampler.lazy_images)} decoded and resized "
-             f"to {_wh_text(policy_hw)} by {pre.loader_threads} loader threads, " if sampler.lazy_images else "")
-          + (f"images {', '.join(sampler.preloaded_images)} decoded and resized to {_wh_text(policy_hw)} once, "
-             f"held in memory, " if sampler.preloaded_images else "") +
-          f"budget {total_steps or '-'} steps / {cfg.max_minutes or '-'} min")
+    ddp_text = (f"{dist.world_size} processes (DDP, {dist.backend}, {torch.get_num_threads()} threads each), batch "
+                f"{batch_size} = {dist.world_size} x {rank_batch}, " if dist.enabled else "")
+    if dist.is_main:
+        print(f"train {policy.type_name} on {task}: {len(episodes)} episodes, {len(sampler)} windows, "
+              f"{n_params / 1e6:.2f}M parameters, device {device}, {ddp_text}"
+              + (f"images {', '.join(f'{c} {_wh_text(source_hw[c])}' for c in sampler.lazy_images)} decoded and resized "
+                 f"to {_wh_text(policy_hw)} by {pre.loader_threads} loader threads, " if sampler.lazy_images else "")
+              + (f"images {', '.join(sampler.preloaded_images)} decoded and resized to {_wh_text(policy_hw)} once, "
+                 f"held in memory, " if sampler.preloaded_images else "") +
+              f"budget {total_steps or '-'} steps / {cfg.max_minutes or '-'} min")
     bar = tqdm(total=total_steps, initial=step, desc=f"train {policy.type_name}", unit="step",
-               disable=not cfg.progress, dynamic_ncols=True)
+               disable=not cfg.progress or not dist.is_main, dynamic_ncols=True)
     best = -1.0
     t_start = time.perf_counter() - elapsed0
     eval_s = 0.0
     last_log_t, last_log_step, wait_at_log = time.perf_counter(), step, 0.0
-    losses: list[float] = []
+    losses: list[float] = []  # per step, of the global batch
+    samples = 0  # windows this rank trained on in this run
     term_sums: dict[str, float] = {}  # per-term loss sums since the last log row (ACT: l1, kl)
     evals: list[dict] = []
     first_step_timed = step
@@ -576,6 +621,7 @@ def train(cfg: DictConfig) -> dict:
             p = step / total_steps
         if budget_s:  # training time only: periodic evaluations do not eat the budget
             p = max(p, train_time() / budget_s)
+            p = dist.first(p)  # DDP: every rank follows rank 0's clock (same LR, same last step)
         return p
 
     def log_train_row() -> None:
@@ -627,7 +673,7 @@ def train(cfg: DictConfig) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr * lr_factor(progress(), warmup)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = policy.loss(batch)
+                loss = loss_of(batch)
             if not torch.isfinite(loss):
                 raise TrainError(f"the loss became {loss.item()} at step {step}; lower the learning rate "
                                  f"(policy.optim.lr={lr})")
@@ -647,26 +693,33 @@ def train(cfg: DictConfig) -> dict:
             if ema:
                 ema.update(policy)
             step += 1
-            losses.append(loss.item())
-            terms = getattr(policy, "last_loss_terms", None) or {}
+            samples += len(next(iter(batch.values())))
+            loss_value, terms = dist.average(loss.item(), getattr(policy, "last_loss_terms", None) or {})
+            losses.append(loss_value)
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
             bar.update(1)
-            if step % int(cfg.log_every) == 0:
+            if step % int(cfg.log_every) == 0 and dist.is_main:
                 log_train_row()
             due = bool(cfg.eval_every) and step % int(cfg.eval_every) == 0
-            if cfg.eval_every_min and train_time() >= next_eval_min * 60:
+            if cfg.eval_every_min and dist.first(train_time() >= next_eval_min * 60):
                 due, next_eval_min = True, next_eval_min + float(cfg.eval_every_min)
             if due and progress() < 1.0:
-                do_eval()
+                if dist.is_main:
+                    do_eval()
+                dist.barrier()  # the other ranks wait for rank 0's evaluation
                 last_log_t = time.perf_counter()
-            if cfg.save_every and step % int(cfg.save_every) == 0:
+            if cfg.save_every and step % int(cfg.save_every) == 0 and dist.is_main:
                 save_train_state(state_dir, policy, ema, opt, step,
                                  time.perf_counter() - t_start, int(cfg.seed), cfg_dict)
-        if step > last_log_step:  # the tail since the last row (short runs get a row too)
+        if step > last_log_step and dist.is_main:  # the tail since the last row (short runs get a row too)
             log_train_row()
         bar.close()
         train_end = time.perf_counter()
+        samples = int(dist.total(samples))
+        digests = dist.replica_digests(policy)
+        if not dist.is_main:  # rank 0 saves, evaluates and writes the summary; nothing to wait for
+            return {"rank": dist.rank, "world_size": dist.world_size, "steps": step}
         final_model = ema.model if ema else policy
         final_model.eval()
         save_checkpoint(final_model, out / "checkpoints" / "last", spec, {**metadata, "step": step})
@@ -680,7 +733,14 @@ def train(cfg: DictConfig) -> dict:
                    "data_wait_share": pre.wait_s / max(loop_s, 1e-9),
                    "final_loss": float(np.mean(losses[-50:])) if losses else None,
                    "parameters": n_params, "device": str(device), "checkpoint": str(out / "checkpoints" / "last"),
-                   "evals": evals}
+                   "batch_size": batch_size, "samples": samples, "world_size": dist.world_size, "evals": evals}
+        if dist.enabled:
+            summary["ddp"] = {"backend": dist.backend, "batch_size_per_rank": rank_batch,
+                              "threads_per_rank": torch.get_num_threads(), "replica_digests": digests,
+                              "replicas_identical": len(set(digests)) == 1}
+            if len(set(digests)) > 1:
+                print(f"warning: the {dist.world_size} replicas' weights differ at the end ({digests}); the "
+                      f"checkpoint holds rank 0's", file=sys.stderr)
         if cfg.eval_final and cfg.eval_episodes:
             # the checkpoint above is already on disk, whatever the evaluation does; this
             # rewrite only adds the final success rate to its metadata
@@ -695,5 +755,6 @@ def train(cfg: DictConfig) -> dict:
         pre.close()
         if sampler.lazy_images:
             store.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
         bar.close()
