@@ -99,16 +99,22 @@ def _action_mode(store: EpisodeStore, spec: RobotSpec, given: str | None) -> str
     return given
 
 
-def plan_features(store: EpisodeStore, spec: RobotSpec, umap: UnitMap, mode: str, video: bool) -> list[Feature]:
+def check_keys(store: EpisodeStore, spec: RobotSpec) -> None:
+    """The store holds what observation.state and action are made of."""
     schema = store.schema
-    have = sorted(schema)
     for need in ["joint_pos"] + (["gripper"] if spec.gripper else []) + ["action"]:
         if need not in schema:
             raise LeRobotFormatError(f"the store has no {need!r} key, which a LeRobot dataset needs "
-                                     f"({'observation.state' if need != 'action' else 'action'}); it holds {have}")
+                                     f"({'observation.state' if need != 'action' else 'action'}); it holds "
+                                     f"{sorted(schema)}")
     if schema["joint_pos"].shape != (spec.dof,) or (spec.gripper and schema["gripper"].shape not in ((1,), ())):
         raise LeRobotFormatError(f"joint_pos {schema['joint_pos'].shape} / gripper do not match robot {spec.name!r} "
                                  f"({spec.dof} joints)")
+
+
+def plan_features(store: EpisodeStore, spec: RobotSpec, umap: UnitMap, mode: str, video: bool) -> list[Feature]:
+    schema = store.schema
+    check_keys(store, spec)
     feats: list[Feature] = []
     state_keys = ("joint_pos", "gripper") if spec.gripper else ("joint_pos",)
     def key_meta(k: str) -> dict[str, Any]:
@@ -200,6 +206,7 @@ def export_lerobot(store_path: str | os.PathLike, out_dir: str | os.PathLike, re
             spec.check_compatible(load_spec(robot), what=f"episode store {store.path}")
         if store.n_episodes == 0:
             raise LeRobotFormatError(f"episode store {store.path} has no episodes to export")
+        check_keys(store, spec)
         umap = unit_map(spec, units, calibration, hardware)
         mode = _action_mode(store, spec, action_mode)
         feats = plan_features(store, spec, umap, mode, video)

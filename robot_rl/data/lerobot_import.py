@@ -246,6 +246,9 @@ def import_lerobot(in_dir: str | os.PathLike, out_store: str | os.PathLike, robo
         raise LeRobotFormatError(f"{root}: fps must be a positive number, got {fps!r}")
     tasks = fmt.read_tasks(root / fmt.TASKS)
     episodes = _episodes(root)
+    for name, ft in info["features"].items():
+        if ft.get("dtype") == "video" and name in plan.cameras:
+            _check_video_spans(name, episodes, float(fps))
     feats = info["features"]
     spec = _with_cameras(spec, {k: feats[n]["shape"] for n, (k, _) in plan.cameras.items()})
     codecs = dict(image_codecs or {})
@@ -284,6 +287,28 @@ def import_lerobot(in_dir: str | os.PathLike, out_store: str | os.PathLike, robo
             "cameras": {n: k for n, (k, _) in plan.cameras.items()}, "keys": {n: v[0] for n, v in plan.plain.items()},
             "exact_columns": sorted(plan.exact), "warnings": warnings, "bytes": nbytes, "mb": nbytes / 1e6,
             "seconds": time.perf_counter() - t0}
+
+
+def _check_video_spans(name: str, episodes: list[dict[str, Any]], fps: float) -> None:
+    """Episodes sharing an MP4 must not overlap in it (a shifted from_timestamp reads another
+    episode's frames, which look just as well timed)."""
+    k = f"videos/{name}/"
+    by_file: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
+    for ep in episodes:
+        if k + "from_timestamp" not in ep or ep[k + "from_timestamp"] is None:
+            continue
+        t0 = float(ep[k + "from_timestamp"])
+        t1 = ep.get(k + "to_timestamp")
+        t1 = t0 + int(ep["length"]) / fps if t1 is None else float(t1)
+        by_file.setdefault((int(ep[k + "chunk_index"]), int(ep[k + "file_index"])), []).append(
+            (t0, t1, int(ep["episode_index"])))
+    half = 0.5 / fps
+    for (c, f), spans in by_file.items():
+        spans.sort()
+        for (a0, a1, ea), (b0, b1, eb) in zip(spans, spans[1:]):
+            if b0 < a1 - half:
+                raise LeRobotFormatError(f"mismatched video timestamps: episodes {ea} ({a0:.4f}..{a1:.4f} s) and {eb} "
+                                         f"({b0:.4f}..{b1:.4f} s) overlap in {name} chunk {c} file {f}")
 
 
 def _with_cameras(spec: RobotSpec, shapes: dict[str, Any]) -> RobotSpec:
