@@ -227,6 +227,29 @@ def test_delta_timestamps_windows_and_padding(exported):
     assert b["observation.images.front"][:2] == [4, 3] and b["task"] == ["str"] * 4
 
 
+def test_lerobot_dataset_tools_work_on_our_export(exported, run_lerobot):
+    """lerobot's delete_episodes (re-cuts videos, re-indexes, rewrites per-episode stats) and
+    merge_datasets (aggregate_datasets) on our export, and the results load."""
+    ex = exported
+    drop = 1
+    out = ex.root.parent / "tools"
+    run_lerobot("lr_tools.py", ex.root, f"local/{ex.name}", out, drop)
+    res, arr = json.loads((out / "tools.json").read_text()), dict(np.load(out / "tools.npz"))
+    keep = np.concatenate([np.arange(m["start"], m["end"]) for i, m in enumerate(ex.metas) if i != drop])
+    f = ex.read["frames"]
+    d = res["deleted"]
+    assert d["num_episodes"] == len(ex.metas) - 1 and d["num_frames"] == len(keep)
+    for k in ("observation.state", "action"):
+        assert np.array_equal(arr[f"deleted/{k}"], f[k][keep]), k
+        assert np.array_equal(arr[f"merged/{k}"], np.concatenate([f[k], f[k][keep]])), k
+    assert np.array_equal(arr["deleted/index"], np.arange(len(keep)))
+    assert res["merged"]["num_episodes"] == 2 * len(ex.metas) - 1
+    assert res["merged"]["num_frames"] == len(f["index"]) + len(keep)
+    assert np.allclose(res["deleted"]["action_mean"], f["action"][keep].astype(np.float64).mean(0), atol=1e-5)
+    assert all(isinstance(t, str) for r in res.values() for t in r["item_tasks"])
+    assert all(shape[0] == 3 for r in res.values() for shape in r["camera_shapes"].values())
+
+
 def test_tasks_are_strings(exported):
     ex, r = exported, exported.read
     tasks = list(dict.fromkeys(m["task"] for m in ex.metas))
@@ -265,3 +288,237 @@ def test_stats_and_quantiles_load_in_lerobot(exported):
         want = concat(ex.eps, "image_" + cam.rsplit(".", 1)[1]).reshape(-1, 3).mean(0) / 255.0
         assert np.allclose(s["mean"].reshape(3), want, atol=0.03), (cam, s["mean"].reshape(3), want)
     assert set(r["episode_stats_features"]) >= {"observation.state", "action", *CAMS}
+
+
+# -- the layout, against a dataset lerobot writes itself from the same values --------------
+def write_with_lerobot(run_lerobot, tmp: Path, root: Path, repo_id: str, fps: int, features: dict,
+                       episodes: list[dict], use_videos: bool) -> Path:
+    """`episodes`: [{"task": str, <feature>: array per frame, ...}] written by lr_write.py."""
+    spec = {"repo_id": repo_id, "fps": fps, "robot_type": "so101_follower", "use_videos": use_videos,
+            "features": features, "episodes": [{"task": e["task"], "length": len(e["action"])} for e in episodes]}
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    np.savez(tmp / "data.npz", **{f"e{i}/{k}": e[k] for i, e in enumerate(episodes) for k in features})
+    run_lerobot("lr_write.py", tmp / "spec.json", tmp / "data.npz", root)
+    return root
+
+
+def layout(run_lerobot, root: Path, out: Path) -> dict:
+    run_lerobot("lr_layout.py", root, out)
+    return json.loads((out / "layout.json").read_text())
+
+
+@pytest.mark.parametrize("video", [True, False], ids=["video", "image"])
+def test_layout_matches_what_lerobot_writes(sim_store, video, tmp_path, run_lerobot):
+    """Our export and a dataset lerobot's recording API writes from the same frames: the same
+    files, info.json fields, feature entries, parquet column types, stats keys and video format
+    (our extra columns and the info.json `robot_rl` entry aside)."""
+    from robot_rl.data.lerobot_export import export_lerobot
+
+    ours_root = tmp_path / "ours"
+    export_lerobot(sim_store, ours_root, repo_id="local/ours", video=video, progress=False)
+    info = json.loads((ours_root / "meta" / "info.json").read_text())
+    keep = ["action", "observation.state", *CAMS]
+    feats = {k: {f: info["features"][k][f] for f in ("dtype", "shape", "names")} for k in keep}
+    eps, metas = store_episodes(sim_store)
+    import pyarrow.parquet as pq
+    written = pq.read_table(sorted((ours_root / "data").rglob("*.parquet")),
+                            columns=["action", "observation.state"]).to_pydict()
+    episodes = []
+    for e, m in zip(eps, metas):
+        sl = slice(m["start"], m["end"])
+        episodes.append({"task": m["task"], "action": np.array(written["action"][sl], np.float32),
+                         "observation.state": np.array(written["observation.state"][sl], np.float32),
+                         **{c: e["image_" + c.rsplit(".", 1)[1]] for c in CAMS}})
+    theirs_root = write_with_lerobot(run_lerobot, tmp_path, tmp_path / "theirs", "local/theirs", int(info["fps"]),
+                                     feats, episodes, video)
+    ours, theirs = layout(run_lerobot, ours_root, tmp_path / "lo"), layout(run_lerobot, theirs_root, tmp_path / "lt")
+
+    # files: the same set (lerobot also leaves an empty images/ folder behind in image mode)
+    assert sorted(ours["files"]) == sorted(theirs["files"])
+    # info.json: the same fields with the same values, counts and paths included
+    oi, ti = ours["info"], theirs["info"]
+    assert set(oi) - set(ti) == {"robot_rl"} and set(ti) <= set(oi)
+    for k in ti:
+        if k != "features":
+            assert oi[k] == ti[k], (k, oi[k], ti[k])
+    for k, ft in ti["features"].items():
+        of = {f: v for f, v in oi["features"][k].items() if f != "robot_rl"}
+        if "info" in ft:  # video parameters: the same fields; the codec may differ (av1 / h264)
+            assert set(of["info"]) == set(ft["info"]), (k, of["info"], ft["info"])
+            assert of["info"]["video.pix_fmt"] == ft["info"]["video.pix_fmt"] == "yuv420p"
+            assert {f: v for f, v in of["info"].items() if f != "video.codec"} == \
+                {f: v for f, v in ft["info"].items() if f != "video.codec"}
+            of, ft = {f: v for f, v in of.items() if f != "info"}, {f: v for f, v in ft.items() if f != "info"}
+        assert of == ft, (k, of, ft)
+    # stats.json: the same stats for every feature lerobot has
+    for k, stats in theirs["stats_keys"].items():
+        assert ours["stats_keys"][k] == stats, k
+    # parquet tables: every column lerobot writes, with the same arrow type, except where a
+    # difference is known to be harmless to lerobot (loading, stats, delete / merge tools)
+    harmless = {("list<element: double>", "list<element: int64>"),  # per-episode min/max of int columns
+                ("string", "large_string")}  # meta/tasks.parquet's index (pandas 3 writes large_string)
+    for name, t in theirs["parquet"].items():
+        o = ours["parquet"][name]
+        assert o["num_rows"] == t["num_rows"], name
+        missing = {c: ty for c, ty in t["schema"].items() if c not in o["schema"]}
+        assert not missing, (name, missing)
+        wrong = {c: (o["schema"][c], ty) for c, ty in t["schema"].items() if o["schema"][c] != ty}
+        if wrong:
+            print(f"[layout] {name}: column types differ from lerobot's (ours, lerobot's): {wrong}")
+        assert set(wrong.values()) <= harmless, (name, wrong)
+        assert o["pandas_index"] == t["pandas_index"], name
+    # videos: one stream per camera, all frames, the same size and pixel format
+    for name, v in theirs["videos"].items():
+        o = ours["videos"][name]
+        assert (o["width"], o["height"], o["pix_fmt"], o["frames"]) == (v["width"], v["height"], v["pix_fmt"], v["frames"])
+    print(f"[layout {'video' if video else 'image'}] lerobot wrote {sum(theirs['files'].values())} B, "
+          f"we wrote {sum(ours['files'].values())} B; video codecs ours "
+          f"{sorted({v['codec'] for v in ours['videos'].values()})} lerobot's {sorted({v['codec'] for v in theirs['videos'].values()})}")
+
+
+# -- datasets lerobot writes, imported into our store ---------------------------------------
+def lerobot_episodes(joint_store: Path) -> tuple[list[dict], dict]:
+    """Three SO-101 episodes in LeRobot's units with known values: joints in degrees (smooth,
+    within the arm's range), gripper.pos 0..100, the twin's rendered frames as the cameras, a
+    reward; two tasks."""
+    eps, _ = store_episodes(joint_store)
+    frames = {c: concat(eps, "image_" + c.rsplit(".", 1)[1]) for c in CAMS}
+    rng = np.random.default_rng(7)
+    out, at = [], 0
+    for task, n in (("pick up the cube", 22), ("push the cube", 15), ("pick up the cube", 26)):  # <= 63 frames
+        t = np.arange(n + 1)[:, None] / 30.0
+        ph = rng.uniform(0, 2 * np.pi, 6)
+        deg = np.concatenate([40.0 * np.sin(2.0 * t + ph[:5]), 50.0 + 45.0 * np.sin(3.0 * t + ph[5:])], 1)
+        deg = deg.astype(np.float32)
+        out.append({"task": task, "observation.state": deg[:-1], "action": deg[1:],
+                    "next.reward": (np.arange(n) == n - 1).astype(np.float32)[:, None],
+                    **{c: frames[c][at:at + n] for c in CAMS}})
+        at += n
+    feats = {"action": {"dtype": "float32", "shape": [6], "names": SO101_NAMES},
+             "observation.state": {"dtype": "float32", "shape": [6], "names": SO101_NAMES},
+             "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+             **{c: {"dtype": "video", "shape": [48, 48, 3], "names": ["height", "width", "channels"]} for c in CAMS}}
+    return out, feats
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["video", "image"])
+def lerobot_written(request, joint_store, tmp_path_factory, run_lerobot):
+    video = request.param
+    tmp = tmp_path_factory.mktemp("lerobot_video" if video else "lerobot_image")
+    episodes, feats = lerobot_episodes(joint_store)
+    if not video:
+        feats = {k: {**v, "dtype": "image"} if v["dtype"] == "video" else v for k, v in feats.items()}
+    root = write_with_lerobot(run_lerobot, tmp, tmp / "ds", "local/so101_lerobot", 30, feats, episodes, video)
+    return root, episodes, video, tmp
+
+
+@dataclass
+class Imported:
+    root: Path
+    episodes: list[dict]  # the values lerobot was given
+    video: bool
+    theirs: dict  # what lerobot itself reads back from its dataset (lr_read.py)
+    summary: dict
+    eps: list[dict]  # our store's episodes after import_lerobot
+    metas: list[dict]
+    again: dict  # lerobot reading our export of the imported store
+
+
+@pytest.fixture(scope="module")
+def imported(lerobot_written, lerobot_read) -> Imported:
+    from robot_rl.data.lerobot_export import export_lerobot
+    from robot_rl.data.lerobot_import import import_lerobot
+
+    root, episodes, video, tmp = lerobot_written
+    theirs = lerobot_read(root, "local/so101_lerobot", tmp / "read")
+    summary = import_lerobot(root, tmp / "imported.zarr", robot="so101", progress=False)
+    eps, metas = store_episodes(tmp / "imported.zarr")
+    export_lerobot(tmp / "imported.zarr", tmp / "again", repo_id="local/again", video=video, progress=False)
+    again = lerobot_read(tmp / "again", "local/again", tmp / "read_again")
+    return Imported(root, episodes, video, theirs, summary, eps, metas, again)
+
+
+def lerobot_units_of(im: Imported) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The imported store's state and action, per episode, mapped back to LeRobot units."""
+    from robot_rl.data.lerobot_units import UnitMap
+    umap = UnitMap.from_json(im.summary["unit_map"])
+    states = [umap.forward(np.concatenate([ep["joint_pos"], ep["gripper"].reshape(len(ep["joint_pos"]), 1)], 1))
+              for ep in im.eps]
+    return states, [umap.forward(ep["action"]) for ep in im.eps]
+
+
+def test_dataset_lerobot_wrote_imports_with_the_same_values(imported):
+    im = imported
+    n_all = sum(len(e["action"]) for e in im.episodes)
+    assert im.summary["episodes"] == 3 and im.summary["frames"] == n_all
+    assert im.summary["action_mode"] == "joint_pos" and im.summary["unit_map"]["names"] == SO101_NAMES
+    assert [m["task"] for m in im.metas] == [e["task"] for e in im.episodes]
+    assert [m["length"] for m in im.metas] == [len(e["action"]) for e in im.episodes]
+    assert all(m["fps"] == 30 and m["extra"]["action_mode"] == "joint_pos" for m in im.metas)
+    with EpisodeStore.open(im.root.parent / "imported.zarr") as st:
+        assert st.spec.name == "so101" and sorted(c.name for c in st.spec.cameras) == ["front", "wrist"]
+    states, actions = lerobot_units_of(im)
+    for e, ep, st_, ac in zip(im.episodes, im.eps, states, actions):
+        n = len(e["action"])
+        # the store holds radians and closure (0 open .. 1 closed): LeRobot's degrees and 0 closed .. 100 open
+        jp, grip = ep["joint_pos"].astype(np.float64), ep["gripper"].reshape(n).astype(np.float64)
+        assert np.allclose(np.degrees(jp), e["observation.state"][:, :5], rtol=0, atol=1e-4)
+        assert np.allclose(100.0 * (1.0 - grip), e["observation.state"][:, 5], rtol=0, atol=1e-4)
+        # back through the unit mapping: the same float32 values, up to one float32 step of the
+        # store's radians (see test_lerobot_values_survive_import_bit_for_bit)
+        assert np.allclose(st_, e["observation.state"], rtol=0, atol=1e-5)
+        assert np.allclose(ac, e["action"], rtol=0, atol=1e-5)
+        assert np.allclose(ep["timestamp"], np.arange(n) / 30.0)
+        assert np.array_equal(np.ravel(ep["reward"]), np.ravel(e["next.reward"]))
+
+
+def test_images_lerobot_wrote_import_within_codec_error(imported):
+    im = imported
+    at = 0
+    for e, ep in zip(im.episodes, im.eps):
+        n = len(e["action"])
+        for c in CAMS:
+            got = ep["image_" + c.rsplit(".", 1)[1]]
+            lr = im.theirs["frames"][c][at:at + n]
+            assert got.shape == e[c].shape and got.dtype == np.uint8
+            if im.video:
+                p_orig, p_lr = psnr(got, e[c]), psnr(got, lr)
+                print(f"[import video] {c} frames {at}..{at + n - 1}: PSNR {p_orig:.2f} dB vs the frames lerobot "
+                      f"was given, {p_lr:.2f} dB vs lerobot's own decoding")
+                assert p_orig > MIN_PSNR and p_lr > 45, (c, p_orig, p_lr)
+            else:  # PNG in the parquet: lossless
+                assert np.array_equal(got, e[c]) and np.array_equal(got, lr)
+        at += n
+
+
+def test_imported_store_exports_back_to_what_lerobot_wrote(imported):
+    """lerobot's dataset -> import -> our export -> lerobot: the same frames, tasks and values
+    (up to one float32 step in LeRobot's units)."""
+    im = imported
+    a, t = im.again, im.theirs
+    for k in ("task_index", "episode_index", "frame_index", "index"):
+        assert np.array_equal(a["frames"][k], t["frames"][k]), k
+    assert a["item_tasks"] == t["item_tasks"] and a["tasks"] == t["tasks"]
+    for k in ("observation.state", "action"):
+        assert np.allclose(a["frames"][k], t["frames"][k], rtol=0, atol=1e-5), k
+    for c in CAMS:
+        if im.video:
+            assert psnr(a["frames"][c], t["frames"][c]) > MIN_PSNR, c
+        else:
+            assert np.array_equal(a["frames"][c], t["frames"][c]), c
+
+
+def test_lerobot_values_survive_import_bit_for_bit(imported):
+    """lerobot_units.py promises LeRobot -> store -> LeRobot bit for bit."""
+    im = imported
+    states, actions = lerobot_units_of(im)
+    for name, got, want in (("observation.state", states, [e["observation.state"] for e in im.episodes]),
+                            ("action", actions, [e["action"] for e in im.episodes]),
+                            ("observation.state after re-export", [im.again["frames"]["observation.state"]],
+                             [im.theirs["frames"]["observation.state"]])):
+        got, want = np.concatenate(got), np.concatenate(want)
+        bad = got != want
+        assert not bad.any(), (
+            f"{name}: {int(bad.sum())} of {bad.size} values differ from lerobot's (per element "
+            f"{dict(zip(SO101_NAMES, bad.sum(0).tolist()))}), by up to "
+            f"{np.abs(got.astype(np.float64) - want).max():.3g}; e.g. {want[bad][0]!r} came back as {got[bad][0]!r}")
