@@ -89,6 +89,22 @@ def test_two_processes_train_one_model_and_rank0_alone_writes(ddp_run):
         assert (out / "checkpoints" / c / "model.safetensors").exists()
 
 
+def test_the_ranks_split_the_batches_one_process_would_train_on(ddp_run, store, tmp_path):
+    """Same seed, same global batch: one process and two see the same batches, so the logged
+    losses (each the global batch's) agree; the first row before rounding could drift. Not
+    to the bit: the masked loss is normalised per rank, and DDP averages the two halves."""
+    out, _ = ddp_run
+    one = tmp_path / "one"
+    assert main(["train", *common(store, one, "steps=40", "eval_final=false")]) == 0
+
+    def losses(o):
+        return [float(r["loss"]) for r in csv.DictReader(open(o / "log.csv")) if r["loss"]]
+    a, b = losses(one), losses(out)
+    assert len(a) == len(b) == 4
+    assert b[0] == pytest.approx(a[0], rel=2e-3)  # steps 1-10
+    assert b == pytest.approx(a, rel=3e-2)
+
+
 def test_resume_under_torchrun(ddp_run, store):
     """The same run continued to step 60 by torchrun's two processes: each loads the state."""
     out, _ = ddp_run

@@ -22,10 +22,13 @@ module holds what differs. Readable top to bottom:
    ``average`` (the loss of the global batch), ``barrier``, ``total``, ``same_everywhere``
    and ``replica_digests`` (a hash of every rank's weights at the end: they must agree).
 
-Global batch semantics: ``batch_size`` is the batch of one optimiser step over all ranks;
-each rank draws ``batch_size / N`` windows from its own data stream (seed + rank) and DDP
-averages the gradients, so the step, the learning-rate schedule and the number of steps
-are those of one process with the whole batch.
+Global batch semantics: ``batch_size`` is the batch of one optimiser step over all ranks.
+Every rank draws the same seeded sequence of global batches and trains on its own
+``batch_size / N`` slice of each (disjoint: the ranks see different windows, each window
+once per pass over the data), and DDP averages the gradients. So a step, the learning-rate
+schedule and the number of steps are those of one process with the whole batch -- with the
+same seed, the very same batches. What is random inside the loss (diffusion noise, crops)
+has a stream per rank (seed + step + rank).
 """
 from __future__ import annotations
 
@@ -212,10 +215,11 @@ def requested_nproc(cfg: Mapping[str, Any]) -> int:
 def batch_per_rank(batch_size: int, world_size: int) -> int:
     """Each rank's share of the global batch; the split must be even."""
     if batch_size % world_size:
-        lo, hi = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
+        near = sorted({x for x in (batch_size // world_size * world_size, -(-batch_size // world_size) * world_size)
+                       if x > 0})
         raise _train_error(f"batch_size={batch_size} (the global batch of one optimiser step) does not split evenly "
                            f"over {world_size} processes; use a multiple of {world_size}, e.g. batch_size="
-                           f"{hi if lo == 0 else lo} or {hi}")
+                           + " or ".join(map(str, near)))
     return batch_size // world_size
 
 
@@ -246,7 +250,7 @@ def launch(cfg: Any, nproc: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="robot_rl_ddp_"))
     (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
-           "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True",
            PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     if os.path.exists("/sys/class/net/lo"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's connections stay on loopback

@@ -21,6 +21,11 @@ Readable top to bottom:
    (success rate with a 95% interval, return, videos) and keep the best checkpoint;
 5. log to ``log.csv`` and TensorBoard (``tb/``), save checkpoints (safetensors + JSON,
    no pickle) and a resumable training state, and draw ``training.png``.
+6. with several processes (``nproc=N``, or torchrun; ``robot_rl.learn.distributed``) each
+   rank trains on its ``batch_size / N`` slice of the same seeded global batches and
+   DistributedDataParallel averages the gradients, so a step is the step of one process
+   with the whole batch (the same batches, for the same seed); rank 0 alone keeps the EMA,
+   logs, evaluates and saves. One process sets up nothing of this.
 
 Output folder::
 
@@ -114,11 +119,19 @@ class Prefetcher:
     Threads pay off when the sampler decodes and resizes images per batch
     (``sampler.lazy_images``): numpy gathers, libjpeg and cv2 release the GIL. ``None``
     (default): ``min(4, cores)`` threads for such a sampler, one otherwise. At most
-    ``max(depth, loader_threads)`` batches are assembled ahead of the loop."""
+    ``max(depth, loader_threads)`` batches are assembled ahead of the loop.
+
+    ``shard=(rank, n)``: one of ``n`` training processes. Each draws the same sequence of
+    ``batch_size``-window (global) batches from the same ``seed`` and keeps its own ``1/n``
+    slice, so the processes together train on exactly the batches one process would, each
+    window once per pass, and no window twice in a step."""
 
     def __init__(self, sampler: SequenceSampler, batch_size: int, seed: int, device: torch.device, depth: int = 4,
-                 loader_threads: int | None = None):
+                 loader_threads: int | None = None, shard: tuple[int, int] = (0, 1)):
         self.sampler, self.batch_size, self.device = sampler, int(batch_size), device
+        self.rank, self.world = int(shard[0]), int(shard[1])
+        if self.batch_size % self.world:
+            raise TrainError(f"a batch of {self.batch_size} does not split over {self.world} processes")
         if loader_threads is None:
             loader_threads = default_loader_threads() if getattr(sampler, "lazy_images", None) else 1
         if int(loader_threads) < 1:
@@ -149,7 +162,8 @@ class Prefetcher:
             self._perm, self._pos = self.rng.permutation(n), 0
         idx = self._perm[self._pos: self._pos + bs] if bs <= n else self.rng.integers(0, n, bs)
         self._pos += bs
-        return idx
+        part = bs // self.world  # this process's slice of the global batch
+        return idx[self.rank * part: (self.rank + 1) * part]
 
     def _run(self) -> None:
         try:
@@ -578,9 +592,14 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict:
             scaler = torch.amp.GradScaler("cuda")
     batch_size = global_batch_size(cfg)  # of one optimiser step, over all ranks
     rank_batch = distributed.batch_per_rank(batch_size, dist.world_size)
-    # each rank its own data stream (seed + rank); resuming starts a new one (seed + step)
-    pre = Prefetcher(sampler, rank_batch, int(cfg.seed) + step + dist.rank, device,
-                     loader_threads=None if cfg.get("loader_threads") is None else int(cfg.loader_threads))
+    # the batch order follows the seed (a resumed run starts a new one: seed + step); under
+    # DDP every rank draws the same global batches and trains on its own slice of each
+    loader_threads = cfg.get("loader_threads")
+    if loader_threads is None and dist.enabled and sampler.lazy_images:  # the cores are shared among the ranks
+        loader_threads = min(4, dist.threads())
+    pre = Prefetcher(sampler, batch_size, int(cfg.seed) + step, device,
+                     loader_threads=None if loader_threads is None else int(loader_threads),
+                     shard=(dist.rank, dist.world_size))
     loss_of = dist.wrap(policy)  # policy.loss; under DDP through DistributedDataParallel
     if dist.enabled:  # and its own noise / augmentation stream (the weights are the same everywhere)
         torch.manual_seed(int(cfg.seed) + step + dist.rank)
