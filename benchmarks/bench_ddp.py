@@ -87,7 +87,7 @@ def plot(runs: list[dict], args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12.5, 4.4), gridspec_kw={"width_ratios": [2.1, 1]})
+    fig, (a, d, b) = plt.subplots(1, 3, figsize=(17, 4.4), gridspec_kw={"width_ratios": [1.8, 1.5, 1]})
     color = {1: "C0", 2: "C3"}
     w = max(1, args.steps // 100)
     for r in runs:
@@ -103,6 +103,21 @@ def plot(runs: list[dict], args, path: Path) -> None:
     a.set_ylabel(f"training loss per step (thin) and its {w}-step mean")
     a.grid(alpha=0.3)
     a.legend()
+    # the curves overlap: their ratio, beside the ratio of two seeds of one process
+    by = {(r["nproc"], r["seed"]): np.convolve(np.asarray(r["losses"]), np.ones(w) / w, mode="valid") for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    for s_ in seeds:
+        if (1, s_) in by and (2, s_) in by:
+            d.plot(np.arange(w, len(by[1, s_]) + w), 100 * (by[2, s_] / by[1, s_] - 1), color="C3",
+                   ls="-" if s_ == args.seed else "--", lw=1.2, label=f"nproc=2 vs nproc=1, seed {s_}")
+    if len(seeds) > 1 and (1, seeds[1]) in by:
+        d.plot(np.arange(w, len(by[1, seeds[0]]) + w), 100 * (by[1, seeds[1]] / by[1, seeds[0]] - 1), color="C7",
+               lw=1.2, label=f"nproc=1: seed {seeds[1]} vs seed {seeds[0]}")
+    d.axhline(0, color="k", lw=0.6)
+    d.set_xlabel("optimiser step")
+    d.set_ylabel(f"{w}-step mean loss: difference, %")
+    d.grid(alpha=0.3)
+    d.legend(fontsize=8)
     xs = np.arange(len(runs))
     s = np.array([100 * r["success"] for r in runs])
     err = np.array([[100 * (r["success"] - r["ci95"][0]) for r in runs], [100 * (r["ci95"][1] - r["success"]) for r in runs]])
@@ -167,7 +182,16 @@ def main() -> None:
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_ddp"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--name", default="ddp", help="out/bench/NAME.json and NAME_loss.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw NAME_loss.png from NAME.json")
     args = ap.parse_args()
+    if args.replot:
+        import json
+        saved = json.loads((OUT / f"{args.name}.json").read_text())
+        args.steps, args.batch, args.episodes, args.policy, args.task, args.seed = (
+            saved["steps"], saved["global_batch"], saved["eval_episodes"], saved["policy"], saved["task"],
+            saved["seeds"][0])
+        plot(saved["runs"], args, OUT / f"{args.name}_loss.png")
+        return
     t0 = time.perf_counter()
     data = ensure_demos(args.task, args.demos, Path(args.data))
     seeds = [args.seed + i for i in range(max(1, args.seeds))]
