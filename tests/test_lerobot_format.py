@@ -130,7 +130,7 @@ def test_video_export_layout_and_round_trip(recorded, video_export, tmp_path):
                                                "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"]
     assert f["observation.images.front"]["dtype"] == "video" and f["observation.images.front"]["shape"] == [H, W, 3]
     assert f["observation.images.front"]["info"]["video.pix_fmt"] == "yuv420p"
-    assert f["observation.images.front"]["info"]["video.codec"] in ("av1", "h264")
+    assert f["observation.images.front"]["info"]["video.codec"] == "av1"  # where PyAV has SVT-AV1, as here
     assert f["timestamp"]["dtype"] == "float32" and "next.reward" in f and "robot_rl.stamp_joint_pos" in f
     assert not [n for n, ft in f.items() if "image" in n and ft["dtype"] not in ("image", "video")]
     for key in ("observation.images.front", "observation.images.wrist"):
@@ -409,6 +409,12 @@ def test_mismatched_video_timestamps(video_export, tmp_path):
     rewrite(ep_file, lambda t: set_column(set_column(t, key + "from_timestamp", [frm[0], frm[1], frm[2] + 0.5]),
                                           key + "to_timestamp", [to[0], to[1], to[2] + 0.5]))
     expect_import_error(root, tmp_path / "out.zarr", "mismatched video timestamps")
+    # a frame's timestamp (where LeRobot looks the frame up) off by more than half a frame
+    rewrite(ep_file, lambda t: set_column(set_column(t, key + "from_timestamp", frm), key + "to_timestamp", to))
+    data = root / "data/chunk-000/file-000.parquet"
+    ts = pq.read_table(data).column("timestamp").to_pylist()
+    rewrite(data, lambda t: set_column(t, "timestamp", ts[:40] + [ts[40] + 0.03] + ts[41:]))
+    expect_import_error(root, tmp_path / "out.zarr", r"mismatched video timestamps: episode 1 frame \d+ of")
 
 
 def test_corrupt_parquet_and_missing_video(video_export, tmp_path):
@@ -472,3 +478,32 @@ def test_cli_commands(recorded, tmp_path, capsys):
         cmd_export_lerobot([str(recorded)])
     with pytest.raises(CLIError, match="unknown setting 'bogus'"):
         cmd_export_lerobot([str(recorded), str(tmp_path / "x"), "bogus=1"])
+
+
+def test_files_roll_over(recorded, tmp_path):
+    """Tiny size limits: one data, video and episodes file per episode; the import follows them."""
+    out = tmp_path / "multi"
+    export_lerobot(recorded, out, data_file_mb=1e-6, video_file_mb=1e-6, progress=False)
+    assert len(list((out / "data").glob("*/*.parquet"))) == 3
+    # the encoder holds a few frames back, so an MP4 may take one more episode than its limit
+    assert len(list((out / "videos/observation.images.front").glob("*/*.mp4"))) >= 2
+    assert len(list((out / "meta/episodes").glob("*/*.parquet"))) == 3
+    eps = [r for p in sorted((out / "meta/episodes").glob("*/*.parquet")) for r in pq.read_table(p).to_pylist()]
+    k = "videos/observation.images.wrist/"
+    assert eps[-1][k + "file_index"] >= 1
+    for prev, e in zip(eps, eps[1:]):  # back to back within a file, from 0 in a new one
+        assert e[k + "from_timestamp"] == (prev[k + "to_timestamp"] if e[k + "file_index"] == prev[k + "file_index"]
+                                           else 0.0)
+    assert [e["data/file_index"] for e in eps] == [0, 1, 2] and [e["meta/episodes/file_index"] for e in eps] == [0, 1, 2]
+    import_lerobot(out, tmp_path / "back.zarr", robot="so101", progress=False)
+    assert min(assert_same_store(recorded, tmp_path / "back.zarr", images="lossy").values()) > 28
+
+
+def test_h264_round_trip(recorded, tmp_path):
+    """vcodec=h264: libx264 without B-frames (pts == dts), crf 23."""
+    s = export_lerobot(recorded, tmp_path / "h264", vcodec="h264", progress=False)
+    assert s["vcodec"] == "libx264"
+    info = json.loads((tmp_path / "h264/meta/info.json").read_text())
+    assert info["features"]["observation.images.wrist"]["info"]["video.codec"] == "h264"
+    import_lerobot(tmp_path / "h264", tmp_path / "back.zarr", robot="so101", progress=False)
+    assert min(assert_same_store(recorded, tmp_path / "back.zarr", images="lossy").values()) > 28

@@ -2,7 +2,7 @@
 
     robot-rl export-lerobot STORE OUT_DIR [repo_id=local/NAME] [robot=...] [video=true|false]
                             [calibration=FILE] [hardware=NAME] [units=auto|lerobot|spec]
-                            [action_mode=...] [vcodec=auto|av1|h264] [crf=30] [gop=2]
+                            [action_mode=...] [vcodec=auto|av1|h264] [crf=...] [gop=2]
     robot-rl import-lerobot DIR OUT.zarr robot=NAME [calibration=FILE] [hardware=NAME]
                             [units=auto|lerobot|spec] [action_mode=...]
 
@@ -44,7 +44,8 @@ def cmd_export_lerobot(args: list[str]) -> int:
         s = export_lerobot(store, out, repo_id=_opt(cfg["repo_id"]), robot=_robot(cfg), video=bool(cfg["video"]),
                            calibration=_opt(cfg["calibration"]), progress=bool(cfg["progress"]),
                            units=str(cfg["units"]), hardware=_opt(cfg["hardware"]),
-                           action_mode=_opt(cfg["action_mode"]), vcodec=str(cfg["vcodec"]), crf=int(cfg["crf"]),
+                           action_mode=_opt(cfg["action_mode"]), vcodec=str(cfg["vcodec"]),
+                           crf=None if _opt(cfg["crf"]) is None else int(cfg["crf"]),
                            gop=int(cfg["gop"]))
     except LeRobotFormatError as e:
         raise CLIError(str(e)) from None

@@ -186,7 +186,7 @@ class _Files:
 def export_lerobot(store_path: str | os.PathLike, out_dir: str | os.PathLike, repo_id: str | None = None,
                    robot: Any = None, video: bool = True, calibration: Any = None, progress: bool = True, *,
                    units: str = "auto", hardware: str | None = None, action_mode: str | None = None,
-                   vcodec: str = "auto", crf: int = 30, gop: int = 2, data_file_mb: float = fmt.DATA_FILE_MB,
+                   vcodec: str = "auto", crf: int | None = None, gop: int = 2, data_file_mb: float = fmt.DATA_FILE_MB,
                    video_file_mb: float = fmt.VIDEO_FILE_MB) -> dict[str, Any]:
     """Write the episode store at ``store_path`` as a LeRobotDataset v3.0 in ``out_dir``
     (built in a temporary folder next to it, renamed into place at the end). Returns a summary."""
@@ -212,7 +212,8 @@ def export_lerobot(store_path: str | os.PathLike, out_dir: str | os.PathLike, re
         feats = plan_features(store, spec, umap, mode, video)
         codec = fmt.pick_vcodec(vcodec) if video and any(f.role == "camera" for f in feats) else None
         tmp.mkdir(parents=True)
-        summary = _write(store, spec, feats, umap, mode, tmp, repo_id, video, codec, int(crf), int(gop),
+        summary = _write(store, spec, feats, umap, mode, tmp, repo_id, video, codec,
+                         None if crf is None else int(crf), int(gop),
                          data_file_mb, video_file_mb, progress)
         os.rename(tmp, out)
     except (SpecError, UnitsError, StoreError) as e:
@@ -237,7 +238,7 @@ def _fps(store: EpisodeStore) -> int:
 
 
 def _write(store: EpisodeStore, spec: RobotSpec, feats: list[Feature], umap: UnitMap, mode: str, root: Path,
-           repo_id: str, video: bool, codec: str | None, crf: int, gop: int, data_mb: float, video_mb: float,
+           repo_id: str, video: bool, codec: str | None, crf: int | None, gop: int, data_mb: float, video_mb: float,
            progress: bool) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -330,7 +331,8 @@ def _write(store: EpisodeStore, spec: RobotSpec, feats: list[Feature], umap: Uni
     fmt.write_json(root / fmt.STATS, fmt.stats_json({n: stats[n] for n in info_feats if n in stats}))
     ours = {"format": FORMAT, "repo_id": repo_id, "store": str(store.path), "robot": spec.to_dict(),
             "action_mode": mode, "units": umap.to_json(),
-            "video": None if not video or not cams else {"codec": codec, "crf": crf, "gop": gop, "pix_fmt": "yuv420p"},
+            "video": None if not video or not cams else {"codec": codec, "crf": fmt.DEFAULT_CRF.get(codec or "", 23)
+                                                         if crf is None else crf, "gop": gop, "pix_fmt": "yuv420p"},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     info = {"codebase_version": fmt.CODEBASE_VERSION, "robot_type": ROBOT_TYPES.get(spec.name, spec.name),
             "total_episodes": len(metas), "total_frames": n_total, "total_tasks": len(tasks),
@@ -347,7 +349,7 @@ def _write(store: EpisodeStore, spec: RobotSpec, feats: list[Feature], umap: Uni
 
 
 def _camera(store: EpisodeStore, f: Feature, lo: int, hi: int, files: _Files | None, root: Path, fps: int,
-            codec: str | None, crf: int, gop: int, row: dict[str, Any]) -> tuple[np.ndarray, int, list | None]:
+            codec: str | None, crf: int | None, gop: int, row: dict[str, Any]) -> tuple[np.ndarray, int, list | None]:
     """Encode one episode of one camera (video: appended to the current MP4; image: PNG
     bytes); returns the episode's pixel histogram over lerobot's sampled frames, their
     count, and the PNGs (image mode)."""

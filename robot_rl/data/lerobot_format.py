@@ -221,9 +221,12 @@ def stats_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[
 VCODECS = ("auto", "av1", "h264")
 
 
+DEFAULT_CRF = {"libx264": 23, "libsvtav1": 30}  # about the same PSNR and size on twin frames
+
+
 def pick_vcodec(vcodec: str) -> str:
-    """The encoder name: ``av1`` = libsvtav1 (lerobot's default), ``h264`` = libx264;
-    ``auto``: AV1 where PyAV has the encoder, else H.264."""
+    """The encoder name: ``av1`` = libsvtav1 (lerobot's default), ``h264`` = libx264 (no
+    B-frames); ``auto``: AV1 where PyAV has the encoder, else H.264."""
     import av
     if vcodec not in VCODECS:
         raise LeRobotFormatError(f"vcodec must be one of {list(VCODECS)}, got {vcodec!r}")
@@ -242,19 +245,21 @@ def pick_vcodec(vcodec: str) -> str:
 class VideoWriter:
     """One MP4 stream: frames get pts 0, 1, 2, ... in units of 1/fps across episodes."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: int, codec: str, crf: int, gop: int) -> None:
+    def __init__(self, path: Path, width: int, height: int, fps: int, codec: str, crf: int | None, gop: int) -> None:
         import av
         if width % 2 or height % 2:
             raise LeRobotFormatError(f"{path.parent.parent.name}: {width}x{height} frames cannot be coded as "
                                      "yuv420p video (odd size); export with video=false")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.fps, self.frames, self.bytes, self.packets = path, fps, 0, 0, 0
-        # libsvtav1 (FFmpeg's wrapper, as PyAV bundles it) hands out many packets with a stale pts
-        # (0) under load; an AV1 packet is one shown frame in display order, so it is numbered here
-        self._renumber = codec == "libsvtav1"
-        opts = {"g": str(gop), "crf": str(crf)}
+        self.path, self.fps, self.frames, self.bytes = path, fps, 0, 0
+        # the frames' own time base: the stream's changes once the muxer writes the header
+        # (MP4: 1/10240), and a frame stamped with it would reach the encoder with pts / 512
+        self._tb = Fraction(1, fps)
+        opts = {"g": str(gop), "crf": str(DEFAULT_CRF.get(codec, 23) if crf is None else crf)}
         if codec == "libsvtav1":
-            opts["preset"] = "12"
+            opts["preset"] = "12"  # lerobot's
+        elif codec == "libx264":
+            opts["bf"] = "0"  # no B-frames: pts == dts, no edit list; little to gain at 2 frames per GOP
         self._c = av.open(str(path), "w")
         try:
             self._s = self._c.add_stream(codec, rate=fps, options=opts)
@@ -268,15 +273,12 @@ class VideoWriter:
         import av
         for f in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            vf.pts, vf.time_base = self.frames, self._s.time_base
+            vf.pts, vf.time_base = self.frames, self._tb
             self.frames += 1
             self._mux(self._s.encode(vf))
 
     def _mux(self, packets) -> None:
         for p in packets:
-            if self._renumber:
-                p.pts = p.dts = self.packets
-            self.packets += 1
             self.bytes += p.size
             self._c.mux(p)
 
@@ -285,9 +287,6 @@ class VideoWriter:
             self._mux(self._s.encode())
         finally:
             self._c.close()
-        if self._renumber and self.packets != self.frames:
-            raise LeRobotFormatError(f"{self.path}: the AV1 encoder returned {self.packets} packets for "
-                                     f"{self.frames} frames; export with vcodec=h264")
 
 
 def video_info(path: Path) -> dict[str, Any]:

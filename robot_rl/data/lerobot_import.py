@@ -381,8 +381,9 @@ def _import_episode(store: EpisodeStore, ep: dict[str, Any], plan: _Plan, info: 
     for name, (k, dt, shape) in plan.plain.items():
         steps[k] = col(name).astype(dt).reshape((n, *shape))
     ts = col(plan.timestamp).astype(np.float64).reshape(n)
+    rel = col("timestamp").astype(np.float64).reshape(n) if plan.cameras else None  # LeRobot's, from 0
     for name, (k, _) in plan.cameras.items():
-        steps[k] = _frames(name, feats[name], ep, table, root, info, readers, fps, n, e)
+        steps[k] = _frames(name, feats[name], ep, table, root, info, readers, fps, rel, e)
     meta_task = tasks.get(int(col("task_index")[0]))
     task = meta_task or (ep.get("tasks") or ["lerobot"])[0]
     ours = "robot_rl/extra" in ep
@@ -404,7 +405,10 @@ def _import_episode(store: EpisodeStore, ep: dict[str, Any], plan: _Plan, info: 
 
 
 def _frames(name: str, ft: dict[str, Any], ep: dict[str, Any], table, root: Path, info: dict[str, Any],
-            readers: dict[Path, fmt.VideoReader], fps: float, n: int, e: int) -> np.ndarray:
+            readers: dict[Path, fmt.VideoReader], fps: float, rel: np.ndarray, e: int) -> np.ndarray:
+    """The episode's frames of camera ``name``; video frame i must lie at ``from_timestamp +
+    timestamp[i]`` (where LeRobot looks it up) within half a frame."""
+    n = len(rel)
     shape = tuple(int(x) for x in ft["shape"])
     if ft["dtype"] == "image":
         return _png_frames(name, table, root, shape, e)
@@ -433,13 +437,13 @@ def _frames(name: str, ft: dict[str, Any], ep: dict[str, Any], table, root: Path
     if len(frames) != n:
         raise LeRobotFormatError(f"mismatched video timestamps: {path} holds {len(frames)} frames from "
                                  f"{t0:.4f} s, episode {e} has {n} (from_timestamp or the video is wrong)")
-    want = t0 + np.arange(n) / fps
+    want = t0 + rel
     bad = np.flatnonzero(np.abs(ts - want) > half)
     if bad.size:
         i = int(bad[0])
         raise LeRobotFormatError(f"mismatched video timestamps: episode {e} frame {i} of {name} lies at "
                                  f"{ts[i]:.4f} s in {path.name}, expected {want[i]:.4f} s (from_timestamp "
-                                 f"{t0:.4f} + {i}/{fps:g}) within {half:.4f} s")
+                                 f"{t0:.4f} + timestamp {rel[i]:.4f}) within {half:.4f} s")
     if frames.shape[1:] != shape:
         raise LeRobotFormatError(f"{path}: frames are {frames.shape[1:]}, info.json says {name} is {shape}")
     return frames
