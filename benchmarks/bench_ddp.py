@@ -15,7 +15,7 @@ final-loss difference reported; the second seed's pair shows how far two runs di
     ../scripts/isolated.sh ../.venv/bin/python bench_ddp.py                       # mlp_bc / push, 5000 steps, 2 seeds (~5-8 min)
     ../scripts/isolated.sh ../.venv/bin/python bench_ddp.py --policy diffusion --task pick_cube --steps 1500 --name ddp_diffusion
 
-Writes out/bench/ddp.json and out/bench/ddp_loss.png (per-step loss curves overlaid, and
+Writes benchmarks/results/ddp.json and benchmarks/results/ddp_loss.png (per-step loss curves overlaid, and
 the success rates). On a 2-core machine nproc=2 is not expected to be faster than one
 process using both cores: the point is equal quality, not speed.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from _common import print_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "out" / "bench"
+OUT = Path(__file__).resolve().parent / "results"  # the JSON + the loss plot (runs: --runs-dir)
 
 
 def ensure_demos(task: str, n: int, data_dir: Path) -> Path:
@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "data" / "bench"))
     ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_ddp"))
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("--name", default="ddp", help="out/bench/NAME.json and NAME_loss.png")
+    ap.add_argument("--name", default="ddp", help="results/NAME.json and NAME_loss.png")
     ap.add_argument("--replot", action="store_true", help="only redraw NAME_loss.png from NAME.json")
     args = ap.parse_args()
     if args.replot:
