@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.hardware_episodes > 0:
         stage(f"5/8 real hardware, virtual: a factory-new SO-101 (servo buses on pseudo-terminals, the twin's physics) "
               f"-> setup-motors -> calibrate -> leader teleop ({args.hardware_episodes} episodes, two cameras) -> "
-              "train -> deploy")
+              "LeRobot v3 dataset -> train -> deploy")
         from robot_rl.hardware_session import SessionError, run as hardware_session
         try:
             hw = hardware_session(out / "hardware", episodes=args.hardware_episodes, verbose=args.verbose)
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual SO-101: {st['episodes']} leader episodes ({st['successes']} successful, {st['steps']} steps, "
               f"cameras + joints, no privileged keys) in {hw['record_s']:.0f} s; the trained policy moved the "
               f"follower {hw['deploy']['follower_moved_rad']:.2f} rad through the inference node; "
-              f"log {out / 'hardware' / 'session.log'}")
+              f"as a LeRobotDataset v3.0: {hw['lerobot']}; log {out / 'hardware' / 'session.log'}")
         report["hardware"] = hw
 
     if not args.skip_train:

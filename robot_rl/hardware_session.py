@@ -9,9 +9,11 @@ arm on the desk does it -- every step a command of docs/hardware.md, run as a pr
 4. ``robot-rl launch teleop_record driver=feetech device=leader ...``: the person moves the
    leader, the follower follows through the robot node, two camera nodes stream the virtual
    cameras, the recorder writes an episode store and a bag;
-5. ``robot-rl train`` a state policy on that store (joints, gripper, end-effector pose: what a
+5. ``robot-rl export-lerobot`` the store as a LeRobotDataset v3.0 (LeRobot's SO-101 units
+   through the follower's calibration), as a user would share it;
+6. ``robot-rl train`` a state policy on that store (joints, gripper, end-effector pose: what a
    real arm has);
-6. ``robot-rl launch deploy driver=feetech ...``: the inference node drives the follower.
+7. ``robot-rl launch deploy driver=feetech ...``: the inference node drives the follower.
 
     python -m robot_rl.hardware_session [--out out/hardware] [--episodes 2] [--seed 0]
 
@@ -125,6 +127,13 @@ def run(out: Path, *, episodes: int = 2, seed: int = 0, rate: int = 30, camera_s
                                "successes": int(sum(bool(e.get("success")) for e in st.episodes_meta()))}
         print(f"  store {store}: {result['store']['episodes']} episodes, {result['store']['steps']} steps, keys "
               f"{', '.join(result['store']['keys'])}", flush=True)
+        # the recording as a LeRobotDataset v3.0, in LeRobot's SO-101 units through the follower's calibration
+        lerobot_dir = out / "so101_lerobot"
+        shutil.rmtree(lerobot_dir, ignore_errors=True)
+        _run("export-lerobot (v3.0, calibrated units)", _cli(
+            "export-lerobot", str(store), str(lerobot_dir), "repo_id=local/so101_virtual",
+            f"calibration={cal['follower']}", "progress=false"), env, 180, log, verbose)
+        result["lerobot"] = str(lerobot_dir)
         ckpt_dir = out / "policy"
         _run("train a state policy", _cli("train", "policy=mlp_bc", f"dataset={store}", f"out={ckpt_dir}",
                                           f"steps={train_steps}", "policy.observations=proprio",
