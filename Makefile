@@ -56,8 +56,8 @@ test-lerobot: $(STAMP) lerobot
 
 # every benchmark script, in the order docs/benchmarks.md lists them (`make bench-list` prints them)
 BENCHES := bench_twin.py bench_experts.py bench_store.py bench_joint_states.py bench_ros_record.py bench_cameras.py bench_servo.py bench_calibration.py \
-           bench_hardware.py bench_bags.py \
-           bench_policies.py bench_image_policies.py bench_image_levers.py bench_data_loading.py bench_inference.py bench_onnx.py bench_rl.py bench_rl_transport.py \
+           bench_hardware.py bench_bags.py bench_lerobot.py \
+           bench_policies.py bench_ddp.py bench_image_policies.py bench_image_levers.py bench_data_loading.py bench_inference.py bench_onnx.py bench_rl.py bench_rl_transport.py \
            bench_reward_classifier.py bench_randomization.py bench_sysid.py bench_camera_calibration.py bench_robustness.py \
            bench_sim2real.py bench_isaac.py bench_demo.py
 # bench_isaac.py runs in the Isaac venv (make isaac builds it)
