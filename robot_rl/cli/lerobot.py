@@ -1,4 +1,4 @@
-"""``robot-rl export-lerobot`` / ``robot-rl import-lerobot``: episode store <-> LeRobotDataset v3.0.
+"""Episode store <-> LeRobotDataset v3.0: robot-rl export-lerobot and import-lerobot.
 
     robot-rl export-lerobot STORE OUT_DIR [repo_id=local/NAME] [robot=...] [video=true|false]
                             [calibration=FILE] [hardware=NAME] [units=auto|lerobot|spec]
