@@ -337,22 +337,56 @@ def test_import_lerobot_shaped_dataset(tmp_path):
     src = random_store(tmp_path / "rand.zarr", n=300)
     shutil.copytree(export_lerobot(src, tmp_path / "lr", video=False, progress=False)["out"], tmp_path / "plain")
     strip_ours(tmp_path / "plain")
+    # LeRobot's numbers as a LeRobot arm writes them: any float32 degree / percentage, most of which
+    # are no float32 radian's image
+    rng = np.random.default_rng(3)
+    data_file = tmp_path / "plain/data/chunk-000/file-000.parquet"
+    n = pq.read_table(data_file).num_rows
+    lr = {c: np.c_[rng.uniform(-110, 110, (n, 5)), rng.uniform(0, 100, n)].astype(np.float32)
+          for c in ("observation.state", "action")}
+    rewrite(data_file, lambda t: set_column(set_column(t, "observation.state", list(lr["observation.state"])),
+                                            "action", list(lr["action"])))
     s = import_lerobot(tmp_path / "plain", tmp_path / "back.zarr", robot="so101", progress=False)
     assert s["action_mode"] == "joint_pos" and s["exact_columns"] == []
-    a, b = EpisodeStore.open(src), EpisodeStore.open(tmp_path / "back.zarr")
-    assert sorted(b.keys) == ["action", "count", "gripper", "joint_pos", "joint_vel", "reward", "timestamp"]
+    b = EpisodeStore.open(tmp_path / "back.zarr")
+    assert sorted(b.keys) == ["action", "count", "gripper", "joint_pos", "joint_vel", "lerobot_action", "lerobot_state",
+                              "reward", "timestamp"]
+    assert s["carried"] == {"action": "lerobot_action", "state": "lerobot_state"}
     m = b.episode_meta(1)
     assert m["source"] == "converted" and m["success"] and m["extra"]["action_mode"] == "joint_pos"
     assert m["task"] == "task 1" and m["extra"]["lerobot"]["episode_index"] == 1
-    for k in ("joint_pos", "gripper", "action"):  # within a float32 step of the original
-        x, y = np.asarray(a.data[k][:]), np.asarray(b.data[k][:])
-        assert np.allclose(x, y, rtol=0, atol=4e-7), k
-    # LeRobot -> store -> LeRobot: the LeRobot numbers come back where a float32 angle maps onto them
+    assert np.allclose(np.degrees(np.asarray(b.data["joint_pos"][:], np.float64)), lr["observation.state"][:, :5],
+                       rtol=0, atol=1e-4)
+    assert np.allclose(100 * (1 - np.asarray(b.data["gripper"][:], np.float64)[:, 0]),
+                       lr["observation.state"][:, 5], rtol=0, atol=1e-4)
+    assert np.array_equal(np.asarray(b.data["lerobot_action"][:]), lr["action"])
+    # LeRobot -> store -> LeRobot: bit for bit, through the carried lerobot_* keys where no float32
+    # radian maps onto a LeRobot float32 degree (the store's own values are within a float32 step)
+    lr_state = np.asarray(b.data["lerobot_state"][:])
+    fwd = s["unit_map"]
+    from robot_rl.data.lerobot_units import UnitMap
+    umap = UnitMap.from_json(fwd)
+    mine = umap.forward(np.concatenate([np.asarray(b.data["joint_pos"][:]), np.asarray(b.data["gripper"][:])], 1))
+    assert np.array_equal(lr_state, lr["observation.state"])
+    assert 0 < (mine != lr_state).sum() < 0.2 * mine.size and np.allclose(mine, lr_state, rtol=0, atol=1e-5)
     export_lerobot(tmp_path / "back.zarr", tmp_path / "again", video=False, progress=False)
-    col = "observation.state"
-    x = np.array(pq.read_table(tmp_path / "plain/data/chunk-000/file-000.parquet").column(col).to_pylist(), np.float32)
-    y = np.array(pq.read_table(tmp_path / "again/data/chunk-000/file-000.parquet").column(col).to_pylist(), np.float32)
-    assert (x == y).mean() > 0.95 and np.allclose(x, y, rtol=2e-7, atol=0)
+    for col in ("observation.state", "action"):
+        x = lr[col]
+        y = np.array(pq.read_table(tmp_path / "again/data/chunk-000/file-000.parquet").column(col).to_pylist(),
+                     np.float32)
+        assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), col
+    # an edited store value is exported from the store, not from the stale carried copy
+    with EpisodeStore.open(tmp_path / "back.zarr") as st2:
+        edited = np.asarray(st2.data["joint_pos"][:])
+    edited[0, 0] += 0.25
+    shutil.copytree(tmp_path / "back.zarr", tmp_path / "edit.zarr")
+    import zarr
+    zarr.open_array(str(tmp_path / "edit.zarr/data/joint_pos"), mode="r+")[0] = edited[0]
+    export_lerobot(tmp_path / "edit.zarr", tmp_path / "edited", video=False, progress=False)
+    z = np.array(pq.read_table(tmp_path / "edited/data/chunk-000/file-000.parquet").column("observation.state")
+                 .to_pylist(), np.float32)
+    assert z[0, 0] == pytest.approx(math.degrees(edited[0, 0]), abs=1e-4)
+    assert np.array_equal(z[1:], lr["observation.state"][1:]) and np.array_equal(z[0, 1:], lr["observation.state"][0, 1:])
 
 
 # -- errors: one clear line, nothing left behind --------------------------------------------------

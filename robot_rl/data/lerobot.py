@@ -9,8 +9,8 @@
 - ``lerobot_export.py`` / ``lerobot_import.py``: the two directions.
 
 Store -> LeRobot -> store gives every numeric key back bitwise (images within the video
-codec's error, or exactly with ``video=False``); LeRobot -> store -> LeRobot gives the
-LeRobot values back bitwise where a float32 angle maps onto them.
+codec's error, or exactly with ``video=False`` into a lossless store); LeRobot -> store ->
+LeRobot gives observation.state / action back bitwise too (``lerobot_units.py`` says how).
 """
 from robot_rl.data.lerobot_export import export_lerobot
 from robot_rl.data.lerobot_format import LeRobotFormatError

@@ -11,7 +11,7 @@ key, dtype and shape it came from, so the import restores it exactly):
 - ``observation.images.<cam>`` from ``image_<cam>``: AV1 (or H.264) MP4, yuv420p, or
   PNG bytes in the parquet with ``video=False``.
 - ``next.reward`` from ``reward``; other per-step observations as ``observation.<key>``;
-  bookkeeping (``timestamp``, ``stamp_*``) and the exact store values behind converted
+  bookkeeping (``timestamp``, ``stamp_*``, ``lerobot_*``) and the exact store values behind converted
   columns as ``robot_rl.<key>`` (LeRobot's policies read only ``observation.*`` /
   ``action``). LeRobot's own ``timestamp`` is ``frame_index / fps``, as its video lookup
   expects. Names holding "image" that are not images say "camera" instead (lerobot's stats
@@ -54,6 +54,7 @@ class Feature:
     role: str  # "state" | "action" | "camera" | "plain"
     umap: UnitMap | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    carry: str | None = None  # a store key holding the LeRobot values an import read (lerobot_state / _action)
 
     def info(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "shape": list(self.shape), "names": self.names, fmt.OURS: self.meta}
@@ -76,6 +77,9 @@ ACTION_UNITS = {
                 "max_delta_rot rad), gripper closure command 0 open..1 closed",
 }
 KNOWN_NAMES = {"ee_pos": ["x", "y", "z"], "ee_quat": ["w", "x", "y", "z"]}
+# store keys an import of a LeRobot-written dataset adds: the LeRobot numbers it read (robot order),
+# so that exporting again gives them back bit for bit where no float32 angle maps onto them
+CARRY = {"state": "lerobot_state", "action": "lerobot_action"}
 
 
 def _action_mode(store: EpisodeStore, spec: RobotSpec, given: str | None) -> str:
@@ -116,15 +120,22 @@ def plan_features(store: EpisodeStore, spec: RobotSpec, umap: UnitMap, mode: str
     schema = store.schema
     check_keys(store, spec)
     feats: list[Feature] = []
+
+    def carried(key: str) -> str | None:
+        ks = schema.get(key)
+        return key if ks is not None and ks.dtype == np.float32 and ks.shape == (len(umap.names),) else None
+
     state_keys = ("joint_pos", "gripper") if spec.gripper else ("joint_pos",)
     def key_meta(k: str) -> dict[str, Any]:
         return {"key": k, "dtype": schema[k].dtype.name, "shape": list(schema[k].shape)}
 
     feats.append(Feature("observation.state", "float32", [len(umap.names)], list(umap.names), state_keys, "state",
-                         umap, {"keys": [key_meta(k) for k in state_keys], "units": umap.to_json()}))
+                         umap, {"keys": [key_meta(k) for k in state_keys], "units": umap.to_json()},
+                         carry=carried(CARRY["state"])))
     if mode == "joint_pos":
         feats.append(Feature("action", "float32", [len(umap.names)], list(umap.names), ("action",), "action", umap,
-                             {**key_meta("action"), "action_mode": mode, "units": umap.to_json()}))
+                             {**key_meta("action"), "action_mode": mode, "units": umap.to_json()},
+                             carry=carried(CARRY["action"])))
     else:
         feats.append(Feature("action", "float32", [schema["action"].shape[0]], _action_names(spec, mode), ("action",),
                              "action", None, {**key_meta("action"), "action_mode": mode, "units": ACTION_UNITS[mode]}))
@@ -150,7 +161,7 @@ def plan_features(store: EpisodeStore, spec: RobotSpec, umap: UnitMap, mode: str
             raise LeRobotFormatError(f"store key {k!r} has dtype {ks.dtype}, which a LeRobot dataset cannot hold")
         if k == "reward":
             name = "next.reward"
-        elif k == "timestamp" or k.startswith("stamp_"):
+        elif k == "timestamp" or k.startswith(("stamp_", "lerobot_")):
             name = _lerobot_name(k, f"{fmt.OURS}.")
         else:
             name = _lerobot_name(k, "observation.")
@@ -229,6 +240,17 @@ def export_lerobot(store_path: str | os.PathLike, out_dir: str | os.PathLike, re
     return summary
 
 
+def _forward(umap: UnitMap, x: np.ndarray, carried: np.ndarray | None) -> np.ndarray:
+    """LeRobot values of store values ``x``: the carried LeRobot values (what an import read)
+    where ``x`` is still what the import derived from them, else the unit map's forward."""
+    v = umap.forward(x)
+    if carried is None:
+        return v
+    c = np.asarray(carried, np.float32)
+    same = umap.inverse(c).view(np.uint32) == np.asarray(x, np.float32).view(np.uint32)
+    return np.where(same, c, v)
+
+
 def _fps(store: EpisodeStore) -> int:
     fpss = sorted({float(m["fps"]) for m in store.episodes_meta()})
     if len(fpss) != 1 or not float(fpss[0]).is_integer():
@@ -266,11 +288,9 @@ def _write(store: EpisodeStore, spec: RobotSpec, feats: list[Feature], umap: Uni
             lo, hi, n = m["start"], m["end"], m["length"]
             cols: dict[str, np.ndarray] = {}
             for f in plain:
-                if f.role == "state":
+                if f.role == "state" or (f.role == "action" and f.umap is not None):
                     x = np.concatenate([arrays[k][lo:hi].reshape(n, -1) for k in f.keys], 1)
-                    cols[f.name] = umap.forward(x)
-                elif f.role == "action" and f.umap is not None:
-                    cols[f.name] = f.umap.forward(arrays["action"][lo:hi])
+                    cols[f.name] = _forward(f.umap or umap, x, None if f.carry is None else arrays[f.carry][lo:hi])
                 else:
                     cols[f.name] = arrays[f.keys[0]][lo:hi].astype(np.dtype(f.dtype), copy=False).reshape(
                         (n, *f.shape) if f.shape != [1] else (n,))

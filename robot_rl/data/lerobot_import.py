@@ -5,7 +5,9 @@ success, source, fps and extra exactly) and datasets LeRobot recorded: ``observa
 / ``action`` elements named ``<motor>.pos`` are mapped to the robot's joints (+ gripper)
 through the unit mapping backwards (``lerobot_units.py``); cameras become
 ``image_<cam>``; ``next.reward`` becomes ``reward``; other numeric features are kept under
-their names (``observation.`` dropped, dots as underscores). Video frames are decoded with
+their names (``observation.`` dropped, dots as underscores); the LeRobot state / action
+numbers themselves are kept as ``lerobot_state`` / ``lerobot_action`` (so an export gives
+them back bit for bit, see ``lerobot_units.py``). Video frames are decoded with
 PyAV, each episode looked up at its ``from_timestamp`` and checked frame by frame against
 ``from_timestamp + i / fps`` (half a frame of tolerance).
 
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from robot_rl.data import lerobot_format as fmt
 from robot_rl.data.lerobot_format import LeRobotFormatError
+from robot_rl.data.lerobot_export import CARRY
 from robot_rl.data.lerobot_units import UnitMap, UnitsError, unit_map
 from robot_rl.data.store import EpisodeStore, StoreError
 from robot_rl.spec import ACTION_MODES, CameraSpec, RobotSpec, SpecError, load_spec
@@ -47,6 +50,7 @@ class _Plan:
     plain: dict[str, tuple[str, np.dtype, tuple[int, ...]]] = field(default_factory=dict)  # feature -> key, dtype, shape
     cameras: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # feature -> store key, codec
     timestamp: str = "timestamp"
+    carry: set[str] = field(default_factory=set)  # "state" / "action": keep the LeRobot values read (CARRY keys)
 
 
 def _version(info: dict[str, Any], root: Path) -> None:
@@ -136,11 +140,17 @@ def plan_import(info: dict[str, Any], spec: RobotSpec, umap_given: UnitMap | Non
         key = (m or {}).get("key") or _store_key(name)
         shape = tuple((m or {}).get("shape", ft["shape"]))
         plan.plain[name] = (key, np.dtype((m or {}).get("dtype", ft["dtype"])), shape)
+    # a dataset robot_rl did not write: keep what it holds where the map is not the identity, so that
+    # an export gives the LeRobot numbers back bit for bit (not every float32 degree has a float32 radian)
+    if not all(k in plan.exact for k, _, _ in keys) and not umap.identity:
+        plan.carry.add("state")
+    if amap is not None and "action" not in plan.exact and not amap.identity:
+        plan.carry.add("action")
     if ours and f"{fmt.OURS}.timestamp" in plan.plain:
         plan.plain.pop(f"{fmt.OURS}.timestamp")
         plan.timestamp = f"{fmt.OURS}.timestamp"
     used = [k for k, _, _ in keys] + ["action", "timestamp"] + [v[0] for v in plan.plain.values()] + \
-        [v[0] for v in plan.cameras.values()]
+        [v[0] for v in plan.cameras.values()] + [CARRY[c] for c in plan.carry]
     dup = sorted({k for k in used if used.count(k) > 1})
     if dup:
         raise LeRobotFormatError(f"several features map to store keys {dup}; rename them in the dataset")
@@ -285,7 +295,8 @@ def import_lerobot(in_dir: str | os.PathLike, out_store: str | os.PathLike, robo
     return {"out": str(out), "dataset": str(root), "episodes": n_eps, "frames": n_steps, "fps": fps,
             "robot": spec.name, "units": umap.describe(), "unit_map": umap.to_json(), "action_mode": plan.action_mode,
             "cameras": {n: k for n, (k, _) in plan.cameras.items()}, "keys": {n: v[0] for n, v in plan.plain.items()},
-            "exact_columns": sorted(plan.exact), "warnings": warnings, "bytes": nbytes, "mb": nbytes / 1e6,
+            "exact_columns": sorted(plan.exact), "carried": {c: CARRY[c] for c in sorted(plan.carry)},
+            "warnings": warnings, "bytes": nbytes, "mb": nbytes / 1e6,
             "seconds": time.perf_counter() - t0}
 
 
@@ -362,6 +373,8 @@ def _import_episode(store: EpisodeStore, ep: dict[str, Any], plan: _Plan, info: 
     if all(k in plan.exact for k, _, _ in keys):
         exact = np.concatenate([col(plan.exact[k]).reshape(n, -1) for k, _, _ in keys], 1)
     vals, redone = _inverse_with_exact(state, umap, exact)
+    if "state" in plan.carry:
+        steps[CARRY["state"]] = state.astype(np.float32)
     if exact is not None and redone:
         warnings.append(f"episode {e}: {redone} observation.state values differ from the exact robot_rl columns "
                         "(edited after export?): converted from observation.state")
@@ -372,6 +385,8 @@ def _import_episode(store: EpisodeStore, ep: dict[str, Any], plan: _Plan, info: 
         j += w
     acols, amap, adt, ashape = plan.action
     a = col("action").reshape(n, -1)
+    if "action" in plan.carry:
+        steps[CARRY["action"]] = a[:, acols].astype(np.float32)
     if amap is not None:
         a, redone = _inverse_with_exact(a[:, acols], amap,
                                         col(plan.exact["action"]).reshape(n, -1) if "action" in plan.exact else None)
