@@ -363,9 +363,12 @@ class MotorCalibration:
         nor which way the spec's angle grows. Unless given, the import assumes:
 
         - ``zero_ticks``: the middle of the range (LeRobot's 0 degrees) is the spec's
-          zero for each joint; for the gripper, the open end (closure 0) is ``range_min``
-          (``range_max`` when its direction is -1).
-        - ``directions``: +1, or -1 where LeRobot's ``drive_mode`` is 1.
+          zero for each joint; for the gripper, the open end (closure 0).
+        - ``directions``: for the joints +1, or -1 where LeRobot's ``drive_mode`` is 1. For
+          the gripper, LeRobot's convention: its ``gripper.pos`` (``(ticks - range_min) /
+          (range_max - range_min) * 100``, inverted by ``drive_mode`` 1) reads 0 closed and
+          100 open, so with ``drive_mode`` 0 the ticks shrink as it closes: direction -1,
+          open at ``range_max`` (``drive_mode`` 1: +1, open at ``range_min``).
 
         The spec's zero of an SO-101 is not LeRobot's mid-range pose in general: the
         angles are then off by a constant per joint. Give the Present_Position readings at
@@ -405,7 +408,7 @@ class MotorCalibration:
             if mid != hm.id:
                 raise MotorCalibrationError(f"{where}: motor {name!r} has id {mid}, but {hardware.name} gives it id "
                                             f"{hm.id}; run robot-rl setup-motors or pick the right hardware=")
-            d = int(directions.get(name, -1 if drive else 1))
+            d = int(directions.get(name, (1 if drive else -1) if name == GRIPPER else (-1 if drive else 1)))
             if name in zero_ticks:
                 z = float(zero_ticks[name])
             elif name == GRIPPER:

@@ -242,17 +242,18 @@ def test_lerobot_import_assumes_mid_range_and_exports_back(tmp_path, hw, spec):
             ours = math.degrees(cal.angle(m, ticks))
             theirs = (ticks - (e["range_min"] + e["range_max"]) / 2) * 360 / 4095
             assert ours == pytest.approx(theirs * 4095 / 4096, abs=1e-9)
-    assert cal.gripper.zero_ticks == 2031  # open end = range_min with drive_mode 0
+    # LeRobot's gripper.pos reads 0 closed .. 100 open: with drive_mode 0 the open end is range_max
+    assert cal.gripper.zero_ticks == 3503 and cal.gripper.direction == -1
     assert "mid-range" in cal.source
     # back to LeRobot: the same file (drive_mode stays 0)
     out = cal.save_lerobot(tmp_path / "out.json")
     assert json.loads(out.read_text()) == lr
-    # drive_mode 1 -> direction -1, gripper open at range_max; given zero readings win
+    # drive_mode 1 -> direction -1 (the gripper: +1, open at range_min); given zero readings win
     lr2 = json.loads(LEROBOT_SO101)
     lr2["elbow_flex"]["drive_mode"] = 1
     lr2["gripper"]["drive_mode"] = 1
     cal2 = MotorCalibration.from_lerobot(lr2, hw, spec, zero_ticks={"shoulder_lift": 1000.5})
-    assert cal2.motor("elbow_flex").direction == -1 and cal2.gripper.zero_ticks == 3503
+    assert cal2.motor("elbow_flex").direction == -1 and cal2.gripper.zero_ticks == 2031
     assert cal2.motor("shoulder_lift").zero_ticks == 1000.5
     assert cal2.to_lerobot()["elbow_flex"]["drive_mode"] == 0
 

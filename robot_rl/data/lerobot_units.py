@@ -127,8 +127,9 @@ class UnitMap:
     def describe(self) -> str:
         if self.mode == "spec":
             return "spec units (rad, gripper closure 0 open..1 closed)"
-        grip = " gripper 0 closed..100 open" if "percent_open" in self.units else ""
-        return f"LeRobot units (deg about mid-range,{grip}) from {self.source}"
+        grip = {"percent_open": ", gripper 0 closed..100 open", "percent_closed": ", gripper 0 open..100 closed"}
+        g = next((grip[u] for u in self.units if u in grip), "")
+        return f"LeRobot units (deg about mid-range{g}) from {self.source}"
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "source": self.source, "names": list(self.names), "units": list(self.units),
@@ -215,10 +216,8 @@ def load_calibration_map(calibration: Any, spec: RobotSpec, hardware: str | None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise UnitsError(f"{p}: not JSON ({e})") from None
             drive = {n: int(e.get("drive_mode", 0)) for n, e in data.items() if isinstance(e, Mapping)}
-            # LeRobot's SO-101 gripper.pos is 0 closed .. 100 open: with drive_mode 0 the ticks grow as
-            # it opens, so our closure (0 open) grows as ticks shrink
-            dirs = {"gripper": -1 if not drive.get("gripper", 0) else 1} if spec.gripper else {}
-            cal = MotorCalibration.from_lerobot(data, hw, spec, directions=dirs)
+            # from_lerobot takes LeRobot's gripper convention (0 closed .. 100 open) for the direction
+            cal = MotorCalibration.from_lerobot(data, hw, spec)
             return calibrated_map(cal, drive, source=f"lerobot calibration {p} (spec zero at mid-range)")
         if hardware:
             from robot_rl.drivers.hardware import load_hardware
