@@ -509,16 +509,28 @@ def test_imported_store_exports_back_to_what_lerobot_wrote(imported):
 
 
 def test_lerobot_values_survive_import_bit_for_bit(imported):
-    """lerobot_units.py promises LeRobot -> store -> LeRobot bit for bit."""
+    """LeRobot -> store -> LeRobot is bitwise: the store keeps lerobot's own numbers
+    (lerobot_state / lerobot_action) next to the radians, and the export gives them back.
+    The radians alone cannot promise that: about 7% of float32 degrees (32% of gripper
+    percentages) are no float32 radian's image, so mapped forward they land one float32
+    step away at most."""
     im = imported
+    theirs = im.theirs["frames"]
+    for key, col in (("lerobot_state", "observation.state"), ("lerobot_action", "action")):
+        kept = np.concatenate([ep[key] for ep in im.eps])
+        assert kept.dtype == np.float32 and np.array_equal(kept, np.concatenate([e[col] for e in im.episodes])), key
+        again = np.asarray(im.again["frames"][col])
+        bad = again != np.asarray(theirs[col])
+        assert not bad.any(), (f"{col} after re-export: {int(bad.sum())} of {bad.size} values differ from lerobot's, "
+                               f"e.g. {theirs[col][bad][0]!r} came back as {again[bad][0]!r}")
     states, actions = lerobot_units_of(im)
     for name, got, want in (("observation.state", states, [e["observation.state"] for e in im.episodes]),
-                            ("action", actions, [e["action"] for e in im.episodes]),
-                            ("observation.state after re-export", [im.again["frames"]["observation.state"]],
-                             [im.theirs["frames"]["observation.state"]])):
+                            ("action", actions, [e["action"] for e in im.episodes])):
         got, want = np.concatenate(got), np.concatenate(want)
-        bad = got != want
-        assert not bad.any(), (
-            f"{name}: {int(bad.sum())} of {bad.size} values differ from lerobot's (per element "
-            f"{dict(zip(SO101_NAMES, bad.sum(0).tolist()))}), by up to "
-            f"{np.abs(got.astype(np.float64) - want).max():.3g}; e.g. {want[bad][0]!r} came back as {got[bad][0]!r}")
+        # one float32 step of the store's value (rad / closure), times the unit's scale, plus one of lerobot's
+        store = np.concatenate([np.concatenate([ep["joint_pos"], ep["gripper"].reshape(-1, 1)], 1) for ep in im.eps]
+                               if name == "observation.state" else [ep["action"] for ep in im.eps])
+        scale = np.abs(np.asarray(im.summary["unit_map"]["scale"], np.float64))
+        tol = scale * np.spacing(np.abs(store).astype(np.float32)) + np.spacing(np.abs(want).astype(np.float32))
+        off = np.abs(got.astype(np.float64) - want) / tol
+        assert off.max() <= 1.0, f"{name}: the store's values map to lerobot's within {off.max():.2f} of a float32 step"
