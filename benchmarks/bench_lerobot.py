@@ -5,7 +5,7 @@ frame), export episodes/s and MB/s, import episodes/s.
 
     .venv/bin/python benchmarks/bench_lerobot.py [--episodes 50] [--size 480x640]
                                                  [--modes video,image] [--quick]
-                                                 [--store PATH] [--out out/bench/lerobot.json]
+                                                 [--store PATH] [--out results/lerobot.json]
 
 The store is recorded once from the twin's scripted pick_cube expert (so101, cameras
 front + wrist at --size, 20 Hz, the store's default image codec: JPEG q90 at this size)
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--vcodec", default="auto", choices=["auto", "av1", "h264"])
     ap.add_argument("--quick", action="store_true", help="5 episodes at 96x128")
     ap.add_argument("--store", default=None, help="the recorded store (default: cached under out/bench/)")
-    ap.add_argument("--out", default=str(ROOT / "out/bench/lerobot.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/lerobot.json"))
     args = ap.parse_args()
     if args.quick:
         args.episodes, args.size = 5, "96x128"
