@@ -103,3 +103,18 @@ def plot_runs(rows: list[dict], name: str, title, style, width: float = 4.5, xla
     fig.savefig(p, dpi=110)
     print(f"wrote {p}")
     return p
+
+
+# -- expert demonstrations, recorded once and reused (bench_policies.py, bench_ddp.py) -------------
+def ensure_demos(task: str, n: int, data_dir: Path) -> Path:
+    path = data_dir / f"so101_{task}.zarr"
+    if path.exists():
+        from robot_rl.data.store import EpisodeStore
+        with EpisodeStore.open(path) as st:
+            if st.n_episodes >= n:
+                return path
+    from robot_rl.cli.main import main
+    rc = main(["record", "sim", f"task={task}", f"episodes={n}", "cameras=[]", f"out={path}", "progress=false"])
+    if rc:
+        raise SystemExit(f"recording {task} demos failed")
+    return path

@@ -27,24 +27,10 @@ import os
 import time
 from pathlib import Path
 
-from _common import print_table, write_json
+from _common import ensure_demos, print_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"  # the JSON + the loss plot (runs: --runs-dir)
-
-
-def ensure_demos(task: str, n: int, data_dir: Path) -> Path:
-    path = data_dir / f"so101_{task}.zarr"
-    if path.exists():
-        from robot_rl.data.store import EpisodeStore
-        with EpisodeStore.open(path) as st:
-            if st.n_episodes >= n:
-                return path
-    from robot_rl.cli.main import main
-    rc = main(["record", "sim", f"task={task}", f"episodes={n}", "cameras=[]", f"out={path}", "progress=false"])
-    if rc:
-        raise SystemExit(f"recording {task} demos failed")
-    return path
 
 
 def run_one(name: str, nproc: int, seed: int, data: Path, args) -> dict:

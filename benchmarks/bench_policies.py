@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import RESULTS, load_runs, plot_runs, print_curves, print_table, success_table, write_json
+from _common import RESULTS, ensure_demos, load_runs, plot_runs, print_curves, print_table, success_table, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = ["diffusion:pick_cube:15", "act:pick_cube:15", "diffusion:push:10", "act:push:10",
@@ -33,20 +33,6 @@ DEFAULT_RUNS = ["diffusion:pick_cube:15", "act:pick_cube:15", "diffusion:push:10
 TARGETS = {("diffusion", "pick_cube"): 0.90, ("act", "pick_cube"): 0.85, ("diffusion", "push"): 0.80,
            ("act", "push"): 0.80, ("diffusion", "insert"): 0.60, ("act", "insert"): 0.60}
 RUN_DIR = RESULTS / "policies"
-
-
-def ensure_demos(task: str, n: int, data_dir: Path) -> Path:
-    path = data_dir / f"so101_{task}.zarr"
-    if path.exists():
-        from robot_rl.data.store import EpisodeStore
-        with EpisodeStore.open(path) as st:
-            if st.n_episodes >= n:
-                return path
-    from robot_rl.cli.main import main
-    rc = main(["record", "sim", f"task={task}", f"episodes={n}", "cameras=[]", f"out={path}", "progress=false"])
-    if rc:
-        raise SystemExit(f"recording {task} demos failed")
-    return path
 
 
 def run_one(policy: str, task: str, minutes: float, args) -> dict:

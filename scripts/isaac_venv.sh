@@ -24,21 +24,11 @@ if [ -z "$PY312" ] || ! "$PY312" -c 'import sys; assert sys.version_info[:2] == 
   exit 1
 fi
 
-# pip install, quiet; its output is shown when it fails (then this script fails too)
-pipq() {
-  local py=$1; shift
-  local log; log=$(mktemp)
-  if ! "$py" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
-    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2; rm -f "$log"; return 1
-  fi
-  rm -f "$log"
-}
+# pipq, fresh_venv
+source scripts/venv_lib.sh
 
 if [ ! -f "$VENV/.complete" ]; then
-  echo "make isaac: building $VENV with $("$PY312" --version) (about 3 min and 8 GB, once per machine)"
-  rm -rf "$VENV"
-  mkdir -p "$CACHE"
-  "$PY312" -m venv "$VENV"
+  fresh_venv "$PY312" "$VENV" "make isaac" "about 3 min and 8 GB"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   pipq "$VENV/bin/python" -r "$REQ" pytest pytest-timeout
   "$VENV/bin/python" -c 'import isaaclab, isaaclab_newton, mujoco_usd_converter, newton' \

@@ -5,14 +5,14 @@
 # core venv and start this venv's python on small scripts that talk to our code through files on
 # disk, so this venv holds lerobot and its dataset stack only, not robot_rl.
 # The venv is GBs, so it lives outside the clone in ~/.cache/robot_rl/venv-lerobot-<hash of
-# scripts/lerobot-requirements.txt and this script> (ROBOT_RL_CACHE moves the cache) and is reused
+# scripts/lerobot-requirements.txt, this script and venv_lib.sh> (ROBOT_RL_CACHE moves the cache) and is reused
 # by every clone and CI run on this machine. A `.complete` marker is written last: an interrupted or
 # failed build is never taken for a finished one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${ROBOT_RL_CACHE:-$HOME/.cache/robot_rl}
 REQ=scripts/lerobot-requirements.txt
-HASH=$(cat "$REQ" scripts/lerobot_venv.sh | sha256sum | cut -c1-12)
+HASH=$(cat "$REQ" scripts/lerobot_venv.sh scripts/venv_lib.sh | sha256sum | cut -c1-12)
 VENV=$CACHE/venv-lerobot-$HASH
 
 # --- FFmpeg's shared libraries: torchcodec (lerobot's video decoder) loads them at run time ---
@@ -39,21 +39,11 @@ if [ -z "$PY" ] || ! "$PY" -c 'import sys; assert (3, 10) <= sys.version_info[:2
   exit 1
 fi
 
-# pip install, quiet; its output is shown when it fails (then this script fails too)
-pipq() {
-  local py=$1; shift
-  local log; log=$(mktemp)
-  if ! "$py" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
-    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2; rm -f "$log"; return 1
-  fi
-  rm -f "$log"
-}
+# pipq, fresh_venv
+source scripts/venv_lib.sh
 
 if [ ! -f "$VENV/.complete" ]; then
-  echo "make lerobot: building $VENV with $("$PY" --version) (about 80 s and 6 GB, once per machine)"
-  rm -rf "$VENV"
-  mkdir -p "$CACHE"
-  "$PY" -m venv "$VENV"
+  fresh_venv "$PY" "$VENV" "make lerobot" "about 80 s and 6 GB"
   tmp=$(mktemp -d)
   grep -v -- '# no-deps' "$REQ" >"$tmp/deps.txt"
   grep -- '# no-deps' "$REQ" | sed 's/#.*//' >"$tmp/nodeps.txt"

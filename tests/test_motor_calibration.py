@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from robot_rl.cli.common import CLIError, cfg_to_dict, compose, path_arg  # noqa: F401  (CLIError, compose, cfg_to_dict re-exported)
+from robot_rl.cli.common import CLIError, cfg_to_dict, compose, path_arg  # noqa: F401  (CLIError, compose, cfg_to_dict: re-exported)
 from robot_rl.cli.common import HELP_FLAGS, doc_usage, format_help, module_doc, render_settings
 
 USAGE = """usage: robot-rl <command> [args] [key=value ...]
