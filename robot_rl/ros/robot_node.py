@@ -508,6 +508,8 @@ class RobotNode:
         ticks = list(self._tick_times)
         achieved = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 1 and ticks[-1] > ticks[0] else 0.0
         with self.lock:  # the driver's state and bus statistics change in the control thread
+            if not self._ready:  # the control loop stopped and disconnected the robot since the check above
+                return
             safety = self.robot.safety.telemetry()
             sim_t = self.robot.sim_time if self.is_sim else None
             latched, n_latched = self._grip_latched, self.counts["rejected_gripper_latched"]
