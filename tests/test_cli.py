@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +148,11 @@ def test_demo_runs_end_to_end(tmp_path):
     hw = rep["hardware"]  # the virtual SO-101: leader episodes recorded, a policy trained on them moved the follower
     assert hw["store"]["episodes"] == 2 and "image_front" in hw["store"]["keys"] and "object_state" not in hw["store"]["keys"]
     assert hw["deploy"]["follower_moved_rad"] > 0.01
+    # ... and exported as a LeRobotDataset v3.0 in LeRobot's units through the follower's calibration
+    info = json.loads((Path(hw["lerobot"]) / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["robot_type"] == "so101_follower"
+    assert info["features"]["observation.state"]["names"][-1] == "gripper.pos"
+    assert "calibration" in info["features"]["observation.state"]["robot_rl"]["units"]["source"]
     cams = rep["cameras"]["cameras"]
     assert set(cams) == {"image_front", "image_wrist"} and rep["cameras"]["steps"] > 30
     assert all(c["shape"] == [480, 640, 3] and c["codec"] == "jpeg:90" and c["raw_over_stored"] > 10
