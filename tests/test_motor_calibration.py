@@ -370,7 +370,7 @@ def test_person_prompter_unreachable_is_one_clear_error():
 # -- through the port, with the virtual SO-101 and its person ---------------------------------------------
 
 so101 = pytest.importorskip("robot_rl.drivers.virtual.so101", reason="the virtual SO-101 is not there")
-SWEEP_S = 2.0
+SWEEP_S = 4.0  # the person's end-to-end sweep: slow enough that a stalled read loop (CI) still sees both ends
 
 
 def _person(url):
